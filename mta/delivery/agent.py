@@ -1,0 +1,181 @@
+"""The delivery process: takes jobs from the queue manager, delivers, reports results.
+
+It owns no scheduling decision: it reads the message in ``active/``, groups the recipients
+it was given by next hop, delivers every group concurrently and sends back one result per
+recipient.  If the queue manager goes away it reconnects; jobs it was doing are rescheduled
+by the queue manager, which owns them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import time
+from collections.abc import Callable
+
+import uvloop
+
+from mta import metrics
+from mta.config import Config
+from mta.delivery.deliver import Deliverer
+from mta.delivery.dns import Resolver
+from mta.delivery.results import RecipientResult
+from mta.delivery.routing import Router
+from mta.delivery.smtp_client import Transaction
+from mta.queue.envelope import Envelope
+from mta.queue.ipc import Job, Result, agent_address, encode_frame, read_frame
+from mta.queue.msgfile import CorruptMessageFile
+from mta.queue.spool import Spool
+
+__all__ = ["run_delivery"]
+
+log = logging.getLogger("mta.delivery")
+
+Heartbeat = Callable[[], None]
+
+
+def run_delivery(config: Config, heartbeat: Heartbeat | None = None) -> None:
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(DeliveryAgent(config).run(heartbeat))
+    finally:
+        loop.close()
+
+
+class DeliveryAgent:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.spool = Spool(config.queue.path)
+        self.router = Router(config)
+        self.deliverer = Deliverer(config, Resolver(config.delivery.dns_servers))
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.writer: asyncio.StreamWriter | None = None
+        self.stopping = False
+
+    async def run(self, heartbeat: Heartbeat | None) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        background = [loop.create_task(self._serve_jobs())]
+        background.append(loop.create_task(self._housekeeping(heartbeat)))
+        await stop.wait()
+        self.stopping = True
+        await self._drain()
+        for task in background:
+            task.cancel()
+        await self.deliverer.close_idle(0)
+
+    async def _drain(self) -> None:
+        """Let deliveries in flight finish (the master KILLs us after its graceful timeout)."""
+        if self.tasks:
+            await asyncio.wait(self.tasks)
+
+    async def _housekeeping(self, heartbeat: Heartbeat | None) -> None:
+        while True:
+            if heartbeat is not None:
+                heartbeat()
+            await self.deliverer.close_idle()
+            await asyncio.sleep(1.0)
+
+    async def _serve_jobs(self) -> None:
+        while not self.stopping:
+            try:
+                reader, writer = await self._connect()
+            except OSError:
+                await asyncio.sleep(0.2)
+                continue
+            self.writer = writer
+            log.debug("connected to the queue manager")
+            try:
+                while (frame := await read_frame(reader)) is not None:
+                    if isinstance(frame, Job) and not self.stopping:
+                        task = asyncio.get_running_loop().create_task(self._do(frame))
+                        self.tasks.add(task)
+                        task.add_done_callback(self.tasks.discard)
+            except (OSError, ValueError) as exc:
+                log.warning("queue manager connection failed: %s", exc)
+            self.writer = None
+            writer.close()
+            await asyncio.sleep(0.1)
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, agent_address(self.spool.path))
+        except OSError:
+            sock.close()
+            raise
+        return await asyncio.open_unix_connection(sock=sock, limit=16 << 20)
+
+    async def _do(self, job: Job) -> None:
+        result = await self._deliver(job)
+        writer = self.writer
+        if writer is not None:
+            writer.write(encode_frame(result))
+
+    async def _deliver(self, job: Job) -> Result:
+        try:
+            message_file = self.spool.read("active", job.queue_id)
+            message = await asyncio.to_thread(message_file.read_message)
+        except CorruptMessageFile as exc:
+            log.error("%s: %s", job.queue_id, exc)
+            return Result(queue_id=job.queue_id, problem="corrupt")
+        except FileNotFoundError:
+            return Result(queue_id=job.queue_id, problem="missing")
+        envelope = message_file.envelope
+        recipients = job.recipients or [r.address for r in envelope.recipients]
+        tx_base = dict(
+            sender=envelope.sender,
+            message=message,
+            eight_bit=envelope.body_type == "8BITMIME",
+            smtputf8=envelope.smtputf8,
+        )
+        groups = self.router.group(recipients)
+        outcomes = await asyncio.gather(
+            *(
+                self.deliverer.deliver(hop, Transaction(recipients=rcpts, **tx_base))  # type: ignore[arg-type]
+                for hop, rcpts in groups.items()
+            )
+        )
+        results = [r for group in outcomes for r in group]
+        self._log(envelope, results)
+        return Result(queue_id=job.queue_id, results=results)
+
+    def _log(self, envelope: Envelope, results: list[RecipientResult]) -> None:
+        now = time.time()
+        delay = now - envelope.received_at
+        top = self.config.metrics.top_domains
+        for r in results:
+            log.info(
+                "%s: to=<%s>, relay=%s, delay=%.2f, dsn=%s, status=%s (%s)",
+                envelope.queue_id,
+                r.address,
+                r.relay,
+                delay,
+                r.dsn,
+                r.status,
+                r.reply,
+            )
+            metrics.DELIVERY_ATTEMPTS.labels(r.status).inc()
+            metrics.DELIVERY_BY_DOMAIN.labels(_domain_label(r.address, top), r.status).inc()
+            if r.status == "sent":
+                metrics.DELIVERY_LATENCY.observe(delay)
+
+
+_seen_domains: dict[str, None] = {}
+
+
+def _domain_label(address: str, top: int) -> str:
+    """Bounded label cardinality: the first ``top`` domains seen are named, others 'other'."""
+    domain = address.rpartition("@")[2].lower()
+    if domain in _seen_domains:
+        return domain
+    if len(_seen_domains) < top:
+        _seen_domains[domain] = None
+        return domain
+    return "other"

@@ -1,0 +1,146 @@
+"""Delivering one message's recipients for one next hop, by whichever transport it names.
+
+For SMTP/LMTP it finds the candidate servers (MX hosts by preference and their addresses,
+or the one configured host), takes an idle connection to the first that has one or opens a
+new one, and falls back to the next candidate when a server cannot be reached, greets with
+an error or drops the connection before taking the message.  At most
+``destination_concurrency`` transactions per next hop run at once in one delivery process.
+Idle connections are kept for :data:`IDLE_SECONDS` for the next message to the same server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+
+from mta.config import Config
+from mta.delivery.dns import Resolver
+from mta.delivery.maildir import deliver_maildir
+from mta.delivery.results import DeliveryError, RecipientResult
+from mta.delivery.routing import NextHop
+from mta.delivery.smtp_client import OutboundConnection, Transaction
+
+__all__ = ["Deliverer"]
+
+log = logging.getLogger("mta.delivery")
+
+IDLE_SECONDS = 10.0
+MAX_IDLE_PER_SERVER = 32
+MAX_ADDRESSES_TRIED = 5  # like Postfix's smtp_mx_address_limit
+
+
+class Deliverer:
+    def __init__(self, config: Config, resolver: Resolver) -> None:
+        self.config = config
+        self.resolver = resolver
+        self.helo_name = config.fqdn
+        self._idle: dict[tuple[str, int, bool], list[tuple[float, OutboundConnection]]] = (
+            defaultdict(list)
+        )
+        self._limits: dict[str, asyncio.Semaphore] = {}
+
+    async def deliver(self, nexthop: NextHop, tx: Transaction) -> list[RecipientResult]:
+        if nexthop.kind == "discard":
+            return [
+                RecipientResult(
+                    address=r,
+                    status="sent",
+                    dsn="2.0.0",
+                    reply="250 2.0.0 discarded",
+                    relay="discard",
+                )
+                for r in tx.recipients
+            ]
+        if nexthop.kind == "maildir":
+            return await asyncio.to_thread(self._maildir, nexthop.target, tx)
+        limit = self._limits.get(nexthop.key)
+        if limit is None:
+            limit = self._limits[nexthop.key] = asyncio.Semaphore(
+                self.config.delivery.destination_concurrency
+            )
+        async with limit:
+            return await self._remote(nexthop, tx)
+
+    @staticmethod
+    def _maildir(template: str, tx: Transaction) -> list[RecipientResult]:
+        return [deliver_maildir(template, r, tx.sender, tx.message) for r in tx.recipients]
+
+    async def _remote(self, nexthop: NextHop, tx: Transaction) -> list[RecipientResult]:
+        last_error: DeliveryError | None = None
+        try:
+            async for host, ip in self._candidates(nexthop):
+                try:
+                    conn = self._take_idle(ip, nexthop) or await self._open(host, ip, nexthop)
+                    results = await conn.send(tx)
+                except DeliveryError as exc:
+                    last_error = exc
+                    log.debug("%s: %s; trying the next server", nexthop.key, exc.reply)
+                    continue
+                self._keep_idle(conn, nexthop)
+                return results
+        except DeliveryError as exc:
+            last_error = exc
+        if last_error is None:
+            last_error = DeliveryError(False, "4.4.4", f"no server found for {nexthop.target}")
+        return [last_error.result_for(r) for r in tx.recipients]
+
+    async def _candidates(self, nexthop: NextHop) -> AsyncIterator[tuple[str, str]]:
+        """(host, ip) pairs to try in order; raises DeliveryError if there are none."""
+        hosts = await self.resolver.mx_hosts(nexthop.target) if nexthop.mx else [nexthop.target]
+        tried = 0
+        first_error: DeliveryError | None = None
+        for host in hosts:
+            try:
+                addresses = await self.resolver.addresses(host)
+            except DeliveryError as exc:
+                first_error = first_error or exc
+                continue
+            for ip in addresses:
+                yield host, ip
+                tried += 1
+                if tried >= MAX_ADDRESSES_TRIED:
+                    return
+        if tried == 0 and first_error is not None:
+            raise first_error
+
+    async def _open(self, host: str, ip: str, nexthop: NextHop) -> OutboundConnection:
+        delivery = self.config.delivery
+        return await OutboundConnection.open(
+            host=host,
+            ip=ip,
+            port=nexthop.port,
+            helo_name=self.helo_name,
+            lmtp=nexthop.kind == "lmtp",
+            starttls=delivery.tls == "may",
+            connect_timeout=delivery.connect_timeout,
+            command_timeout=delivery.command_timeout,
+        )
+
+    def _take_idle(self, ip: str, nexthop: NextHop) -> OutboundConnection | None:
+        idle = self._idle.get((ip, nexthop.port, nexthop.kind == "lmtp"))
+        while idle:
+            _, conn = idle.pop()
+            if conn.usable and not conn.reader.at_eof():
+                return conn
+            conn.abort()
+        return None
+
+    def _keep_idle(self, conn: OutboundConnection, nexthop: NextHop) -> None:
+        idle = self._idle[(conn.ip, nexthop.port, nexthop.kind == "lmtp")]
+        if conn.usable and len(idle) < MAX_IDLE_PER_SERVER:
+            idle.append((time.monotonic(), conn))
+        else:
+            asyncio.get_running_loop().create_task(conn.quit())
+
+    async def close_idle(self, older_than: float = IDLE_SECONDS) -> None:
+        """Close connections idle longer than ``older_than`` seconds (0: all of them)."""
+        now = time.monotonic()
+        closing = []
+        for idle in self._idle.values():
+            keep = [(t, c) for t, c in idle if now - t < older_than]
+            closing.extend(c for t, c in idle if now - t >= older_than)
+            idle[:] = keep
+        await asyncio.gather(*(c.quit() for c in closing))

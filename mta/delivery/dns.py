@@ -1,0 +1,99 @@
+"""MX and address lookups with dnspython's async resolver, cached for each answer's TTL.
+
+Classification (RFC 5321 §5.1, RFC 7505): NXDOMAIN and a null MX (``0 .``) are permanent;
+SERVFAIL, timeouts and unreachable servers are temporary; a domain that exists without MX
+records is its own mail exchanger (implicit MX).  Hosts of equal preference are shuffled so
+that load spreads as RFC 5321 §5.1 asks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+
+import dns.asyncresolver
+import dns.exception
+import dns.nameserver
+import dns.resolver
+
+from mta import metrics
+from mta.config import parse_hostport
+from mta.delivery.results import DeliveryError
+
+__all__ = ["Resolver"]
+
+
+class Resolver:
+    def __init__(self, servers: tuple[str, ...] = (), timeout: float = 10.0) -> None:
+        resolver = dns.asyncresolver.Resolver(configure=not servers)
+        if servers:
+            resolver.nameservers = [
+                dns.nameserver.Do53Nameserver(host, port)
+                for host, port in (parse_hostport(s, 53) for s in servers)
+            ]
+        resolver.cache = dns.resolver.Cache()
+        resolver.lifetime = timeout
+        self._resolver = resolver
+
+    async def mx_hosts(self, domain: str) -> list[str]:
+        """Mail exchangers for ``domain``, best preference first; raises DeliveryError."""
+        if domain.startswith("[") and domain.endswith("]"):
+            return [domain]  # address literal: no lookup
+        try:
+            answer = await self._query(domain, "MX")
+        except dns.resolver.NoAnswer:
+            return [domain]  # RFC 5321 §5.1: no MX, the domain's address records are used
+        records = sorted(answer, key=lambda r: (r.preference, random.random()))
+        if len(records) == 1 and records[0].exchange == dns.name.root:
+            raise DeliveryError(
+                True, "5.1.10", f"556 5.1.10 Domain {domain} does not accept mail (null MX)"
+            )
+        return [r.exchange.to_text(omit_final_dot=True) for r in records]
+
+    async def addresses(self, host: str) -> list[str]:
+        """IPv4 then IPv6 addresses of ``host``; raises DeliveryError when none."""
+        literal = host[1:-1] if host.startswith("[") else host
+        if literal.lower().startswith("ipv6:"):
+            literal = literal[5:]
+        try:
+            return [str(ipaddress.ip_address(literal))]
+        except ValueError:
+            pass
+        found: list[str] = []
+        errors: list[DeliveryError] = []
+        for rdtype in ("A", "AAAA"):
+            try:
+                answer = await self._query(host, rdtype)
+            except dns.resolver.NoAnswer:
+                continue
+            except DeliveryError as exc:
+                errors.append(exc)
+                continue
+            found.extend(r.address for r in answer)
+        if found:
+            return found
+        if errors and not all(e.permanent for e in errors):
+            raise next(e for e in errors if not e.permanent)
+        if errors:
+            raise errors[0]
+        raise DeliveryError(True, "5.1.2", f"Host or domain name not found: {host} has no address")
+
+    async def _query(self, name: str, rdtype: str) -> dns.resolver.Answer:
+        metrics.DNS_LOOKUPS.labels(rdtype).inc()
+        try:
+            return await self._resolver.resolve(name, rdtype, search=False)
+        except dns.resolver.NXDOMAIN:
+            metrics.DNS_FAILURES.labels(rdtype, "nxdomain").inc()
+            raise DeliveryError(
+                True, "5.1.2", f"Host or domain name not found: {name} type={rdtype}: NXDOMAIN"
+            ) from None
+        except dns.resolver.NoAnswer:
+            raise
+        except (dns.resolver.NoNameservers, dns.exception.Timeout) as exc:
+            metrics.DNS_FAILURES.labels(rdtype, "temporary").inc()
+            raise DeliveryError(
+                False, "4.4.3", f"Temporary DNS failure for {name} type={rdtype}: {exc}"
+            ) from None
+        except dns.exception.DNSException as exc:
+            metrics.DNS_FAILURES.labels(rdtype, "temporary").inc()
+            raise DeliveryError(False, "4.4.3", f"DNS error for {name}: {exc}") from None

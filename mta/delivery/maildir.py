@@ -1,0 +1,86 @@
+"""Local delivery into a Maildir (tmp/ → new/ rename), readable by Dovecot or mutt.
+
+The path template's ``{user}`` and ``{domain}`` come from the recipient; they are checked so
+that no address can climb out of the template (no ``/``, no leading dot).  Each delivered
+file starts with ``Return-Path`` and ``Delivered-To`` like Postfix's local(8), is fsynced,
+renamed into ``new/`` and the directory is fsynced before success is reported.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+from mta.delivery.results import RecipientResult
+
+__all__ = ["deliver_maildir"]
+
+_counter = 0
+
+
+def _safe(part: str) -> bool:
+    return bool(part) and "/" not in part and not part.startswith(".") and "\0" not in part
+
+
+def _unique_name() -> str:
+    global _counter
+    _counter += 1
+    now = time.time()
+    host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
+    return f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{_counter}.{host}"
+
+
+def _ensure_maildir(path: str) -> None:
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
+
+
+def deliver_maildir(template: str, recipient: str, sender: str, message: bytes) -> RecipientResult:
+    """Deliver one copy; the result says sent, deferred (I/O trouble) or failed."""
+    user, _, domain = recipient.rpartition("@")
+    if not user:
+        user, domain = recipient, ""
+    user = user.lower()
+    domain = domain.lower()
+    if not _safe(user) or (domain and not _safe(domain)):
+        return RecipientResult(
+            address=recipient,
+            status="failed",
+            dsn="5.1.3",
+            reply="550 5.1.3 recipient not deliverable to a mailbox",
+            relay="local",
+        )
+    path = template.format(user=user, domain=domain)
+    try:
+        _ensure_maildir(path)
+        name = _unique_name()
+        tmp = os.path.join(path, "tmp", name)
+        header = f"Return-Path: <{sender}>\r\nDelivered-To: {recipient}\r\n".encode()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, header + message)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, os.path.join(path, "new", name))
+        dir_fd = os.open(os.path.join(path, "new"), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        return RecipientResult(
+            address=recipient,
+            status="deferred",
+            dsn="4.3.0",
+            reply=f"451 4.3.0 maildir delivery failed: {exc.strerror}",
+            relay="local",
+        )
+    return RecipientResult(
+        address=recipient,
+        status="sent",
+        dsn="2.0.0",
+        reply=f"250 2.0.0 delivered to maildir {path}",
+        relay="local",
+    )

@@ -1,0 +1,1 @@
+"""The master process and its supervision of children (DESIGN.md §1)."""

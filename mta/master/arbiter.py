@@ -1,0 +1,310 @@
+"""The master process: binds the listeners, forks the children and keeps them running.
+
+Like gunicorn's arbiter and Postfix's master it runs no event loop.  Signal handlers only
+append the signal to a queue and poke a self-pipe; the main loop wakes, dispatches each one
+to ``handle_<name>`` and then does its rounds: reap children, kill the ones whose heartbeat
+went stale, start what is missing (throttled for children that die young) and advance a
+rolling reload.
+
+* TERM/INT: children get SIGTERM and drain (sessions and deliveries in flight finish) for up
+  to ``master.graceful_timeout`` seconds; whatever is left then gets SIGKILL; exit 0.
+* HUP: read the configuration again.  If it is invalid, log why and keep the old one;
+  otherwise replace children one at a time: the new one starts, and the old one is told to
+  stop only once the new one has proven it is alive, so the service keeps answering.
+* A child exiting with :data:`EXIT_CONFIG` stops the master with that child's message.
+
+Listening sockets are bound here, once, and inherited by every smtpd worker.  The default is
+one shared (inherited) socket: with uvloop's accept loop it balanced connections across
+workers as well as SO_REUSEPORT did in our measurements (see the issue note), and unlike
+SO_REUSEPORT it never strands queued connections in the accept queue of a worker that died.
+``smtp.reuse_port = true`` gives each worker its own socket instead.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from mta.config import Config, ConfigError, load_config
+from mta.master.children import EXIT_CONFIG, KINDS, spawn
+from mta.master.throttle import Throttle
+from mta.server.listen import bind_listeners
+
+__all__ = ["Arbiter", "run_master"]
+
+log = logging.getLogger("mta.master")
+
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+_TICK = 0.5  # seconds between rounds when nothing happens
+
+
+@dataclass(eq=False)
+class Child:
+    kind: str
+    slot: int
+    pid: int
+    generation: int
+    heartbeat: str  # file the child touches from its event loop
+    started: float = field(default_factory=time.monotonic)
+    stopping_since: float | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}#{self.slot}[{self.pid}]"
+
+    def alive_since(self) -> float:
+        """When the child last proved it is alive (its heartbeat file's mtime)."""
+        try:
+            return os.stat(self.heartbeat).st_mtime
+        except FileNotFoundError:
+            return 0.0
+
+
+class Arbiter:
+    def __init__(self, config: Config, config_path: str | None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.generation = 0
+        self.children: dict[int, Child] = {}
+        self.signals: list[int] = []
+        self.stopping_since: float | None = None
+        self.exit_code = 0
+        self.run_dir = tempfile.mkdtemp(prefix="mta-master-")
+        self.throttle = Throttle()
+        self.sockets = bind_listeners(config.smtp.listen, config.smtp.reuse_port)
+        self._pipe_r, self._pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.http = None
+
+    # ----- main loop ----------------------------------------------------------------------
+
+    def run(self) -> int:
+        from mta.master import http
+
+        self._install_signals()
+        self._write_pidfile()
+        self.http = http.start(self)
+        log.info("master started (pid %d), listening on %s", os.getpid(), self._listen_names())
+        try:
+            while True:
+                self._wait()
+                self._dispatch_signals()
+                self._reap()
+                if self.stopping_since is not None:
+                    if not self.children:
+                        break
+                    self._escalate_stop()
+                    continue
+                self._check_heartbeats()
+                self._start_missing()
+                self._advance_reload()
+        finally:
+            self._cleanup()
+        log.info("master exiting with status %d", self.exit_code)
+        return self.exit_code
+
+    def _wait(self) -> None:
+        try:
+            select.select([self._pipe_r], [], [], _TICK)
+        except InterruptedError:
+            pass
+        try:
+            while os.read(self._pipe_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _install_signals(self) -> None:
+        def record(signum: int, frame: object) -> None:
+            self.signals.append(signum)
+            try:
+                os.write(self._pipe_w, b"!")
+            except BlockingIOError:
+                pass
+
+        for signum in _SIGNALS:
+            signal.signal(signum, record)
+
+    def _dispatch_signals(self) -> None:
+        while self.signals:
+            signum = self.signals.pop(0)
+            name = signal.Signals(signum).name.removeprefix("SIG").lower()
+            getattr(self, f"handle_{name}")()
+
+    # ----- signal handlers (run from the main loop, never from the signal frame) ---------
+
+    def handle_term(self) -> None:
+        if self.stopping_since is None:
+            log.info("stopping: draining children for up to %ss", self._graceful())
+            self.stopping_since = time.monotonic()
+            for child in self.children.values():
+                self._signal(child, signal.SIGTERM)
+
+    handle_int = handle_term
+
+    def handle_chld(self) -> None:
+        pass  # reaping happens on every round
+
+    def handle_hup(self) -> None:
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            return
+        if config.smtp.listen != self.config.smtp.listen:
+            log.warning("reload: smtp.listen changed; restart the master to rebind sockets")
+        self.config = config
+        self.generation += 1
+        log.info("reloading: replacing children one at a time (generation %d)", self.generation)
+
+    # ----- children -----------------------------------------------------------------------
+
+    def wanted(self) -> list[tuple[str, int]]:
+        """Every (kind, slot) that should have a running child."""
+        slots: list[tuple[str, int]] = []
+        for kind, spec in KINDS.items():
+            slots.extend((kind, i) for i in range(spec.count(self.config)))
+        return slots
+
+    def _start_missing(self) -> None:
+        running = {(c.kind, c.slot) for c in self.children.values()}
+        for kind, slot in self.wanted():
+            if (kind, slot) not in running and self.throttle.may_start((kind, slot)):
+                self._start(kind, slot)
+
+    def _start(self, kind: str, slot: int) -> Child:
+        heartbeat = os.path.join(self.run_dir, f"{kind}-{slot}-{self.generation}.alive")
+        with open(heartbeat, "wb"):
+            pass
+        os.utime(heartbeat, (0, 0))  # not alive until the child says so
+        pid = spawn(kind, self.config, self.sockets, heartbeat, self._child_fds())
+        child = Child(kind, slot, pid, self.generation, heartbeat)
+        self.children[pid] = child
+        log.info("started %s", child.name)
+        return child
+
+    def _child_fds(self) -> list[int]:
+        return [self._pipe_r, self._pipe_w]
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            child = self.children.pop(pid, None)
+            if child is not None:
+                self._child_exited(child, status)
+
+    def _child_exited(self, child: Child, status: int) -> None:
+        from mta.master import http
+
+        http.mark_dead(child.pid)
+        _remove(child.heartbeat)
+        code = os.waitstatus_to_exitcode(status)
+        how = f"exit status {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
+        if self.stopping_since is not None or child.stopping_since is not None:
+            log.info("%s stopped (%s)", child.name, how)
+            return
+        lived = time.monotonic() - child.started
+        log.warning("%s died (%s) after %.1fs; replacing it", child.name, how, lived)
+        self.throttle.died((child.kind, child.slot), lived)
+        http.count_restart(child.kind)
+        if code == EXIT_CONFIG:
+            log.error("%s reported a configuration error; stopping", child.name)
+            self.exit_code = EXIT_CONFIG
+            self.handle_term()
+
+    def _check_heartbeats(self) -> None:
+        now = time.time()
+        limit = self.config.master.heartbeat_timeout
+        for child in list(self.children.values()):
+            last = child.alive_since()
+            started_wall = now - (time.monotonic() - child.started)
+            if now - max(last, started_wall) > limit and child.stopping_since is None:
+                log.error("%s stopped heart-beating for %.0fs; killing it", child.name, limit)
+                self._signal(child, signal.SIGKILL)
+
+    def _advance_reload(self) -> None:
+        """Replace one outdated child at a time; the old one stops once the new one beats."""
+        outdated = [c for c in self.children.values() if c.generation < self.generation]
+        if not outdated:
+            return
+        for child in outdated:
+            if child.stopping_since is not None:
+                return  # one replacement at a time
+        old = outdated[0]
+        successor = next(
+            (
+                c
+                for c in self.children.values()
+                if (c.kind, c.slot) == (old.kind, old.slot) and c.generation == self.generation
+            ),
+            None,
+        )
+        if successor is None:
+            self._start(old.kind, old.slot)
+        elif successor.alive_since() > 0:
+            old.stopping_since = time.monotonic()
+            self._signal(old, signal.SIGTERM)
+
+    def _escalate_stop(self) -> None:
+        assert self.stopping_since is not None
+        if time.monotonic() - self.stopping_since > self._graceful() + 2.0:
+            for child in self.children.values():
+                log.warning("%s did not stop in time; killing it", child.name)
+                self._signal(child, signal.SIGKILL)
+
+    def _graceful(self) -> float:
+        return self.config.master.graceful_timeout
+
+    def _signal(self, child: Child, signum: int) -> None:
+        try:
+            os.kill(child.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    # ----- setup and teardown ------------------------------------------------------------
+
+    def _write_pidfile(self) -> None:
+        if self.config.master.pidfile:
+            with open(self.config.master.pidfile, "w") as f:
+                f.write(f"{os.getpid()}\n")
+
+    def _cleanup(self) -> None:
+        if self.http is not None:
+            self.http.shutdown()
+        for sock in self.sockets:
+            sock.close()
+        if self.config.master.pidfile:
+            _remove(self.config.master.pidfile)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def _listen_names(self) -> str:
+        return ", ".join(self.config.smtp.listen)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+
+
+def run_master(config: Config, config_path: str | None) -> int:
+    """``mta serve``: run the process tree until TERM; the exit status of the master."""
+    try:
+        arbiter = Arbiter(config, config_path)
+    except OSError as exc:
+        log.error("cannot listen on %s: %s", ", ".join(config.smtp.listen), exc.strerror)
+        return 1
+    return arbiter.run()

@@ -1,0 +1,100 @@
+"""The kinds of child process the master runs, and how one is started.
+
+Each kind names how many the configuration wants and the function the child runs after
+fork.  A child resets the master's signal handlers, closes what it must not hold, proves
+it is alive by touching its heartbeat file from its own event loop, and exits with
+:data:`EXIT_CONFIG` when the configuration cannot work (which stops the master, instead of
+a restart loop), 1 for other start-up failures (which are throttled and retried).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mta.config import Config
+
+__all__ = ["EXIT_CONFIG", "KINDS", "spawn"]
+
+log = logging.getLogger("mta.master")
+
+EXIT_CONFIG = 78  # sysexits.h EX_CONFIG
+
+Heartbeat = Callable[[], None]
+
+
+@dataclass(frozen=True)
+class Kind:
+    count: Callable[[Config], int]
+    run: Callable[[Config, list[socket.socket], Heartbeat], None]
+
+
+def _smtpd_count(config: Config) -> int:
+    return config.smtp.workers or os.cpu_count() or 1
+
+
+def _run_smtpd(config: Config, sockets: list[socket.socket], heartbeat: Heartbeat) -> None:
+    from mta.server.worker import run_smtpd
+
+    run_smtpd(config, sockets, heartbeat)
+
+
+def _run_qmgr(config: Config, sockets: list[socket.socket], heartbeat: Heartbeat) -> None:
+    from mta.queue.manager import run_qmgr
+
+    _close(sockets)
+    run_qmgr(config, heartbeat)
+
+
+def _run_delivery(config: Config, sockets: list[socket.socket], heartbeat: Heartbeat) -> None:
+    from mta.delivery.agent import run_delivery
+
+    _close(sockets)
+    run_delivery(config, heartbeat)
+
+
+def _close(sockets: list[socket.socket]) -> None:
+    """Only smtpd accepts: a listening socket held elsewhere would outlive a drain."""
+    for sock in sockets:
+        sock.close()
+
+
+KINDS: dict[str, Kind] = {
+    "qmgr": Kind(lambda config: 1, _run_qmgr),
+    "delivery": Kind(lambda config: config.delivery.workers, _run_delivery),
+    "smtpd": Kind(_smtpd_count, _run_smtpd),
+}
+
+
+def spawn(
+    kind: str, config: Config, sockets: list[socket.socket], heartbeat: str, close_fds: list[int]
+) -> int:
+    """Fork a child of ``kind``; return its pid in the parent, never return in the child."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        for fd in close_fds:
+            os.close(fd)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the master reloads; children don't
+        KINDS[kind].run(config, sockets, lambda: os.utime(heartbeat))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except OSError as exc:
+        log.error("%s failed: %s", kind, exc)
+        code = 1
+    except BaseException:
+        log.exception("%s crashed", kind)
+        code = 1
+    finally:
+        sys.stderr.flush()
+        os._exit(code)

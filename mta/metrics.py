@@ -1,0 +1,82 @@
+"""Every Prometheus metric of mta, defined in this one module.
+
+Names follow ``mta_<subsystem>_<thing>_<unit>``; counters end in ``_total`` (the client adds
+it).  In a process tree the master sets ``PROMETHEUS_MULTIPROC_DIR`` before any child
+imports this module, so each process writes its own mmap'd files and the master's
+``/metrics`` endpoint aggregates them (prometheus-client multiprocess mode).  Gauges say how
+they aggregate across processes: ``livesum`` for things that are summed over live processes,
+``mostrecent`` for values one process owns (queue depth is measured by the queue manager).
+
+Label values are bounded: reply classes (2xx..5xx), reject reasons from a fixed list,
+delivery results, and destination domains only for the top-N configured (others "other").
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from mta import __version__
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
+
+# Info metrics do not exist in multiprocess mode; a gauge fixed at 1 carries the labels.
+BUILD_INFO = Gauge("mta_build_info", "Version of mta", ["version"], multiprocess_mode="max")
+PARSER_BACKEND = Gauge(
+    "mta_parser_backend_info",
+    "Parser backend in use by smtpd workers (1 for the active backend)",
+    ["backend"],
+    multiprocess_mode="max",
+)
+
+# smtpd
+CONNECTIONS_OPENED = Counter("mta_smtpd_connections_opened", "SMTP connections accepted")
+CONNECTIONS_CURRENT = Gauge(
+    "mta_smtpd_connections_current",
+    "SMTP connections open now, per worker",
+    multiprocess_mode="livesum",
+)
+MESSAGES_RECEIVED = Counter("mta_smtpd_messages_received", "Messages accepted with 250")
+BYTES_RECEIVED = Counter("mta_smtpd_received_bytes", "Octets of accepted messages")
+REPLIES = Counter("mta_smtpd_replies", "SMTP replies sent, by code class", ["code_class"])
+REJECTS = Counter("mta_smtpd_rejects", "Refused commands and messages, by reason", ["reason"])
+TLS_SESSIONS = Counter("mta_smtpd_tls_sessions", "TLS sessions established by smtpd")
+COMMIT_BATCHES = Counter("mta_queue_commit_batches", "Group commits (disk flushes) done")
+
+# queue
+QUEUE_DEPTH = Gauge(
+    "mta_queue_messages",
+    "Messages in the queue, by state directory",
+    ["state"],
+    multiprocess_mode="mostrecent",
+)
+QUEUE_OLDEST_AGE = Gauge(
+    "mta_queue_oldest_message_age_seconds",
+    "Age of the oldest message in the queue",
+    multiprocess_mode="mostrecent",
+)
+
+# delivery
+DELIVERY_ATTEMPTS = Counter(
+    "mta_delivery_attempts", "Delivery attempts per recipient, by result", ["result"]
+)
+DELIVERY_BY_DOMAIN = Counter(
+    "mta_delivery_domain_attempts",
+    "Delivery attempts per recipient by destination domain (top-N, others as 'other')",
+    ["domain", "result"],
+)
+DELIVERY_LATENCY = Histogram(
+    "mta_delivery_latency_seconds",
+    "Time from reception to successful delivery, per recipient",
+    buckets=_LATENCY_BUCKETS,
+)
+MESSAGES_DELIVERED = Counter(
+    "mta_delivery_messages_completed", "Messages whose every recipient is done"
+)
+BOUNCES = Counter("mta_delivery_bounces", "Delivery status notifications generated")
+DNS_LOOKUPS = Counter("mta_dns_lookups", "DNS queries made for delivery", ["rtype"])
+DNS_FAILURES = Counter("mta_dns_failures", "DNS queries that failed", ["rtype", "kind"])
+
+# master
+CHILD_RESTARTS = Counter("mta_master_child_restarts", "Children replaced", ["kind"])
+
+BUILD_INFO.labels(__version__).set(1)

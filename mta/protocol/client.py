@@ -1,0 +1,165 @@
+"""The client side of SMTP and LMTP, sans-I/O: commands out, replies in.
+
+:class:`ClientConnection` keeps what a client must remember about a server (its EHLO
+extensions, whether it speaks LMTP) and turns intentions into bytes (``mail()``, ``rcpt()``,
+``message()`` with dot-stuffing) and received bytes into :class:`Reply` objects.  The
+delivery code drives it over a real connection and decides what each reply means.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ClientConnection", "ProtocolError", "Reply", "ReplyParser", "dot_stuff"]
+
+
+class ProtocolError(ValueError):
+    """The server sent something that is not an SMTP reply."""
+
+
+@dataclass(slots=True, frozen=True)
+class Reply:
+    code: int
+    lines: tuple[str, ...]
+
+    @property
+    def text(self) -> str:
+        """The reply as one line, as logs and DSNs quote it: ``550 5.1.1 No such user``."""
+        return f"{self.code} " + " ".join(self.lines)
+
+    @property
+    def enhanced(self) -> str:
+        """The enhanced status code (RFC 3463), or one derived from the reply class."""
+        first = self.lines[0].split(" ", 1)[0] if self.lines else ""
+        parts = first.split(".")
+        if len(parts) == 3 and all(p.isdigit() for p in parts) and first[0] == str(self.code)[0]:
+            return first
+        return {2: "2.0.0", 4: "4.0.0", 5: "5.0.0"}.get(self.code // 100, "4.0.0")
+
+    @property
+    def is_positive(self) -> bool:
+        return 200 <= self.code < 400
+
+    @property
+    def is_transient(self) -> bool:
+        return 400 <= self.code < 500
+
+    @property
+    def is_permanent(self) -> bool:
+        return self.code >= 500
+
+
+class ReplyParser:
+    """Splits a byte stream into complete replies (RFC 5321 §4.2.1 multi-line form)."""
+
+    MAX_LINE = 4096
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._lines: list[str] = []
+
+    def feed(self, data: bytes) -> list[Reply]:
+        self._buf += data
+        replies: list[Reply] = []
+        while True:
+            end = self._buf.find(b"\n")
+            if end < 0:
+                if len(self._buf) > self.MAX_LINE:
+                    raise ProtocolError("reply line too long")
+                return replies
+            line = bytes(self._buf[:end]).rstrip(b"\r")
+            del self._buf[: end + 1]
+            reply = self._line(line)
+            if reply is not None:
+                replies.append(reply)
+
+    def _line(self, line: bytes) -> Reply | None:
+        if len(line) < 3 or not line[:3].isdigit() or line[3:4] not in (b"", b" ", b"-"):
+            raise ProtocolError(f"not an SMTP reply: {line[:80]!r}")
+        self._lines.append(line[4:].decode("utf-8", "replace"))
+        if line[3:4] == b"-":
+            return None
+        lines, self._lines = tuple(self._lines), []
+        return Reply(int(line[:3]), lines)
+
+
+def dot_stuff(message: bytes) -> bytes:
+    """The DATA payload for ``message``: dot-stuffed (RFC 5321 §4.5.2), CRLF-terminated,
+    followed by the ``.`` line."""
+    stuffed = message.replace(b"\r\n.", b"\r\n..")
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    if stuffed and not stuffed.endswith(b"\r\n"):
+        stuffed += b"\r\n"
+    return stuffed + b".\r\n"
+
+
+class ClientConnection:
+    """What one outbound connection knows about its server, and how to talk to it."""
+
+    def __init__(self, helo_name: str, *, lmtp: bool = False) -> None:
+        self.helo_name = helo_name
+        self.lmtp = lmtp
+        self.extensions: dict[str, str] = {}
+        self.esmtp = False
+        self.parser = ReplyParser()
+
+    def receive_data(self, data: bytes) -> list[Reply]:
+        return self.parser.feed(data)
+
+    def ehlo(self) -> bytes:
+        verb = b"LHLO" if self.lmtp else b"EHLO"
+        return verb + b" " + self.helo_name.encode("idna") + b"\r\n"
+
+    def helo(self) -> bytes:
+        return b"HELO " + self.helo_name.encode("idna") + b"\r\n"
+
+    def handle_ehlo(self, reply: Reply) -> None:
+        """Remember the extensions of a positive EHLO reply (keywords upper-cased)."""
+        self.esmtp = True
+        self.extensions = {}
+        for line in reply.lines[1:]:
+            keyword, _, params = line.partition(" ")
+            self.extensions[keyword.upper()] = params
+
+    def supports(self, extension: str) -> bool:
+        return extension in self.extensions
+
+    @property
+    def size_limit(self) -> int | None:
+        value = self.extensions.get("SIZE", "")
+        return int(value) if value.isdigit() and int(value) > 0 else None
+
+    def mail(self, sender: str, *, size: int, eight_bit: bool, smtputf8: bool) -> bytes:
+        params = []
+        if self.supports("SIZE"):
+            params.append(f"SIZE={size}")
+        if eight_bit and self.supports("8BITMIME"):
+            params.append("BODY=8BITMIME")
+        if smtputf8 and self.supports("SMTPUTF8"):
+            params.append("SMTPUTF8")
+        tail = (" " + " ".join(params)) if params else ""
+        return f"MAIL FROM:<{sender}>{tail}\r\n".encode()
+
+    def rcpt(self, recipient: str) -> bytes:
+        return f"RCPT TO:<{recipient}>\r\n".encode()
+
+    @staticmethod
+    def data() -> bytes:
+        return b"DATA\r\n"
+
+    @staticmethod
+    def message(message: bytes) -> bytes:
+        return dot_stuff(message)
+
+    @staticmethod
+    def rset() -> bytes:
+        return b"RSET\r\n"
+
+    @staticmethod
+    def quit() -> bytes:
+        return b"QUIT\r\n"
+
+    @staticmethod
+    def starttls() -> bytes:
+        return b"STARTTLS\r\n"

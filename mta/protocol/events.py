@@ -1,0 +1,61 @@
+"""Events the server session hands to the I/O layer.
+
+Events marked *decision* leave the session waiting: it processes no further input until the
+server calls :meth:`ServerSession.accept` or :meth:`ServerSession.reject`.  That is how
+policy (relay control) and the asynchronous durable commit fit a sans-I/O core while
+pipelined replies keep their order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True, frozen=True)
+class MailFrom:
+    """*Decision*: the client opened a transaction (``sender`` is ``""`` for ``<>``)."""
+
+    sender: str
+    params: dict[str, str | None] = field(default_factory=dict)
+
+
+@dataclass(slots=True, frozen=True)
+class RcptTo:
+    """*Decision*: the client named a recipient; the server applies relay policy."""
+
+    recipient: str
+    params: dict[str, str | None] = field(default_factory=dict)
+
+
+@dataclass(slots=True, frozen=True)
+class DataStart:
+    """*Decision*: the client sent DATA; accept means ``354`` and chunks will follow."""
+
+
+@dataclass(slots=True, frozen=True)
+class DataChunk:
+    """Decoded message bytes (dot-unstuffed) to append to the message being received."""
+
+    data: bytes
+
+
+@dataclass(slots=True, frozen=True)
+class DataEnd:
+    """*Decision*: the message is complete and within limits; make it durable, then accept."""
+
+    size: int
+
+
+@dataclass(slots=True, frozen=True)
+class DataAborted:
+    """The message was refused by the session itself (``reason``); discard what was kept."""
+
+    reason: str  # "too_big" | "bare_line_ending" | "connection_lost"
+
+
+@dataclass(slots=True, frozen=True)
+class TransactionReset:
+    """RSET, HELO/EHLO or a failed transaction dropped the sender and recipients."""
+
+
+Event = MailFrom | RcptTo | DataStart | DataChunk | DataEnd | DataAborted | TransactionReset

@@ -1,0 +1,83 @@
+"""SMTP reply texts, in one place so that every reply carries an enhanced status code.
+
+Texts follow Postfix where it has one, so operators recognise them in logs.  Codes come from
+RFC 5321 §4.2 and the enhanced codes from RFC 3463 / RFC 5248.
+"""
+
+from __future__ import annotations
+
+
+def reply(code: int, text: str) -> bytes:
+    """One-line reply; ``text`` starts with the enhanced status code."""
+    return b"%d %s\r\n" % (code, text.encode("utf-8", "replace"))
+
+
+def multiline(code: int, lines: list[str]) -> bytes:
+    """Multi-line reply (RFC 5321 §4.2.1): ``250-a``, ``250-b``, ``250 c``."""
+    last = len(lines) - 1
+    return b"".join(
+        b"%d%c%s\r\n" % (code, 32 if i == last else 45, line.encode("utf-8", "replace"))
+        for i, line in enumerate(lines)
+    )
+
+
+OK = reply(250, "2.0.0 Ok")
+OK_SENDER = reply(250, "2.1.0 Ok")
+OK_RECIPIENT = reply(250, "2.1.5 Ok")
+RESET = reply(250, "2.0.0 Ok")
+START_DATA = reply(354, "End data with <CR><LF>.<CR><LF>")
+VRFY = reply(252, "2.0.0 Cannot VRFY user, but will accept message and attempt delivery")
+HELP = reply(214, "2.0.0 See RFC 5321 (commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY)")
+
+NEED_HELO = reply(503, "5.5.1 Error: send HELO/EHLO first")
+NESTED_MAIL = reply(503, "5.5.1 Error: nested MAIL command")
+NEED_MAIL = reply(503, "5.5.1 Error: need MAIL command")
+NEED_RCPT = reply(503, "5.5.1 Error: need RCPT command")
+UNKNOWN_COMMAND = reply(500, "5.5.2 Error: command not recognized")
+NOT_IMPLEMENTED = reply(502, "5.5.1 Error: command not implemented")
+LINE_TOO_LONG = reply(500, "5.5.2 Error: line too long")
+BARE_LINE_ENDING_COMMAND = reply(500, "5.5.2 Error: bare <CR> or <LF> in command; use <CR><LF>")
+BARE_LINE_ENDING_DATA = reply(
+    550, "5.5.2 Error: message contains bare <CR> or <LF>; use <CR><LF> line endings"
+)
+HELO_SYNTAX = reply(501, "5.5.4 Syntax: EHLO hostname")
+DATA_SYNTAX = reply(501, "5.5.4 Syntax: DATA")
+NO_ARGS_SYNTAX = reply(501, "5.5.4 Syntax error: no arguments allowed")
+VRFY_SYNTAX = reply(501, "5.5.4 Syntax: VRFY address")
+NULL_RECIPIENT = reply(501, "5.1.3 Bad recipient address syntax")
+TOO_BIG = reply(552, "5.3.4 Error: message file too big")
+TOO_MANY_RECIPIENTS = reply(452, "4.5.3 Error: too many recipients")
+UNSUPPORTED_PARAM = reply(555, "5.5.4 Unsupported option")
+BAD_BODY_PARAM = reply(501, "5.5.4 Bad BODY parameter")
+BAD_SIZE_PARAM = reply(501, "5.5.4 Bad SIZE parameter")
+NEED_SMTPUTF8 = reply(553, "5.6.7 Address needs SMTPUTF8")
+RELAY_DENIED = reply(554, "5.7.1 Relay access denied")
+LOCAL_ERROR = reply(451, "4.3.0 Error: queue file write error")
+
+
+def closing(hostname: str) -> bytes:
+    return reply(221, f"2.0.0 {hostname} Bye")
+
+
+def greeting(hostname: str) -> bytes:
+    return reply(220, f"{hostname} ESMTP mta")
+
+
+def too_many_errors(hostname: str) -> bytes:
+    return reply(421, f"4.7.0 {hostname} Error: too many errors")
+
+
+def timeout(hostname: str) -> bytes:
+    return reply(421, f"4.4.2 {hostname} Error: timeout exceeded")
+
+
+def shutting_down(hostname: str) -> bytes:
+    return reply(421, f"4.3.2 {hostname} Service shutting down, closing transmission channel")
+
+
+def too_many_connections(hostname: str) -> bytes:
+    return reply(421, f"4.7.0 {hostname} Error: too many connections")
+
+
+def queued(queue_id: str) -> bytes:
+    return reply(250, f"2.0.0 Ok: queued as {queue_id}")

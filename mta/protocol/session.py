@@ -1,0 +1,453 @@
+"""The server side of an SMTP session as a sans-I/O state machine.
+
+Bytes go in with :meth:`ServerSession.receive_data`; events come out of
+:meth:`ServerSession.next_event`; replies are collected and taken with
+:meth:`ServerSession.data_to_send`, so that a pipelined batch (RFC 2920) is answered in
+order with one write.  Nothing here touches sockets, files or clocks.
+
+Rules this module keeps:
+
+* Command order lives in one table (:data:`COMMANDS`): which states a verb is valid in and
+  which reply it gets otherwise.
+* Every reply carries an enhanced status code (RFC 2034); every reply of class 4 or 5 counts
+  against ``max_errors``, after which the session says ``421`` and closes, as Postfix does.
+* Only ``CRLF.CRLF`` ends DATA; a bare CR or LF in a command rejects the command, in DATA it
+  rejects the message after the real terminator (or is turned into CRLF when configured).
+* While a *decision* event waits for :meth:`accept` / :meth:`reject`, no further input is
+  processed, so replies stay in order and the server may take its time (fsync).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mta.protocol import parser, replies
+from mta.protocol.errors import CommandSyntaxError, SessionUsageError
+from mta.protocol.events import (
+    DataAborted,
+    DataChunk,
+    DataEnd,
+    DataStart,
+    Event,
+    MailFrom,
+    RcptTo,
+    TransactionReset,
+)
+
+__all__ = ["COMMANDS", "ServerSession", "SessionLimits", "State"]
+
+
+class State(enum.Enum):
+    CONNECTED = "connected"  # greeting sent, no HELO/EHLO yet
+    READY = "ready"  # after HELO/EHLO, no transaction open
+    MAIL = "mail"  # MAIL accepted, no recipient yet
+    RCPT = "rcpt"  # at least one recipient accepted
+    DATA = "data"  # reading the message
+
+
+@dataclass(slots=True, frozen=True)
+class SessionLimits:
+    """What a session needs to know of the configuration."""
+
+    hostname: str
+    max_message_size: int = 26_214_400
+    max_recipients: int = 1000
+    max_line_length: int = 2048
+    max_errors: int = 10
+    normalize_bare_line_endings: bool = False
+
+
+_ANY = frozenset(State) - {State.DATA}
+_IN_TRANSACTION = frozenset({State.MAIL, State.RCPT})
+
+
+@dataclass(slots=True, frozen=True)
+class Command:
+    """One row of the command table."""
+
+    handler: str  # name of the ServerSession method
+    states: frozenset[State]  # where the verb is allowed
+    takes_argument: bool | None = None  # True: required, False: forbidden, None: either
+
+
+COMMANDS: dict[str, Command] = {
+    "EHLO": Command("_do_ehlo", _ANY, True),
+    "HELO": Command("_do_helo", _ANY, True),
+    "MAIL": Command("_do_mail", frozenset({State.READY}), True),
+    "RCPT": Command("_do_rcpt", _IN_TRANSACTION, True),
+    "DATA": Command("_do_data", frozenset({State.RCPT}), False),
+    "RSET": Command("_do_rset", _ANY, False),
+    "NOOP": Command("_do_noop", _ANY),
+    "QUIT": Command("_do_quit", _ANY),
+    "VRFY": Command("_do_vrfy", _ANY, True),
+    "HELP": Command("_do_help", _ANY),
+}
+# Known to us but deliberately not offered (RFC 5321 §4.2.4: 502 for unimplemented commands).
+NOT_IMPLEMENTED = frozenset({"STARTTLS", "AUTH", "BDAT", "EXPN", "ETRN", "TURN", "ATRN"})
+
+# Reply for a verb used in the wrong state, by the state we are in.
+_OUT_OF_SEQUENCE: dict[tuple[str, State], bytes] = {
+    ("MAIL", State.CONNECTED): replies.NEED_HELO,
+    ("MAIL", State.MAIL): replies.NESTED_MAIL,
+    ("MAIL", State.RCPT): replies.NESTED_MAIL,
+    ("RCPT", State.CONNECTED): replies.NEED_HELO,
+    ("RCPT", State.READY): replies.NEED_MAIL,
+    ("DATA", State.CONNECTED): replies.NEED_HELO,
+    ("DATA", State.READY): replies.NEED_MAIL,
+    ("DATA", State.MAIL): replies.NEED_RCPT,
+}
+
+_BODY_TYPES = frozenset({"7BIT", "8BITMIME"})
+
+
+class ServerSession:
+    """One SMTP conversation, from greeting to close, with no I/O of its own."""
+
+    def __init__(self, limits: SessionLimits) -> None:
+        # connection state
+        self.limits = limits
+        self.state = State.CONNECTED
+        self.helo = ""
+        self.esmtp = False
+        self.errors = 0
+        self.closing = False  # the last reply is queued; close after sending it
+        self._shutdown_requested = False
+        # input and output
+        self._parser = parser.backend()
+        self._buf = bytearray()
+        self._discarding_long_line = False
+        self._out: list[bytes] = [replies.greeting(limits.hostname)]
+        self._events: deque[Event] = deque()
+        self._pending: str | None = None  # the decision we wait for: mail|rcpt|data|end
+        # transaction state
+        self.sender: str | None = None
+        self.mail_params: dict[str, str | None] = {}
+        self.recipients: list[tuple[str, dict[str, str | None]]] = []
+        self._pending_rcpt: tuple[str, dict[str, str | None]] = ("", {})
+        self._scanner: Any = None  # the backend's DataScanner while in DATA
+        self._oversize = False
+
+    # ----- the I/O layer's API -------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Append bytes read from the peer; they are processed by :meth:`next_event`."""
+        if not self.closing:
+            self._buf += data
+
+    def data_to_send(self) -> bytes:
+        """All replies produced so far, in order, as one buffer."""
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    @property
+    def waiting(self) -> bool:
+        """True while a decision event has not been answered yet."""
+        return self._pending is not None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not processed yet (for flow control)."""
+        return len(self._buf)
+
+    def next_event(self) -> Event | None:
+        """The next event, or None when more input (or a decision) is needed."""
+        while not self._events:
+            if self._pending is not None or self.closing:
+                return None
+            if self.state is State.DATA:
+                if not self._scan_data():
+                    return None
+                continue
+            line = self._next_line()
+            if line is None:
+                return None
+            event = self._dispatch(line)
+            if event is not None:
+                return event
+        return self._events.popleft()
+
+    def accept(self, reply: bytes | None = None) -> None:
+        """Say yes to the pending decision; ``reply`` overrides the default text."""
+        pending = self._take_pending()
+        if pending == "mail":
+            self.state = State.MAIL
+            self._reply(reply or replies.OK_SENDER)
+        elif pending == "rcpt":
+            self.recipients.append(self._pending_rcpt)
+            self.state = State.RCPT
+            self._reply(reply or replies.OK_RECIPIENT)
+        elif pending == "data":
+            self.state = State.DATA
+            self._scanner = self._parser.DataScanner(self.limits.normalize_bare_line_endings)
+            self._oversize = False
+            self._reply(reply or replies.START_DATA)
+        else:  # end of data: the message is durable
+            if reply is None:
+                raise SessionUsageError("accepting a message needs the reply with its queue id")
+            self._reply(reply)
+            self._end_transaction()
+
+    def reject(self, reply: bytes) -> None:
+        """Say no to the pending decision with ``reply`` (a 4xx or 5xx line)."""
+        pending = self._take_pending()
+        if pending == "mail":
+            self.sender = None
+            self.mail_params = {}
+        self._reply(reply)
+        if pending == "end":
+            self._end_transaction()
+
+    def timeout(self) -> None:
+        """The I/O layer's idle timer fired: say 421 and close (RFC 5321 §4.5.3.2)."""
+        self._close_with(replies.timeout(self.limits.hostname))
+
+    def request_shutdown(self) -> None:
+        """The server is stopping: close now if idle, else after the transaction ends."""
+        self._shutdown_requested = True
+        if self._idle():
+            self._close_with(replies.shutting_down(self.limits.hostname))
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.state in _IN_TRANSACTION or self.state is State.DATA
+
+    # ----- input ---------------------------------------------------------------------------
+
+    def _next_line(self) -> bytes | None:
+        """The next well-formed command line without CRLF; bad lines are answered here."""
+        buf = self._buf
+        while not self.closing:
+            lf = buf.find(b"\n")
+            if lf < 0:
+                if len(buf) > self.limits.max_line_length:
+                    self._discarding_long_line = True  # keep no unbounded line in memory
+                    buf.clear()
+                return None
+            line = bytes(buf[: lf + 1])
+            del buf[: lf + 1]
+            if self._discarding_long_line or lf + 1 > self.limits.max_line_length:
+                self._discarding_long_line = False
+                self._reply(replies.LINE_TOO_LONG)
+            elif lf == 0 or line[lf - 1] != 0x0D or b"\r" in line[: lf - 1]:
+                self._reply(replies.BARE_LINE_ENDING_COMMAND)  # never guess where it ends
+            else:
+                return line[: lf - 1]
+        return None
+
+    def _scan_data(self) -> bool:
+        """Feed buffered input to the DATA scanner; False when it needs more input."""
+        if not self._buf:
+            return False
+        scanner = self._scanner
+        decoded, used = scanner.feed(self._buf)
+        del self._buf[:used]
+        if scanner.size > self.limits.max_message_size:
+            self._oversize = True  # keep reading to the terminator, but keep nothing
+        elif decoded:
+            self._events.append(DataChunk(decoded))
+        if scanner.done:
+            self._finish_data()
+        return True
+
+    def _finish_data(self) -> None:
+        scanner = self._scanner
+        self._scanner = None
+        bare = scanner.bare_cr + scanner.bare_lf
+        if self._oversize:
+            self._abort_data("too_big", replies.TOO_BIG)
+        elif bare and not self.limits.normalize_bare_line_endings:
+            self._abort_data("bare_line_ending", replies.BARE_LINE_ENDING_DATA)
+        else:
+            self._pending = "end"
+            self._events.append(DataEnd(scanner.size))
+
+    def _abort_data(self, reason: str, reply: bytes) -> None:
+        self._events.append(DataAborted(reason))
+        self._reply(reply)
+        self._end_transaction()
+
+    # ----- commands ------------------------------------------------------------------------
+
+    def _dispatch(self, line: bytes) -> Event | None:
+        verb, argument = self._parser.split_command(line)
+        command = COMMANDS.get(verb)
+        if command is None:
+            if self._shutdown_requested and self._idle():
+                self._close_with(replies.shutting_down(self.limits.hostname))
+            elif verb in NOT_IMPLEMENTED:
+                self._reply(replies.NOT_IMPLEMENTED)
+            else:
+                self._reply(replies.UNKNOWN_COMMAND)
+            return None
+        if self._shutdown_requested and self._idle() and verb != "QUIT":
+            self._close_with(replies.shutting_down(self.limits.hostname))
+            return None
+        if self.state not in command.states:
+            self._reply(_OUT_OF_SEQUENCE.get((verb, self.state), replies.NEED_HELO))
+            return None
+        if command.takes_argument is False and argument:
+            self._reply(replies.DATA_SYNTAX if verb == "DATA" else replies.NO_ARGS_SYNTAX)
+            return None
+        handler: Callable[[bytes], Event | None] = getattr(self, command.handler)
+        return handler(argument)
+
+    def _do_ehlo(self, argument: bytes) -> Event | None:
+        return self._greet(argument, esmtp=True)
+
+    def _do_helo(self, argument: bytes) -> Event | None:
+        return self._greet(argument, esmtp=False)
+
+    def _greet(self, argument: bytes, esmtp: bool) -> Event | None:
+        name = argument.strip()
+        if not name or b" " in name:
+            self._reply(replies.HELO_SYNTAX)
+            return None
+        self.helo = name.decode("utf-8", "replace")
+        self.esmtp = esmtp
+        event = self._reset_transaction()
+        self.state = State.READY
+        host = self.limits.hostname
+        if esmtp:
+            self._reply(replies.multiline(250, [host, *self._extensions()]))
+        else:
+            self._reply(replies.reply(250, host))
+        return event
+
+    def _extensions(self) -> list[str]:
+        return [
+            "PIPELINING",
+            f"SIZE {self.limits.max_message_size}",
+            "8BITMIME",
+            "ENHANCEDSTATUSCODES",
+            "SMTPUTF8",
+        ]
+
+    def _do_mail(self, argument: bytes) -> Event | None:
+        try:
+            sender, params = self._parser.parse_path_argument(argument, b"FROM")
+        except CommandSyntaxError as exc:
+            self._reply(replies.reply(exc.code, exc.text))
+            return None
+        problem = self._check_mail_params(params) or self._check_utf8(sender, params)
+        if problem is not None:
+            self._reply(problem)
+            return None
+        self.sender = sender
+        self.mail_params = params
+        self._pending = "mail"
+        return MailFrom(sender, params)
+
+    def _check_mail_params(self, params: dict[str, str | None]) -> bytes | None:
+        """Validate MAIL parameters of the extensions we advertise (RFC 1870, 6152, 6531)."""
+        if params and not self.esmtp:
+            return replies.UNSUPPORTED_PARAM
+        for name, value in params.items():
+            if name == "SIZE":
+                if value is None or not value.isdigit():
+                    return replies.BAD_SIZE_PARAM
+                if int(value) > self.limits.max_message_size:
+                    return replies.reply(552, "5.3.4 Message size exceeds fixed limit")
+            elif name == "BODY":
+                if value is None or value.upper() not in _BODY_TYPES:
+                    return replies.BAD_BODY_PARAM
+            elif name != "SMTPUTF8" or value is not None:
+                return replies.UNSUPPORTED_PARAM
+        return None
+
+    def _check_utf8(self, address: str, params: dict[str, str | None]) -> bytes | None:
+        """RFC 6531 §3.4: non-ASCII addresses only in an SMTPUTF8 transaction."""
+        if address.isascii() or "SMTPUTF8" in params:
+            return None
+        return replies.NEED_SMTPUTF8
+
+    def _do_rcpt(self, argument: bytes) -> Event | None:
+        try:
+            recipient, params = self._parser.parse_path_argument(argument, b"TO")
+        except CommandSyntaxError as exc:
+            self._reply(replies.reply(exc.code, exc.text))
+            return None
+        if not recipient:
+            self._reply(replies.NULL_RECIPIENT)
+        elif params:
+            self._reply(replies.UNSUPPORTED_PARAM)
+        elif len(self.recipients) >= self.limits.max_recipients:
+            self._reply(replies.TOO_MANY_RECIPIENTS)  # RFC 5321 §4.5.3.1.10
+        elif (problem := self._check_utf8(recipient, self.mail_params)) is not None:
+            self._reply(problem)
+        else:
+            self._pending = "rcpt"
+            self._pending_rcpt = (recipient, params)
+            return RcptTo(recipient, params)
+        return None
+
+    def _do_data(self, argument: bytes) -> Event | None:
+        self._pending = "data"
+        return DataStart()
+
+    def _do_rset(self, argument: bytes) -> Event | None:
+        event = self._reset_transaction()
+        self._reply(replies.RESET)
+        return event
+
+    def _do_noop(self, argument: bytes) -> Event | None:
+        self._reply(replies.OK)
+        return None
+
+    def _do_quit(self, argument: bytes) -> Event | None:
+        self._close_with(replies.closing(self.limits.hostname))
+        return None
+
+    def _do_vrfy(self, argument: bytes) -> Event | None:
+        if not argument:  # RFC 5321 §4.1.1.6: "VRFY" SP String
+            self._reply(replies.VRFY_SYNTAX)
+        else:
+            self._reply(replies.VRFY)  # RFC 5321 §3.5.3: 252 when we will not verify
+        return None
+
+    def _do_help(self, argument: bytes) -> Event | None:
+        self._reply(replies.HELP)
+        return None
+
+    # ----- helpers -------------------------------------------------------------------------
+
+    def _take_pending(self) -> str:
+        pending = self._pending
+        if pending is None:
+            raise SessionUsageError("no decision is pending")
+        self._pending = None
+        return pending
+
+    def _reply(self, data: bytes) -> None:
+        self._out.append(data)
+        if data[0] in b"45" and not self.closing:
+            self.errors += 1
+            if self.errors >= self.limits.max_errors:
+                self._close_with(replies.too_many_errors(self.limits.hostname))
+
+    def _close_with(self, data: bytes) -> None:
+        if not self.closing:
+            self._out.append(data)
+            self.closing = True
+            self._buf.clear()
+
+    def _idle(self) -> bool:
+        return self._pending is None and self.state in (State.CONNECTED, State.READY)
+
+    def _reset_transaction(self) -> Event | None:
+        had_transaction = self.sender is not None
+        self.sender = None
+        self.mail_params = {}
+        self.recipients = []
+        if self.state is not State.CONNECTED:
+            self.state = State.READY
+        return TransactionReset() if had_transaction else None
+
+    def _end_transaction(self) -> None:
+        self._reset_transaction()
+        if self._shutdown_requested:
+            self._close_with(replies.shutting_down(self.limits.hostname))

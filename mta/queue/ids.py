@@ -1,0 +1,42 @@
+"""Queue IDs: unique across processes, sortable by time, safe as file names.
+
+An ID is 13 upper-case hex digits of microseconds since the epoch followed by 6 of the
+process id: ``0195F3A2B7C41`` + ``00A3F1``.  Within a process the time part is forced to
+grow strictly, so two IDs from one process never collide; two processes differ in the pid
+part.  Sorting IDs as strings sorts them by the time they were made.  The spool creates
+files with ``O_EXCL``, so even a clock stepping back cannot overwrite a message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+__all__ = ["QUEUE_ID_PATTERN", "is_queue_id", "new_queue_id", "queue_id_time"]
+
+QUEUE_ID_PATTERN = re.compile(r"^[0-9A-F]{19}$")
+
+_last_us = 0
+_pid = -1
+_pid_hex = ""
+
+
+def new_queue_id() -> str:
+    """A fresh queue ID (see the module docstring for the format)."""
+    global _last_us, _pid, _pid_hex
+    pid = os.getpid()
+    if pid != _pid:  # after fork the child gets its own suffix
+        _pid, _pid_hex = pid, f"{pid & 0xFFFFFF:06X}"
+    now_us = time.time_ns() // 1000
+    _last_us = now_us if now_us > _last_us else _last_us + 1
+    return f"{_last_us:013X}{_pid_hex}"
+
+
+def is_queue_id(name: str) -> bool:
+    return QUEUE_ID_PATTERN.match(name) is not None
+
+
+def queue_id_time(queue_id: str) -> float:
+    """When the ID was made, in seconds since the epoch."""
+    return int(queue_id[:13], 16) / 1e6

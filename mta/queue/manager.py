@@ -1,0 +1,363 @@
+"""The queue manager: the one process that decides what is delivered when.
+
+It claims messages from ``incoming/`` by renaming them into ``active/`` (woken at once by a
+datagram from smtpd after each commit, polling once a second as a fallback), brings due
+messages back from ``deferred/``, hands jobs to the connected delivery agents (least busy
+first) and applies their results (outcome.py).  ``active/`` holds at most
+:data:`ACTIVE_WINDOW` messages, so a huge backlog waits on disk, not in memory.
+
+On start it recovers from the directories alone: everything in ``active/`` is scheduled
+again, ``tmp/`` files whose writer process is gone are removed, names that are not queue IDs
+go to ``corrupt/``; unreadable messages are moved to ``corrupt/`` when an agent reports them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import os
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import uvloop
+
+from mta import metrics
+from mta.config import Config
+from mta.queue.ids import is_queue_id, queue_id_time
+from mta.queue.ipc import Job, Result, agent_address, encode_frame, read_frame, wake_address
+from mta.queue.msgfile import CorruptMessageFile
+from mta.queue.outcome import Outcome, apply_results
+from mta.queue.spool import STATES, Spool
+from mta.queue.state import StateStore
+
+__all__ = ["QueueManager", "run_qmgr"]
+
+log = logging.getLogger("mta.qmgr")
+
+ACTIVE_WINDOW = 5000
+AGENT_WINDOW = 500  # jobs in flight per delivery agent
+POLL_SECONDS = 1.0
+FULL_SCAN_SECONDS = 60.0
+COUNT_SECONDS = 2.0  # how often queue depth metrics are refreshed
+TMP_MAX_AGE = 86400.0
+
+Heartbeat = Callable[[], None]
+
+
+def run_qmgr(config: Config, heartbeat: Heartbeat | None = None) -> None:
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(QueueManager(config).run(heartbeat))
+    finally:
+        loop.close()
+
+
+@dataclass(eq=False)
+class Agent:
+    writer: asyncio.StreamWriter
+    jobs: dict[str, Job] = field(default_factory=dict)
+
+
+class QueueManager:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.spool = Spool(config.queue.path)
+        self.spool.create()
+        self.states = StateStore(self.spool.path)
+        self.active: set[str] = set()  # queue IDs in active/ that we own
+        self.pending: deque[Job] = deque()
+        self.agents: list[Agent] = []
+        self.deferred: list[tuple[float, str]] = []  # heap of (next try, queue id)
+        self.wake = asyncio.Event()
+        self.stopping = False
+        self._rescan_deferred = True
+        self._last_full_scan = 0.0
+        self._last_count = 0.0
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="qmgr-io")
+
+    # ----- lifecycle ------------------------------------------------------------------
+
+    async def run(self, heartbeat: Heartbeat | None) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        self.recover()
+        server = await self._listen_agents()
+        wake_sock = self._listen_wakeups(loop)
+        scheduler = loop.create_task(self._schedule_forever(heartbeat))
+        log.info(
+            "queue manager ready: %d active, %d deferred", len(self.active), len(self.deferred)
+        )
+        await stop.wait()
+        self.stopping = True
+        await self._drain()
+        scheduler.cancel()
+        server.close()
+        loop.remove_reader(wake_sock.fileno())
+        wake_sock.close()
+        self._io.shutdown(wait=True)
+
+    async def _drain(self) -> None:
+        """Wait for results of jobs in flight (agents are draining too), then stop."""
+        deadline = time.monotonic() + self.config.master.graceful_timeout
+        while any(a.jobs for a in self.agents) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    def recover(self) -> None:
+        self._clean_tmp()
+        for state in ("incoming", "active", "deferred", "hold"):
+            for name in self.spool.list(state):
+                if not is_queue_id(name):
+                    self._to_corrupt(state, name, "not a queue file name")
+        for queue_id in self.spool.list("active"):
+            self._schedule(queue_id)
+        self._load_deferred()
+
+    # ----- scheduling -------------------------------------------------------------------
+
+    async def _schedule_forever(self, heartbeat: Heartbeat | None) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self.wake.wait(), POLL_SECONDS)
+            except TimeoutError:
+                pass
+            self.wake.clear()
+            if heartbeat is not None:
+                heartbeat()
+            self._round()
+
+    def _round(self) -> None:
+        now = time.time()
+        if now - self._last_full_scan >= FULL_SCAN_SECONDS:
+            self._last_full_scan = now
+            self._rescan_deferred = True
+            self._clean_tmp()
+        if now - self._last_count >= COUNT_SECONDS:
+            self._last_count = now
+            self._count_queue()
+        if self._rescan_deferred:
+            self._load_deferred()
+        self._claim_incoming()
+        self._claim_due(now)
+        self._dispatch()
+
+    def _claim_incoming(self) -> None:
+        room = ACTIVE_WINDOW - len(self.active)
+        if room <= 0:
+            return
+        try:
+            names = os.listdir(self.spool.dir("incoming"))
+        except FileNotFoundError:
+            return
+        for name in sorted(names)[:room]:
+            if not is_queue_id(name):
+                self._to_corrupt("incoming", name, "not a queue file name")
+                continue
+            try:
+                self.spool.move(name, "incoming", "active")
+            except FileNotFoundError:
+                continue  # an operator (queue hold/delete) was faster
+            self._schedule(name)
+
+    def _claim_due(self, now: float) -> None:
+        heap = self.deferred
+        while heap and heap[0][0] <= now and len(self.active) < ACTIVE_WINDOW:
+            _, queue_id = heapq.heappop(heap)
+            try:
+                mtime = os.stat(self.spool.file("deferred", queue_id)).st_mtime
+            except FileNotFoundError:
+                continue  # released, held or deleted by an operator
+            if mtime > now:
+                heapq.heappush(heap, (mtime, queue_id))  # rescheduled meanwhile
+                continue
+            try:
+                self.spool.move(queue_id, "deferred", "active")
+            except FileNotFoundError:
+                continue
+            self._schedule(queue_id)
+
+    def _schedule(self, queue_id: str) -> None:
+        state = self.states.load(queue_id)
+        self.active.add(queue_id)
+        self.pending.append(Job(queue_id=queue_id, recipients=state.pending() if state else None))
+
+    def _load_deferred(self) -> None:
+        self._rescan_deferred = False
+        heap: list[tuple[float, str]] = []
+        try:
+            entries = list(self.spool.scan("deferred"))
+        except FileNotFoundError:
+            entries = []
+        for entry in entries:
+            if is_queue_id(entry.name):
+                try:
+                    heap.append((entry.stat().st_mtime, entry.name))
+                except FileNotFoundError:
+                    continue
+        heapq.heapify(heap)
+        self.deferred = heap
+
+    def _dispatch(self) -> None:
+        if self.stopping:
+            return
+        while self.pending:
+            agent = min(self.agents, key=lambda a: len(a.jobs), default=None)
+            if agent is None or len(agent.jobs) >= AGENT_WINDOW:
+                return
+            job = self.pending.popleft()
+            agent.jobs[job.queue_id] = job
+            agent.writer.write(encode_frame(job))
+
+    # ----- agents and results ---------------------------------------------------------
+
+    async def _listen_agents(self) -> asyncio.AbstractServer:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(agent_address(self.spool.path))
+        sock.listen(64)
+        sock.setblocking(False)
+        return await asyncio.start_unix_server(self._serve_agent, sock=sock, limit=16 << 20)
+
+    async def _serve_agent(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        agent = Agent(writer)
+        self.agents.append(agent)
+        self.wake.set()
+        try:
+            while (frame := await read_frame(reader)) is not None:
+                if isinstance(frame, Result):
+                    job = agent.jobs.pop(frame.queue_id, None)
+                    if job is not None:
+                        await self._apply(frame)
+        except (OSError, ValueError) as exc:
+            log.warning("delivery agent connection failed: %s", exc)
+        finally:
+            self.agents.remove(agent)
+            writer.close()
+            for job in agent.jobs.values():  # the agent died: its jobs go round again
+                self.pending.appendleft(job)
+            agent.jobs.clear()
+            self.wake.set()
+
+    async def _apply(self, result: Result) -> None:
+        loop = asyncio.get_running_loop()
+        queue_id = result.queue_id
+        try:
+            outcome = await loop.run_in_executor(self._io, self._apply_sync, result)
+        except OSError as exc:
+            log.error("%s: cannot record the delivery result: %s; will retry", queue_id, exc)
+            outcome = None
+        self.active.discard(queue_id)
+        if outcome is not None and not outcome.removed:
+            heapq.heappush(self.deferred, (outcome.next_try, queue_id))
+        if outcome is not None and outcome.bounce_id:
+            self.wake.set()
+        elif outcome is None:
+            self._schedule_later(queue_id)
+        self.wake.set()
+
+    def _apply_sync(self, result: Result) -> Outcome | None:
+        queue_id = result.queue_id
+        if result.problem == "missing":
+            return None
+        try:
+            message = self.spool.read("active", queue_id)
+        except (CorruptMessageFile, FileNotFoundError) as exc:
+            self._to_corrupt("active", queue_id, str(exc))
+            return Outcome(queue_id, removed=True)
+        if result.problem == "corrupt":
+            self._to_corrupt("active", queue_id, "reported corrupt by a delivery agent")
+            return Outcome(queue_id, removed=True)
+        return apply_results(self.config, self.spool, self.states, message, result.results)
+
+    def _schedule_later(self, queue_id: str) -> None:
+        """Leave a message we could not record in active/ for the next start or full scan."""
+        try:
+            self.spool.move(queue_id, "active", "deferred")
+            retry = time.time() + self.config.delivery.min_backoff
+            os.utime(self.spool.file("deferred", queue_id), (retry, retry))
+            heapq.heappush(self.deferred, (retry, queue_id))
+        except OSError:
+            pass
+
+    # ----- wake-ups, housekeeping -----------------------------------------------------
+
+    def _listen_wakeups(self, loop: asyncio.AbstractEventLoop) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+        sock.bind(wake_address(self.spool.path))
+
+        def readable() -> None:
+            while True:
+                try:
+                    what = sock.recv(64)
+                except BlockingIOError:
+                    break
+                if what == b"flush":
+                    self._rescan_deferred = True
+                    self._flush_deferred()
+            self.wake.set()
+
+        loop.add_reader(sock.fileno(), readable)
+        return sock
+
+    def _flush_deferred(self) -> None:
+        """``mta queue flush``: every deferred message is due now."""
+        now = time.time()
+        for queue_id in self.spool.list("deferred"):
+            try:
+                os.utime(self.spool.file("deferred", queue_id), (now, now))
+            except FileNotFoundError:
+                continue
+
+    def _clean_tmp(self) -> None:
+        now = time.time()
+        for entry in self.spool.scan("tmp"):
+            name = entry.name
+            if name.startswith("."):
+                continue
+            try:
+                age = now - entry.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if age > TMP_MAX_AGE or (is_queue_id(name) and not _pid_alive(int(name[13:], 16))):
+                try:
+                    os.unlink(entry.path)
+                    log.info("removed leftover %s from tmp/", name)
+                except FileNotFoundError:
+                    pass
+
+    def _to_corrupt(self, state: str, name: str, why: str) -> None:
+        try:
+            os.rename(self.spool.file(state, name), self.spool.file("corrupt", name))
+            log.error("%s: moved to corrupt/: %s", name, why)
+        except FileNotFoundError:
+            pass
+
+    def _count_queue(self) -> None:
+        oldest = 0.0
+        now = time.time()
+        for state in STATES[1:]:
+            names = self.spool.list(state)
+            metrics.QUEUE_DEPTH.labels(state).set(len(names))
+            ids = [n for n in names if is_queue_id(n)]
+            if ids and state != "corrupt":
+                oldest = max(oldest, now - queue_id_time(ids[0]))
+        metrics.QUEUE_OLDEST_AGE.set(oldest)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

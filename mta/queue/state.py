@@ -1,0 +1,82 @@
+"""Per-message delivery state, kept beside the immutable message file once it was tried.
+
+``state/<queue_id>`` records which recipients are done (sent, or failed and reported to the
+sender) and how many attempts were made; it is replaced atomically (write a temporary file,
+fsync, rename, fsync the directory) so a crash leaves the old or the new state, never a mix.
+Losing the newest state is safe: recipients it marked done are tried again (a duplicate,
+never a loss).
+"""
+
+from __future__ import annotations
+
+import os
+
+import msgspec
+
+__all__ = ["MessageState", "RecipientState", "StateStore"]
+
+
+class RecipientState(msgspec.Struct, kw_only=True, omit_defaults=True):
+    address: str
+    status: str = "pending"  # pending | sent | failed (failed = reported in a bounce)
+    dsn: str = ""
+    reply: str = ""
+    relay: str = ""
+
+
+class MessageState(msgspec.Struct, kw_only=True, omit_defaults=True):
+    queue_id: str
+    recipients: list[RecipientState]
+    attempts: int = 0
+    first_attempt: float = 0.0
+    last_attempt: float = 0.0
+    next_try: float = 0.0
+    last_error: str = ""
+
+    def pending(self) -> list[str]:
+        return [r.address for r in self.recipients if r.status == "pending"]
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(MessageState)
+
+
+class StateStore:
+    """The ``state/`` directory of a spool."""
+
+    def __init__(self, spool_path: str) -> None:
+        self.dir = os.path.join(spool_path, "state")
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+
+    def path(self, queue_id: str) -> str:
+        return os.path.join(self.dir, queue_id)
+
+    def load(self, queue_id: str) -> MessageState | None:
+        """The saved state, or None if the message was never tried (or it is unreadable)."""
+        try:
+            with open(self.path(queue_id), "rb") as f:
+                return _decoder.decode(f.read())
+        except (FileNotFoundError, msgspec.DecodeError):
+            return None
+
+    def save(self, state: MessageState) -> None:
+        path = self.path(state.queue_id)
+        tmp = path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, _encoder.encode(state))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+        dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def remove(self, queue_id: str) -> None:
+        try:
+            os.unlink(self.path(queue_id))
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,275 @@
+"""The asyncio Protocol that connects one client transport to one ServerSession.
+
+It is the policy and I/O half of the receive path: it feeds bytes to the sans-I/O session,
+answers the session's decisions (relay control, opening the spool file, the durable commit)
+and writes the replies of a pipelined batch with one ``write``.  DATA is streamed into the
+spool file as it arrives; the ``250`` is sent only when the group committer reports the
+message durable in ``incoming/``.
+
+Flow control: reading pauses while the transport's write buffer is full or while unread
+input piles up behind a pending decision (a client pipelining faster than we commit), and
+resumes when the decision is made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from mta.protocol import replies
+from mta.protocol.events import (
+    DataAborted,
+    DataChunk,
+    DataEnd,
+    DataStart,
+    MailFrom,
+    RcptTo,
+    TransactionReset,
+)
+from mta.protocol.session import ServerSession
+from mta.queue.envelope import Envelope, Recipient
+from mta.queue.ids import new_queue_id
+from mta.queue.spool import MessageWriter
+from mta.server.trace import protocol_name, received_header
+
+if TYPE_CHECKING:
+    from mta.server.context import WorkerContext
+
+__all__ = ["SMTPProtocol"]
+
+log = logging.getLogger("mta.smtpd")
+
+_MAX_UNREAD = 1 << 20  # pause reading beyond this much unprocessed input
+
+
+class SMTPProtocol(asyncio.Protocol):
+    """One inbound SMTP connection."""
+
+    def __init__(self, ctx: WorkerContext) -> None:
+        # per-connection state
+        self.ctx = ctx
+        self.transport: asyncio.Transport | None = None
+        self.session = ServerSession(ctx.limits)
+        self.client_ip = ""
+        self.last_activity = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._reading_paused = False
+        self._writing_paused = False
+        # per-message state
+        self.writer: MessageWriter | None = None
+        self._write_failed = False
+        self._received_at = 0.0
+
+    # ----- transport callbacks ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is duck-typed
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if peer else ""
+        ctx = self.ctx
+        ctx.connection_opened(self)
+        if len(ctx.connections) > ctx.config.smtp.max_connections:
+            transport.write(replies.too_many_connections(ctx.limits.hostname))
+            transport.close()
+            return
+        if ctx.shutting_down:
+            self.session.request_shutdown()
+        self.last_activity = ctx.loop.time()
+        self._arm_idle_timer(ctx.config.smtp.idle_timeout)
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = self.ctx.loop.time()
+        self.session.receive_data(data)
+        self._drive()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        if self.writer is not None and not self.session.waiting:
+            self._discard_message()  # a client that vanishes mid-DATA leaves nothing behind
+        self.ctx.connection_closed(self)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._update_reading()
+
+    # ----- driving the session ----------------------------------------------------------
+
+    def _drive(self) -> None:
+        session = self.session
+        while (event := session.next_event()) is not None:
+            kind = type(event)
+            if kind is DataChunk:
+                self._append(event.data)  # type: ignore[union-attr]
+            elif kind is RcptTo:
+                self._decide_recipient(event.recipient)  # type: ignore[union-attr]
+            elif kind is MailFrom:
+                session.accept()
+            elif kind is DataStart:
+                self._open_message()
+            elif kind is DataEnd:
+                self._commit_message()
+            elif kind is DataAborted:
+                self.ctx.count_reject(event.reason)  # type: ignore[union-attr]
+                self._discard_message()
+            elif kind is TransactionReset:
+                self._discard_message()
+        self._flush()
+
+    def _flush(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        out = self.session.data_to_send()
+        if out:
+            transport.write(out)
+            self.ctx.count_replies(out)
+        if self.session.closing:
+            transport.close()
+            return
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        pause = self._writing_paused or (
+            self.session.waiting and self.session.buffered > _MAX_UNREAD
+        )
+        if pause != self._reading_paused:
+            self._reading_paused = pause
+            if pause:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+
+    # ----- decisions --------------------------------------------------------------------
+
+    def _decide_recipient(self, recipient: str) -> None:
+        if self.ctx.policy.allows(self.client_ip, recipient):
+            self.session.accept()
+        else:
+            self.ctx.count_reject("relay_denied")
+            log.info(
+                "reject: RCPT from [%s]: 554 5.7.1 <%s>: Relay access denied",
+                self.client_ip,
+                recipient,
+            )
+            self.session.reject(replies.RELAY_DENIED)
+
+    def _open_message(self) -> None:
+        ctx = self.ctx
+        queue_id = new_queue_id()
+        self._received_at = time.time()
+        session = self.session
+        header = received_header(
+            helo=session.helo,
+            client_ip=self.client_ip,
+            hostname=ctx.limits.hostname,
+            protocol=protocol_name(session.esmtp, False, "SMTPUTF8" in session.mail_params),
+            queue_id=queue_id,
+            recipients=[address for address, _ in session.recipients],
+            now=self._received_at,
+        )
+        try:
+            self.writer = ctx.spool.new_message(queue_id)
+            self.writer.write(header)
+        except OSError as exc:
+            log.error("cannot create queue file %s: %s", queue_id, exc)
+            self._discard_message()
+            session.reject(replies.LOCAL_ERROR)
+            return
+        self._write_failed = False
+        session.accept()
+
+    def _append(self, data: bytes) -> None:
+        writer = self.writer
+        if writer is None or self._write_failed:
+            return
+        try:
+            writer.write(data)
+        except OSError as exc:  # disk full: keep reading to the end, then answer 451
+            log.error("%s: queue file write error: %s", writer.queue_id, exc)
+            self._write_failed = True
+
+    def _commit_message(self) -> None:
+        writer = self.writer
+        if writer is None or self._write_failed:
+            self._discard_message()
+            self.session.reject(replies.LOCAL_ERROR)
+            return
+        envelope = self._envelope(writer)
+        try:
+            writer.finish(envelope)
+        except OSError as exc:
+            log.error("%s: queue file write error: %s", writer.queue_id, exc)
+            self._discard_message()
+            self.session.reject(replies.LOCAL_ERROR)
+            return
+        self.ctx.committer.submit(writer, lambda error: self._committed(writer, envelope, error))
+
+    def _committed(self, writer: MessageWriter, envelope: Envelope, error: OSError | None) -> None:
+        """Runs on the loop once the group commit that carried this message is done."""
+        self.writer = None
+        if error is not None:
+            writer.discard()
+            self.session.reject(replies.LOCAL_ERROR)
+        else:
+            self.ctx.message_received(envelope)
+            self.session.accept(replies.queued(envelope.queue_id))
+        if self.transport is not None:
+            self._drive()
+
+    def _envelope(self, writer: MessageWriter) -> Envelope:
+        session = self.session
+        params = session.mail_params
+        return Envelope(
+            queue_id=writer.queue_id,
+            sender=session.sender or "",
+            recipients=[Recipient(address=a, params=p) for a, p in session.recipients],
+            mail_params=params,
+            client_address=self.client_ip,
+            client_helo=session.helo,
+            received_at=self._received_at,
+            size=writer.length,
+            body_type=(params.get("BODY") or "7BIT").upper(),
+            smtputf8="SMTPUTF8" in params,
+        )
+
+    def _discard_message(self) -> None:
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            writer.discard()
+
+    # ----- idle timeout -----------------------------------------------------------------
+
+    def _arm_idle_timer(self, delay: float) -> None:
+        self._idle_timer = self.ctx.loop.call_later(delay, self._check_idle)
+
+    def _check_idle(self) -> None:
+        """Re-armed lazily: one timer per connection, not one per packet."""
+        timeout = self.ctx.config.smtp.idle_timeout
+        remaining = self.last_activity + timeout - self.ctx.loop.time()
+        if remaining > 0:
+            self._arm_idle_timer(remaining)
+            return
+        if self.session.waiting:  # we are the slow one (a commit is running), not the client
+            self._arm_idle_timer(timeout)
+            return
+        log.info("timeout after %s from [%s]", self.session.state.value, self.client_ip)
+        self.session.timeout()
+        self._discard_message()
+        self._flush()
+
+    def shutdown(self) -> None:
+        """The worker is stopping: idle sessions get 421 now, busy ones after their message."""
+        self.session.request_shutdown()
+        self._flush()

@@ -1,0 +1,103 @@
+"""The smtpd worker process: a uvloop event loop serving inherited listening sockets.
+
+It stops on SIGTERM/SIGINT gracefully: stop accepting, tell idle sessions ``421``, let
+transactions in flight finish (up to ``master.graceful_timeout``), then drop the rest and
+let the committer finish the flushes it has.  Nothing that got ``250`` is lost either way:
+the ``250`` is only sent after the flush.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from collections.abc import Callable
+
+import uvloop
+
+from mta import metrics
+from mta.config import Config
+from mta.protocol import parser
+from mta.queue.commit import GroupCommitter
+from mta.queue.spool import Spool
+from mta.server.context import WorkerContext
+from mta.server.listen import BACKLOG
+from mta.server.smtpd import SMTPProtocol
+
+__all__ = ["run_smtpd"]
+
+log = logging.getLogger("mta.smtpd")
+
+Heartbeat = Callable[[], None]
+
+
+def run_smtpd(
+    config: Config, sockets: list[socket.socket], heartbeat: Heartbeat | None = None
+) -> None:
+    """Serve until SIGTERM; ``heartbeat`` is called from the loop once a second."""
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(_serve(config, sockets, loop, heartbeat))
+    finally:
+        loop.close()
+
+
+async def _serve(
+    config: Config,
+    sockets: list[socket.socket],
+    loop: asyncio.AbstractEventLoop,
+    heartbeat: Heartbeat | None,
+) -> None:
+    spool = Spool(config.queue.path)
+    spool.create()
+    parser.select()
+    metrics.PARSER_BACKEND.labels(parser.backend_name()).set(1)
+    committer = GroupCommitter(spool, loop, config.queue.sync)
+    ctx = WorkerContext(config, spool, committer, loop)
+    servers = [
+        await loop.create_server(lambda: SMTPProtocol(ctx), sock=sock, backlog=BACKLOG)
+        for sock in sockets
+    ]
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    beat = loop.create_task(_beat(heartbeat)) if heartbeat else None
+    log.info("smtpd ready on %s", ", ".join(_names(sockets)))
+    await stop.wait()
+    for server in servers:
+        server.close()
+    await _drain(ctx, config.master.graceful_timeout)
+    committer.stop()
+    if beat is not None:
+        beat.cancel()
+
+
+async def _beat(heartbeat: Heartbeat) -> None:
+    """Proves liveness from the event loop itself: a wedged loop stops beating."""
+    while True:
+        heartbeat()
+        await asyncio.sleep(1.0)
+
+
+async def _drain(ctx: WorkerContext, timeout: float) -> None:
+    ctx.begin_shutdown()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while ctx.connections and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    for protocol in list(ctx.connections):
+        if protocol.transport is not None:
+            protocol.transport.abort()
+    if ctx.connections:
+        await asyncio.sleep(0)
+    log.info("smtpd stopped")
+
+
+def _names(sockets: list[socket.socket]) -> list[str]:
+    names = []
+    for sock in sockets:
+        host, port = sock.getsockname()[:2]
+        names.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return names
