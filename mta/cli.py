@@ -33,7 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
     check = sub.add_parser("check-config", help="print the effective settings or the errors")
     check.set_defaults(handler=_check_config)
-    for command in (serve, check):
+    from mta.queue_cli import add_commands
+
+    for command in (serve, check, *add_commands(sub)):
         command.add_argument("--config", "-c", metavar="FILE", default=argparse.SUPPRESS)
     return p
 

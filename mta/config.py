@@ -204,7 +204,9 @@ def _explain(exc: msgspec.ValidationError) -> str:
     """
     text = str(exc)
     message, sep, where = text.rpartition(" - at `")
-    if not sep:
+    if not sep:  # msgspec names no path at the top level
+        if text.startswith("Object contains unknown field `"):
+            return f"unknown key {text.split('`')[1]!r}"
         return text
     key = where.rstrip("`").removeprefix("$").lstrip(".") or "(top level)"
     if message.startswith("Object contains unknown field"):

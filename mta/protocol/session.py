@@ -423,8 +423,10 @@ class ServerSession:
         return pending
 
     def _reply(self, data: bytes) -> None:
+        if self.closing:
+            return  # nothing may follow the closing reply (221 or 421)
         self._out.append(data)
-        if data[0] in b"45" and not self.closing:
+        if data[0] in b"45":
             self.errors += 1
             if self.errors >= self.limits.max_errors:
                 self._close_with(replies.too_many_errors(self.limits.hostname))

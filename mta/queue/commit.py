@@ -97,31 +97,45 @@ class GroupCommitter:
                     return
                 batch = self._queue[: self.max_batch]
                 del self._queue[: self.max_batch]
-            error = self._flush(batch)
-            self.loop.call_soon_threadsafe(self._report, batch, error)
-            if error is None:
+            errors = self._flush(batch)
+            try:
+                self.loop.call_soon_threadsafe(self._report, batch, errors)
+            except RuntimeError:  # the loop is closed: nobody is waiting for an answer
+                return
+            if any(e is None for e in errors):
                 send_wakeup(self.spool.path)  # the queue manager picks them up at once
 
-    def _flush(self, batch: list[tuple[MessageWriter, Done]]) -> OSError | None:
-        try:
-            if self.mode == "fsync":
-                for writer, _ in batch:
+    def _flush(self, batch: list[tuple[MessageWriter, Done]]) -> list[OSError | None]:
+        """Make the batch durable; one error (or None) per message, in order.
+
+        A message whose own fsync or rename failed gets its own error.  If the final
+        flush fails, nothing in the batch is known to be durable and every message gets
+        the error (the client will retry; a duplicate is possible, a loss is not).
+        """
+        errors: list[OSError | None] = []
+        for writer, _ in batch:
+            try:
+                if self.mode == "fsync":
                     os.fsync(writer.fd)
-            for writer, _ in batch:
                 writer.close()
                 self.spool.move(writer.queue_id, "tmp", "incoming")
+                errors.append(None)
+            except OSError as exc:
+                log.error("%s: cannot queue the message: %s", writer.queue_id, exc)
+                errors.append(exc)
+        try:
             if self.mode == "fsync":
                 os.fsync(self._incoming_fd)
             else:
                 syncfs(self._incoming_fd)
         except OSError as exc:
             log.error("queue flush failed for %d messages: %s", len(batch), exc)
-            return exc
+            return [exc] * len(batch)
         self.batches += 1
-        self.committed += len(batch)
-        return None
+        self.committed += errors.count(None)
+        return errors
 
     @staticmethod
-    def _report(batch: list[tuple[MessageWriter, Done]], error: OSError | None) -> None:
-        for _, done in batch:
+    def _report(batch: list[tuple[MessageWriter, Done]], errors: list[OSError | None]) -> None:
+        for (_, done), error in zip(batch, errors, strict=True):
             done(error)

@@ -301,8 +301,9 @@ class QueueManager:
                 except BlockingIOError:
                     break
                 if what == b"flush":
-                    self._rescan_deferred = True
                     self._flush_deferred()
+                if what in (b"flush", b"rescan"):
+                    self._rescan_deferred = True
             self.wake.set()
 
         loop.add_reader(sock.fileno(), readable)

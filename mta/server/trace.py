@@ -12,6 +12,7 @@ once, not once per message.
 from __future__ import annotations
 
 import email.utils
+from datetime import UTC, datetime
 
 __all__ = ["received_header"]
 
@@ -22,7 +23,8 @@ def _rfc5322_date(now: float) -> str:
     global _date_cache
     second = int(now)
     if _date_cache[0] != second:
-        _date_cache = (second, email.utils.formatdate(second, localtime=False))
+        when = datetime.fromtimestamp(second, UTC)
+        _date_cache = (second, email.utils.format_datetime(when))  # "... +0000"
     return _date_cache[1]
 
 

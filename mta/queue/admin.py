@@ -1,0 +1,153 @@
+"""Operator commands on the queue (``mta queue ...``), safe while the relay runs.
+
+Every change is a ``rename(2)`` between state directories, so it either happens whole or
+not at all, and it cannot race the queue manager into a lost message: if the manager
+claimed a message first the rename fails with ENOENT and the operator is told to try
+again after the delivery attempt.  Messages in ``active/`` are being delivered and are not
+touched.  After a change the queue manager is poked so it rescans at once.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from mta.queue.ids import is_queue_id, queue_id_time
+from mta.queue.ipc import send_wakeup
+from mta.queue.msgfile import CorruptMessageFile, MessageFile, read_message_file
+from mta.queue.spool import Spool
+from mta.queue.state import StateStore
+
+__all__ = ["QueueAdmin", "QueueEntry"]
+
+LISTED_STATES = ("incoming", "active", "deferred", "hold", "corrupt")
+
+
+class AdminError(Exception):
+    """An operator request that cannot be carried out (the message says why)."""
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    queue_id: str
+    state: str
+    age: float
+    size: int
+    sender: str
+    recipients: list[str]
+    next_try: float | None
+    last_error: str
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.queue_id,
+            "state": self.state,
+            "age": round(self.age, 3),
+            "size": self.size,
+            "sender": self.sender,
+            "recipients": self.recipients,
+            "next_try": self.next_try,
+            "last_error": self.last_error,
+        }
+
+
+class QueueAdmin:
+    def __init__(self, spool_path: str) -> None:
+        self.spool = Spool(spool_path)
+        self.states = StateStore(self.spool.path)
+
+    def entries(self) -> Iterator[QueueEntry]:
+        now = time.time()
+        for state in LISTED_STATES:
+            for name in self.spool.list(state):
+                yield self._entry(state, name, now)
+
+    def _entry(self, state: str, name: str, now: float) -> QueueEntry:
+        age = now - queue_id_time(name) if is_queue_id(name) else 0.0
+        saved = self.states.load(name)
+        next_try = None
+        if state == "deferred":
+            try:
+                next_try = os.stat(self.spool.file(state, name)).st_mtime
+            except FileNotFoundError:
+                pass
+        try:
+            envelope = read_message_file(self.spool.file(state, name)).envelope
+        except (CorruptMessageFile, FileNotFoundError) as exc:
+            return QueueEntry(name, state, age, 0, "", [], next_try, str(exc))
+        pending = saved.pending() if saved else [r.address for r in envelope.recipients]
+        return QueueEntry(
+            name,
+            state,
+            age,
+            envelope.size,
+            envelope.sender,
+            pending,
+            next_try,
+            saved.last_error if saved else "",
+        )
+
+    def locate(self, queue_id: str) -> str:
+        """The state directory holding ``queue_id``; AdminError if there is none."""
+        for state in LISTED_STATES:
+            if os.path.exists(self.spool.file(state, queue_id)):
+                return state
+        raise AdminError(f"{queue_id}: no such message in the queue")
+
+    def show(self, queue_id: str) -> tuple[MessageFile, str]:
+        state = self.locate(queue_id)
+        try:
+            return read_message_file(self.spool.file(state, queue_id)), state
+        except CorruptMessageFile as exc:
+            raise AdminError(str(exc)) from None
+
+    def flush(self) -> None:
+        """Every deferred message is due now (``postqueue -f``)."""
+        if not send_wakeup(self.spool.path, b"flush"):
+            now = time.time()
+            for name in self.spool.list("deferred"):
+                try:
+                    os.utime(self.spool.file("deferred", name), (now, now))
+                except FileNotFoundError:
+                    continue
+
+    def hold(self, queue_id: str) -> None:
+        self._move(queue_id, ("incoming", "deferred"), "hold")
+
+    def release(self, queue_id: str) -> None:
+        self._move(queue_id, ("hold",), "deferred", due_now=True)
+
+    def requeue(self, queue_id: str) -> None:
+        self._move(queue_id, ("deferred", "hold", "corrupt"), "incoming")
+
+    def delete(self, queue_id: str) -> None:
+        state = self.locate(queue_id)
+        if state == "active":
+            raise AdminError(f"{queue_id}: being delivered now; try again in a moment")
+        try:
+            os.unlink(self.spool.file(state, queue_id))
+        except FileNotFoundError:
+            raise AdminError(f"{queue_id}: moved meanwhile; try again") from None
+        self.states.remove(queue_id)
+
+    def all_ids(self, states: tuple[str, ...] = LISTED_STATES) -> list[str]:
+        return [n for s in states for n in self.spool.list(s) if s != "active"]
+
+    def _move(
+        self, queue_id: str, sources: tuple[str, ...], target: str, due_now: bool = False
+    ) -> None:
+        state = self.locate(queue_id)
+        if state == target:
+            return
+        if state not in sources:
+            raise AdminError(f"{queue_id}: is {state}, cannot move it to {target}")
+        try:
+            self.spool.move(queue_id, state, target)
+        except FileNotFoundError:
+            raise AdminError(f"{queue_id}: moved meanwhile; try again") from None
+        if due_now:
+            now = time.time()
+            os.utime(self.spool.file(target, queue_id), (now, now))
+        send_wakeup(self.spool.path, b"rescan")

@@ -1,0 +1,37 @@
+"""Fixtures shared by every test package."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import MtaProcess
+
+
+@pytest.fixture
+def mta_factory(tmp_path: Path) -> Iterator[Callable[..., MtaProcess]]:
+    """Start ``mta serve`` subprocesses; every one is stopped (or killed) afterwards."""
+    started: list[MtaProcess] = []
+
+    def start(overrides: dict[str, Any] | None = None, wait: bool = True) -> MtaProcess:
+        workdir = tmp_path / f"mta{len(started)}"
+        workdir.mkdir()
+        server = MtaProcess(workdir, overrides)
+        started.append(server)
+        return server.start(wait=wait)
+
+    yield start
+    for server in started:
+        try:
+            server.stop(timeout=20)
+        except Exception:  # noqa: BLE001  -- teardown must kill whatever is left
+            server.kill_tree()
+
+
+@pytest.fixture
+def mta(mta_factory: Callable[..., MtaProcess]) -> MtaProcess:
+    """One running relay with default settings (1 smtpd worker)."""
+    return mta_factory()
