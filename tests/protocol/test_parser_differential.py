@@ -1,0 +1,181 @@
+"""Property tests: the twins agree on random input, and the DATA scanner on every split.
+
+The inputs are random but biased towards what matters: CR, LF and dots for the scanner;
+brackets, quotes, ``@`` and parameter syntax for the command parser.  The scanner is also
+checked against a model written with regular expressions, independent of both twins.
+With ``MTA_NO_EXTENSIONS=1`` only the pure-Python twin takes part (split against whole).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from types import ModuleType
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mta.protocol.errors import CommandSyntaxError
+
+SETTINGS = settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+# ----- DATA ----------------------------------------------------------------------------
+
+DATA_TOKENS = [b"\r", b"\n", b".", b"\r\n", b"\r\n.", b"\r\n.\r\n", b"a", b"\x00", b"\xff", b" "]
+data_bytes = st.one_of(
+    st.lists(st.sampled_from(DATA_TOKENS), max_size=40).map(b"".join),
+    st.binary(max_size=60).map(lambda b: bytes(b"\r\n.a"[x % 4] for x in b)),
+    st.binary(max_size=60),
+)
+KINDS = [bytes, bytearray, memoryview]
+
+
+def cut(data: bytes, points: list[int]) -> list[bytes]:
+    """``data`` split at ``points`` (taken modulo its length + 1)."""
+    offsets = sorted({p % (len(data) + 1) for p in points})
+    edges = [0, *offsets, len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(edges)]
+
+
+def scan(parser: ModuleType, chunks: list[Any], normalize: bool) -> tuple[Any, ...]:
+    scanner = parser.DataScanner(normalize)
+    decoded = []
+    consumed = 0
+    for chunk in chunks:
+        out, used = scanner.feed(chunk)
+        decoded.append(out)
+        consumed += used
+    result = b"".join(decoded)
+    assert scanner.size == len(result)
+    return result, consumed, scanner.done, scanner.size, scanner.bare_cr, scanner.bare_lf
+
+
+@SETTINGS
+@given(
+    data=data_bytes,
+    points=st.lists(st.integers(min_value=0, max_value=200), max_size=8),
+    normalize=st.booleans(),
+    kind=st.sampled_from(KINDS),
+)
+def test_scanner_twins_agree_on_any_split(
+    backends: list[ModuleType], data: bytes, points: list[int], normalize: bool, kind: type
+) -> None:
+    reference = scan(backends[0], [data], normalize)
+    chunks = cut(data, points)
+    for parser in backends:
+        assert scan(parser, [data], normalize) == reference
+        assert scan(parser, [kind(c) for c in chunks], normalize) == reference
+
+
+@SETTINGS
+@given(data=data_bytes, normalize=st.booleans())
+def test_scanner_byte_by_byte(backends: list[ModuleType], data: bytes, normalize: bool) -> None:
+    reference = scan(backends[0], [data], normalize)
+    for parser in backends:
+        assert scan(parser, [data[i : i + 1] for i in range(len(data))], normalize) == reference
+
+
+_LINE_START_DOT = re.compile(rb"(?:\A|(?<=\r\n))\.")
+_BARE_CR = re.compile(rb"\r(?!\n)")
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+def model(data: bytes, normalize: bool) -> tuple[Any, ...]:
+    """What the scanner must do, said with regular expressions instead of a state machine.
+
+    The data ends at the first CRLF "." CRLF, counting the start as a line start; a dot at
+    a real line start goes; a CR at the very end waits for the next chunk.
+    """
+    end = (b"\r\n" + data).find(b"\r\n.\r\n")
+    if end >= 0:
+        body, consumed = data[:end], end + 3
+    else:
+        body = data[:-1] if data.endswith(b"\r") else data
+        consumed = len(data)
+    bare_cr, bare_lf = len(_BARE_CR.findall(body)), len(_BARE_LF.findall(body))
+    decoded = _LINE_START_DOT.sub(b"", body)
+    if normalize:
+        decoded = _BARE_LF.sub(b"\r\n", _BARE_CR.sub(b"\r\n", decoded))
+    return decoded, consumed, end >= 0, len(decoded), bare_cr, bare_lf
+
+
+@SETTINGS
+@given(data=data_bytes, normalize=st.booleans())
+def test_scanner_matches_model(backends: list[ModuleType], data: bytes, normalize: bool) -> None:
+    for parser in backends:
+        assert scan(parser, [data], normalize) == model(data, normalize)
+
+
+# ----- commands ------------------------------------------------------------------------
+
+COMMAND_TOKENS = [bytes([c]) for c in b':<>@"\\ \t.[],=-aZ9_\xff\x00\x7f\r'] + [
+    b"FROM",
+    b"TO",
+    b"from",
+    b"<>",
+    b"..",
+    b"SIZE=1",
+    b" BODY",
+    b"postmaster",
+    b"\xc3\xa9",
+    b"x" * 60,
+]
+command_bytes = st.one_of(
+    st.lists(st.sampled_from(COMMAND_TOKENS), max_size=30).map(b"".join),
+    st.binary(max_size=40),
+)
+LOCAL_TOKENS = [b"a", b"b.c", b".", b'"', b"\\", b" ", b"\xce\xb4", b"\xff", b"\x01", b"@", b"("]
+LOCAL_TOKENS += [b'"x y"', b'\\"', b"\\\x00", b"postmaster"]
+DOMAIN_TOKENS = [b"ex", b".", b"com", b"[", b"]", b"1.2.3.4", b"IPv6:", b"\\", b" ", b"\x7f", b","]
+PARAM_TOKENS = [b" SIZE=1", b" BODY=8BITMIME", b" SMTPUTF8", b" size=2", b" X-Y", b" -A", b" ="]
+PARAM_TOKENS += [b"  ", b" A=\xff", b" a=b=c", b"\t", b"x", b" A_B"]
+
+
+def joined(tokens: list[bytes], max_size: int) -> st.SearchStrategy[bytes]:
+    return st.lists(st.sampled_from(tokens), max_size=max_size).map(b"".join)
+
+
+path_arguments = st.one_of(
+    command_bytes,
+    st.tuples(
+        st.sampled_from([b"FROM:<", b"TO:<", b"from: <"]),
+        st.sampled_from([b"", b"@r.example:", b"@r,@s:", b"@:", b"@r"]),
+        joined(LOCAL_TOKENS, 3),
+        st.sampled_from([b"@", b""]),
+        joined(DOMAIN_TOKENS, 3),
+        st.sampled_from([b">", b""]),
+        joined(PARAM_TOKENS, 3),
+    ).map(b"".join),
+)
+
+
+def outcome(call: Any, *args: bytes) -> tuple[Any, ...]:
+    try:
+        return ("ok", call(*args))
+    except CommandSyntaxError as exc:
+        return ("error", exc.code, exc.text)
+
+
+@SETTINGS
+@given(line=command_bytes)
+def test_split_command_twins_agree(backends: list[ModuleType], line: bytes) -> None:
+    results = {repr(outcome(parser.split_command, line)) for parser in backends}
+    assert len(results) == 1
+
+
+@SETTINGS
+@given(argument=path_arguments, keyword=st.sampled_from([b"FROM", b"TO", b"from", b""]))
+def test_parse_path_argument_twins_agree(
+    backends: list[ModuleType], argument: bytes, keyword: bytes
+) -> None:
+    results = [outcome(parser.parse_path_argument, argument, keyword) for parser in backends]
+    assert all(r == results[0] for r in results)
+    if results[0][0] == "ok":
+        address, params = results[0][1]
+        assert type(address) is str
+        assert all(type(k) is str and (v is None or type(v) is str) for k, v in params.items())
