@@ -114,6 +114,7 @@ class ServerSession:
         self.helo = ""
         self.esmtp = False
         self.errors = 0
+        self.reply_counts = [0] * 6  # replies sent by class (index 2 = 2xx), for metrics
         self.closing = False  # the last reply is queued; close after sending it
         self._shutdown_requested = False
         # input and output
@@ -121,6 +122,7 @@ class ServerSession:
         self._buf = bytearray()
         self._discarding_long_line = False
         self._out: list[bytes] = [replies.greeting(limits.hostname)]
+        self.reply_counts[2] += 1
         self._events: deque[Event] = deque()
         self._pending: str | None = None  # the decision we wait for: mail|rcpt|data|end
         # transaction state
@@ -426,6 +428,7 @@ class ServerSession:
         if self.closing:
             return  # nothing may follow the closing reply (221 or 421)
         self._out.append(data)
+        self.reply_counts[data[0] - 48] += 1
         if data[0] in b"45":
             self.errors += 1
             if self.errors >= self.limits.max_errors:
@@ -434,6 +437,7 @@ class ServerSession:
     def _close_with(self, data: bytes) -> None:
         if not self.closing:
             self._out.append(data)
+            self.reply_counts[data[0] - 48] += 1
             self.closing = True
             self._buf.clear()
 

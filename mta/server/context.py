@@ -11,13 +11,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from mta import metrics
 from mta.config import Config
 from mta.protocol.session import SessionLimits
 from mta.queue.commit import GroupCommitter
 from mta.queue.envelope import Envelope
 from mta.queue.spool import Spool
 from mta.server.policy import RelayPolicy
+from mta.server.stats import SmtpdStats
 
 if TYPE_CHECKING:
     from mta.server.smtpd import SMTPProtocol
@@ -48,6 +48,7 @@ class WorkerContext:
     limits: SessionLimits = field(init=False)
     policy: RelayPolicy = field(init=False)
     connections: set[SMTPProtocol] = field(default_factory=set)
+    stats: SmtpdStats = field(default_factory=lambda: SmtpdStats())
     shutting_down: bool = False
 
     def __post_init__(self) -> None:
@@ -58,12 +59,11 @@ class WorkerContext:
 
     def connection_opened(self, protocol: SMTPProtocol) -> None:
         self.connections.add(protocol)
-        metrics.CONNECTIONS_OPENED.inc()
-        metrics.CONNECTIONS_CURRENT.inc()
+        self.stats.opened += 1
 
     def connection_closed(self, protocol: SMTPProtocol) -> None:
         self.connections.discard(protocol)
-        metrics.CONNECTIONS_CURRENT.dec()
+        self.stats.session_closed(protocol.session.reply_counts)
 
     def message_received(self, envelope: Envelope) -> None:
         log.info(
@@ -74,17 +74,15 @@ class WorkerContext:
             len(envelope.recipients),
             envelope.client_address,
         )
-        metrics.MESSAGES_RECEIVED.inc()
-        metrics.BYTES_RECEIVED.inc(envelope.size)
+        self.stats.received += 1
+        self.stats.received_bytes += envelope.size
 
     def count_reject(self, reason: str) -> None:
-        metrics.REJECTS.labels(reason).inc()
+        self.stats.rejects[reason] = self.stats.rejects.get(reason, 0) + 1
 
-    def count_replies(self, out: bytes) -> None:
-        """Count replies by class: each line that starts a reply ("250 " not "250-")."""
-        for line in out.split(b"\r\n"):
-            if len(line) > 3 and line[3] == 0x20:
-                metrics.REPLIES.labels(chr(line[0]) + "xx").inc()
+    def publish_stats(self) -> None:
+        """Move the hot path's plain counters into Prometheus (called once a second)."""
+        self.stats.publish([p.session.reply_counts for p in self.connections])
 
     def begin_shutdown(self) -> None:
         self.shutting_down = True

@@ -131,7 +131,6 @@ class SMTPProtocol(asyncio.Protocol):
         out = self.session.data_to_send()
         if out:
             transport.write(out)
-            self.ctx.count_replies(out)
         if self.session.closing:
             transport.close()
             return
