@@ -115,9 +115,7 @@ class GroupCommitter:
         errors: list[OSError | None] = []
         for writer, _ in batch:
             try:
-                if self.mode == "fsync":
-                    os.fsync(writer.fd)
-                writer.close()
+                writer.persist(sync=self.mode == "fsync")
                 self.spool.move(writer.queue_id, "tmp", "incoming")
                 errors.append(None)
             except OSError as exc:

@@ -182,8 +182,7 @@ def inject(spool: Spool, *, sender: str, recipient: str, data: bytes, is_bounce:
                 is_bounce=is_bounce,
             )
         )
-        os.fsync(writer.fd)
-        writer.close()
+        writer.persist(sync=True)
         spool.move(queue_id, "tmp", "incoming")
     except OSError:
         writer.discard()

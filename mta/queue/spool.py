@@ -20,7 +20,7 @@ from mta.queue.msgfile import HEADER, MessageFile, read_message_file, trailer_fo
 __all__ = ["STATES", "MessageWriter", "Spool"]
 
 STATES = ("tmp", "incoming", "active", "deferred", "hold", "corrupt")
-_WRITE_BUFFER = 256 * 1024  # gather small chunks into few write(2) calls
+_WRITE_BUFFER = 64 * 1024  # gather small chunks into few write(2) calls
 
 
 class Spool:
@@ -66,13 +66,21 @@ class Spool:
 
 
 class MessageWriter:
-    """Streams one message into ``tmp/<queue_id>``; nothing is visible before commit."""
+    """Builds one message file in ``tmp/<queue_id>``; nothing is visible before commit.
+
+    Small messages never touch the disk on the event loop: the file is created only when
+    more than :data:`_WRITE_BUFFER` octets are waiting (a large message is streamed from
+    then on) or by :meth:`persist`, which the group committer calls from its thread.
+    Creating a file is the most expensive step of accepting a message here (DESIGN.md §3),
+    so it is done off the loop for the common case.
+    """
 
     def __init__(self, spool: Spool, queue_id: str) -> None:
         self.spool = spool
         self.queue_id = queue_id
         self.tmp_path = spool.file("tmp", queue_id)
-        self.fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self.fd = -1
+        self.created = False  # the file exists in tmp/
         self.length = 0  # message octets written (after the header)
         self._pending: list[bytes] = [HEADER]
         self._pending_size = len(HEADER)
@@ -86,17 +94,27 @@ class MessageWriter:
             self._flush_buffer()
 
     def finish(self, envelope: Envelope) -> None:
-        """Write the envelope and the end marker; the file is complete but not yet durable."""
+        """Append the envelope and the end marker; :meth:`persist` writes what is left."""
         self._pending.append(trailer_for(envelope, self.length))
-        self._flush_buffer()
+
+    def persist(self, sync: bool = False) -> None:
+        """Write everything still buffered (creating the file if needed), optionally fsync,
+        and close.  The file is then complete in ``tmp/``.  Calling it again does nothing."""
+        if self._pending or not self.created:
+            self._flush_buffer()
+        if sync:
+            os.fsync(self.fd)
+        self.close()
 
     def discard(self) -> None:
         """Throw the message away (refused, or the client went away)."""
         self.close()
-        try:
-            os.unlink(self.tmp_path)
-        except FileNotFoundError:
-            pass
+        self._pending.clear()
+        if self.created:
+            try:
+                os.unlink(self.tmp_path)
+            except FileNotFoundError:
+                pass  # committed meanwhile, or removed by the queue manager's cleanup
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -104,6 +122,9 @@ class MessageWriter:
             self.fd = -1
 
     def _flush_buffer(self) -> None:
+        if self.fd < 0:
+            self.fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            self.created = True
         data = b"".join(self._pending)
         self._pending.clear()
         self._pending_size = 0

@@ -74,6 +74,8 @@ def test_spool_path_is_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 def test_writer_is_invisible_until_committed_and_discard_removes(spool: Spool) -> None:
     writer = finished_message(spool)
+    assert names(spool, "incoming") == []
+    writer.persist()  # what the committer does first: the complete file, still in tmp/
     assert names(spool, "tmp") == [writer.queue_id]
     assert names(spool, "incoming") == []
     writer.discard()
@@ -83,15 +85,18 @@ def test_writer_is_invisible_until_committed_and_discard_removes(spool: Spool) -
 
 def test_writer_refuses_to_overwrite(spool: Spool) -> None:
     writer = finished_message(spool)
+    writer.persist()
+    twin = spool.new_message(writer.queue_id)
+    twin.write(b"other")
     with pytest.raises(FileExistsError):
-        spool.new_message(writer.queue_id)
+        twin.persist()
     writer.discard()
 
 
 def test_move_and_list(spool: Spool) -> None:
     writers = [finished_message(spool) for _ in range(3)]
     for writer in reversed(writers):
-        writer.close()
+        writer.persist()
         spool.move(writer.queue_id, "tmp", "deferred")
     assert spool.list("deferred") == sorted(w.queue_id for w in writers)
     assert spool.list("tmp") == []
@@ -171,7 +176,7 @@ def test_commit_failure_reaches_the_callbacks(spool: Spool, mode: str) -> None:
         committer = GroupCommitter(spool, loop, mode=mode)
         try:
             broken = finished_message(spool)
-            os.unlink(broken.tmp_path)  # the rename into incoming/ will fail with ENOENT
+            os.mkdir(broken.tmp_path)  # something squats on its name: creating it fails
             failed: asyncio.Future[OSError | None] = loop.create_future()
             committer.submit(broken, failed.set_result)
             first = await asyncio.wait_for(failed, 5)
@@ -185,7 +190,7 @@ def test_commit_failure_reaches_the_callbacks(spool: Spool, mode: str) -> None:
 
     (error,), after = run(main)
     assert isinstance(error, OSError)
-    assert error.errno == errno.ENOENT
+    assert error.errno == errno.EEXIST
     assert after is None
     assert len(names(spool, "incoming")) == 1
 
