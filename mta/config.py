@@ -71,10 +71,14 @@ class SmtpConfig(_Section):
     max_connections: PositiveInt = 20_000
     bare_lf: Literal["reject", "normalize"] = "reject"
     reuse_port: bool = False
+    tls_cert: str = ""  # PEM certificate chain; with tls_key, STARTTLS is offered
+    tls_key: str = ""
 
     def __post_init__(self) -> None:
         if not self.listen:
             raise ValueError("at least one listen address is needed")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert: tls_cert and tls_key go together")
         for address in self.listen:
             try:
                 parse_hostport(address)
@@ -97,6 +101,7 @@ class RelayConfig(_Section):
 class QueueConfig(_Section):
     path: str = "spool"
     sync: Literal["syncfs", "fsync"] = "syncfs"
+    group_commit: bool = True  # false: one flush per message (for measurements)
 
 
 class DeliveryConfig(_Section):

@@ -54,8 +54,16 @@ class DataAborted:
 
 
 @dataclass(slots=True, frozen=True)
+class StartTls:
+    """*Decision*: the client asked for TLS; accept means ``220``, then the server must
+    start the handshake before it feeds any further bytes."""
+
+
+@dataclass(slots=True, frozen=True)
 class TransactionReset:
     """RSET, HELO/EHLO or a failed transaction dropped the sender and recipients."""
 
 
-Event = MailFrom | RcptTo | DataStart | DataChunk | DataEnd | DataAborted | TransactionReset
+Event = (
+    MailFrom | RcptTo | DataStart | DataChunk | DataEnd | DataAborted | StartTls | TransactionReset
+)

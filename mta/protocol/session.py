@@ -35,6 +35,7 @@ from mta.protocol.events import (
     Event,
     MailFrom,
     RcptTo,
+    StartTls,
     TransactionReset,
 )
 
@@ -59,6 +60,7 @@ class SessionLimits:
     max_line_length: int = 2048
     max_errors: int = 10
     normalize_bare_line_endings: bool = False
+    starttls: bool = False  # offer STARTTLS (RFC 3207)
 
 
 _ANY = frozenset(State) - {State.DATA}
@@ -85,9 +87,10 @@ COMMANDS: dict[str, Command] = {
     "QUIT": Command("_do_quit", _ANY),
     "VRFY": Command("_do_vrfy", _ANY, True),
     "HELP": Command("_do_help", _ANY),
+    "STARTTLS": Command("_do_starttls", frozenset({State.READY}), False),
 }
 # Known to us but deliberately not offered (RFC 5321 §4.2.4: 502 for unimplemented commands).
-NOT_IMPLEMENTED = frozenset({"STARTTLS", "AUTH", "BDAT", "EXPN", "ETRN", "TURN", "ATRN"})
+NOT_IMPLEMENTED = frozenset({"AUTH", "BDAT", "EXPN", "ETRN", "TURN", "ATRN"})
 
 # Reply for a verb used in the wrong state, by the state we are in.
 _OUT_OF_SEQUENCE: dict[tuple[str, State], bytes] = {
@@ -99,6 +102,8 @@ _OUT_OF_SEQUENCE: dict[tuple[str, State], bytes] = {
     ("DATA", State.CONNECTED): replies.NEED_HELO,
     ("DATA", State.READY): replies.NEED_MAIL,
     ("DATA", State.MAIL): replies.NEED_RCPT,
+    ("STARTTLS", State.MAIL): replies.STARTTLS_IN_TRANSACTION,
+    ("STARTTLS", State.RCPT): replies.STARTTLS_IN_TRANSACTION,
 }
 
 _BODY_TYPES = frozenset({"7BIT", "8BITMIME"})
@@ -113,6 +118,7 @@ class ServerSession:
         self.state = State.CONNECTED
         self.helo = ""
         self.esmtp = False
+        self.tls = False
         self.errors = 0
         self.reply_counts = [0] * 6  # replies sent by class (index 2 = 2xx), for metrics
         self.closing = False  # the last reply is queued; close after sending it
@@ -183,6 +189,15 @@ class ServerSession:
             self.recipients.append(self._pending_rcpt)
             self.state = State.RCPT
             self._reply(reply or replies.OK_RECIPIENT)
+        elif pending == "starttls":
+            self._reply(reply or replies.READY_FOR_TLS)
+            # RFC 3207 §4.2: forget everything said before; commands the client pipelined
+            # after STARTTLS were sent in the clear and must not be acted on (CVE-2011-0411).
+            self._buf.clear()
+            self.tls = True
+            self.helo = ""
+            self.esmtp = False
+            self.state = State.CONNECTED
         elif pending == "data":
             self.state = State.DATA
             self._scanner = self._parser.DataScanner(self.limits.normalize_bare_line_endings)
@@ -289,6 +304,9 @@ class ServerSession:
         if self._shutdown_requested and self._idle() and verb != "QUIT":
             self._close_with(replies.shutting_down(self.limits.hostname))
             return None
+        if verb == "STARTTLS" and (not self.limits.starttls or self.tls):
+            self._reply(replies.NOT_IMPLEMENTED)  # not offered (again) on this connection
+            return None
         if self.state not in command.states:
             self._reply(_OUT_OF_SEQUENCE.get((verb, self.state), replies.NEED_HELO))
             return None
@@ -321,13 +339,16 @@ class ServerSession:
         return event
 
     def _extensions(self) -> list[str]:
-        return [
+        extensions = [
             "PIPELINING",
             f"SIZE {self.limits.max_message_size}",
             "8BITMIME",
             "ENHANCEDSTATUSCODES",
             "SMTPUTF8",
         ]
+        if self.limits.starttls and not self.tls:
+            extensions.append("STARTTLS")
+        return extensions
 
     def _do_mail(self, argument: bytes) -> Event | None:
         try:
@@ -390,6 +411,10 @@ class ServerSession:
     def _do_data(self, argument: bytes) -> Event | None:
         self._pending = "data"
         return DataStart()
+
+    def _do_starttls(self, argument: bytes) -> Event | None:
+        self._pending = "starttls"
+        return StartTls()
 
     def _do_rset(self, argument: bytes) -> Event | None:
         event = self._reset_transaction()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,7 @@ log = logging.getLogger("mta.smtpd")
 def session_limits(config: Config) -> SessionLimits:
     smtp = config.smtp
     return SessionLimits(
+        starttls=bool(smtp.tls_cert),
         hostname=config.fqdn,
         max_message_size=smtp.max_message_size,
         max_recipients=smtp.max_recipients,
@@ -49,6 +51,7 @@ class WorkerContext:
     policy: RelayPolicy = field(init=False)
     connections: set[SMTPProtocol] = field(default_factory=set)
     stats: SmtpdStats = field(default_factory=lambda: SmtpdStats())
+    tls: ssl.SSLContext | None = None
     shutting_down: bool = False
 
     def __post_init__(self) -> None:
@@ -56,6 +59,10 @@ class WorkerContext:
         relay = self.config.relay
         local = (*relay.domains, *self.config.routes, *self.config.delivery.local_domains)
         self.policy = RelayPolicy(relay.networks, local)
+        smtp = self.config.smtp
+        if smtp.tls_cert:
+            self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self.tls.load_cert_chain(smtp.tls_cert, smtp.tls_key)
 
     def connection_opened(self, protocol: SMTPProtocol) -> None:
         self.connections.add(protocol)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,7 @@ from mta.protocol.events import (
     DataStart,
     MailFrom,
     RcptTo,
+    StartTls,
     TransactionReset,
 )
 from mta.protocol.session import ServerSession
@@ -122,6 +124,9 @@ class SMTPProtocol(asyncio.Protocol):
                 self._discard_message()
             elif kind is TransactionReset:
                 self._discard_message()
+            elif kind is StartTls:
+                self._start_tls()
+                return
         self._flush()
 
     def _flush(self) -> None:
@@ -152,6 +157,39 @@ class SMTPProtocol(asyncio.Protocol):
 
     # ----- decisions --------------------------------------------------------------------
 
+    def _start_tls(self) -> None:
+        """Answer 220, then hand the connection to TLS; nothing is read until it is done."""
+        ctx = self.ctx
+        if ctx.tls is None or self.transport is None:
+            self.session.reject(replies.TLS_UNAVAILABLE)
+            self._drive()
+            return
+        self.session.accept()
+        self._flush()
+        ctx.loop.create_task(self._handshake(ctx.tls))
+
+    async def _handshake(self, context: ssl.SSLContext) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        try:
+            tls_transport = await self.ctx.loop.start_tls(
+                transport,
+                self,
+                context,
+                server_side=True,
+                ssl_handshake_timeout=self.ctx.config.smtp.idle_timeout,
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            log.info("TLS handshake with [%s] failed: %s", self.client_ip, exc)
+            transport.abort()
+            return
+        if tls_transport is None:
+            return
+        self.transport = tls_transport  # type: ignore[assignment]
+        self.ctx.stats.tls_sessions += 1
+        self._drive()
+
     def _decide_recipient(self, recipient: str) -> None:
         if self.ctx.policy.allows(self.client_ip, recipient):
             self.session.accept()
@@ -173,7 +211,7 @@ class SMTPProtocol(asyncio.Protocol):
             helo=session.helo,
             client_ip=self.client_ip,
             hostname=ctx.limits.hostname,
-            protocol=protocol_name(session.esmtp, False, "SMTPUTF8" in session.mail_params),
+            protocol=protocol_name(session.esmtp, session.tls, "SMTPUTF8" in session.mail_params),
             queue_id=queue_id,
             recipients=[address for address, _ in session.recipients],
             now=self._received_at,

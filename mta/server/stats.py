@@ -22,6 +22,7 @@ class SmtpdStats:
         self.opened = 0
         self.received = 0
         self.received_bytes = 0
+        self.tls_sessions = 0
         self.rejects: dict[str, int] = {}
         self._closed_replies = [0] * 6  # reply counts of sessions that ended
         self._published: dict[str, int] = {}
@@ -35,6 +36,7 @@ class SmtpdStats:
         self._add(metrics.CONNECTIONS_OPENED, "opened", self.opened)
         self._add(metrics.MESSAGES_RECEIVED, "received", self.received)
         self._add(metrics.BYTES_RECEIVED, "bytes", self.received_bytes)
+        self._add(metrics.TLS_SESSIONS, "tls", self.tls_sessions)
         for reason, n in self.rejects.items():
             self._add(metrics.REJECTS.labels(reason), f"reject:{reason}", n)
         totals = list(self._closed_replies)
