@@ -4,6 +4,10 @@ It stops on SIGTERM/SIGINT gracefully: stop accepting, tell idle sessions ``421`
 transactions in flight finish (up to ``master.graceful_timeout``), then drop the rest and
 let the committer finish the flushes it has.  Nothing that got ``250`` is lost either way:
 the ``250`` is only sent after the flush.
+
+A parser backend that cannot be used (``MTA_PARSER=c`` without the compiled module, or a
+value that names no backend) is a configuration error: the worker exits with
+:data:`~mta.master.children.EXIT_CONFIG`, which stops the master instead of a restart loop.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import uvloop
 
 from mta import metrics
 from mta.config import Config
+from mta.master.children import EXIT_CONFIG
 from mta.protocol import parser
 from mta.queue.commit import GroupCommitter
 from mta.queue.spool import Spool
@@ -36,6 +41,11 @@ def run_smtpd(
     config: Config, sockets: list[socket.socket], heartbeat: Heartbeat | None = None
 ) -> None:
     """Serve until SIGTERM; ``heartbeat`` is called from the loop once a second."""
+    try:
+        parser.select()
+    except (ValueError, ImportError) as exc:
+        log.error("configuration error: parser backend (MTA_PARSER): %s", exc)
+        raise SystemExit(EXIT_CONFIG) from None
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
@@ -52,9 +62,9 @@ async def _serve(
 ) -> None:
     spool = Spool(config.queue.path)
     spool.create()
-    parser.select()
     metrics.PARSER_BACKEND.labels(parser.backend_name()).set(1)
-    committer = GroupCommitter(spool, loop, config.queue.sync)
+    batch = 1024 if config.queue.group_commit else 1
+    committer = GroupCommitter(spool, loop, config.queue.sync, max_batch=batch)
     ctx = WorkerContext(config, spool, committer, loop)
     servers = [
         await loop.create_server(lambda: SMTPProtocol(ctx), sock=sock, backlog=BACKLOG)
@@ -63,21 +73,24 @@ async def _serve(
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    beat = loop.create_task(_beat(heartbeat)) if heartbeat else None
+    beat = loop.create_task(_housekeeping(ctx, heartbeat))
     log.info("smtpd ready on %s", ", ".join(_names(sockets)))
     await stop.wait()
     for server in servers:
         server.close()
     await _drain(ctx, config.master.graceful_timeout)
     committer.stop()
-    if beat is not None:
-        beat.cancel()
+    beat.cancel()
+    ctx.publish_stats()
 
 
-async def _beat(heartbeat: Heartbeat) -> None:
-    """Proves liveness from the event loop itself: a wedged loop stops beating."""
+async def _housekeeping(ctx: WorkerContext, heartbeat: Heartbeat | None) -> None:
+    """Once a second: prove liveness from the event loop itself (a wedged loop stops
+    beating) and publish the counters of the hot path."""
     while True:
-        heartbeat()
+        if heartbeat is not None:
+            heartbeat()
+        ctx.publish_stats()
         await asyncio.sleep(1.0)
 
 
