@@ -1,0 +1,170 @@
+"""Interoperability with real SMTP clients: swaks and Postfix's smtp-source.
+
+Both run as the programs people use, against ``mta serve`` on loopback; afterwards every
+message they were told was queued must be in the spool, complete, with its envelope.
+Deliveries go to a relay that refuses connections, so accepted mail stays queued
+(``incoming/`` → ``active/`` → ``deferred/``) for the test to read.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from mta.queue.envelope import Envelope
+from mta.queue.msgfile import read_message_file
+from tests.helpers import MtaProcess
+
+pytestmark = pytest.mark.timeout(120)
+
+QUEUED_STATES = ("incoming", "active", "deferred")  # the way an accepted message moves
+SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+_QUEUED = re.compile(rb"<-  250 2\.0\.0 Ok: queued as ([0-9A-F]{19})\r?\n")
+
+
+@pytest.fixture(scope="module")
+def dead_relay() -> Iterator[str]:
+    with socket.socket() as sock:  # bound, never listening: every delivery is refused
+        sock.bind(("127.0.0.1", 0))
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, dead_relay: str) -> Iterator[MtaProcess]:
+    """Two smtpd workers, as in production."""
+    config = {"smtp": {"workers": 2}, "delivery": {"relayhost": dead_relay}}
+    proc = MtaProcess(tmp_path_factory.mktemp("mta"), config).start()
+    try:
+        yield proc
+    finally:
+        try:
+            proc.stop(timeout=30)
+        except Exception:  # noqa: BLE001  -- teardown must kill whatever is left
+            proc.kill_tree()
+
+
+def stored(server: MtaProcess, queue_id: str) -> tuple[Envelope, bytes]:
+    """Envelope and message of ``queue_id``, wherever the queue manager has moved it."""
+    for _ in range(100):
+        for state in QUEUED_STATES:
+            try:
+                mf = read_message_file(str(server.spool / state / queue_id))
+                return mf.envelope, mf.read_message()
+            except FileNotFoundError:
+                continue
+    raise AssertionError(f"{queue_id} is not in the queue")
+
+
+def queued(server: MtaProcess) -> set[str]:
+    names: set[str] = set()
+    for state in QUEUED_STATES:
+        names.update(p.name for p in server.files(state))
+    return names
+
+
+def swaks(server: MtaProcess, *args: str | bytes) -> str:
+    """Run swaks; assert it succeeded; the queue ID it was given."""
+    command = [
+        "swaks",
+        "--server",
+        f"127.0.0.1:{server.port}",
+        "--helo",
+        "client.test",
+        "--timeout",
+        "20",
+        *args,
+    ]
+    result = subprocess.run(command, capture_output=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout.decode(errors="replace") + repr(result.stderr)
+    ids = _QUEUED.findall(result.stdout)
+    assert len(ids) == 1, result.stdout.decode(errors="replace")
+    return ids[0].decode()
+
+
+def body_of(data: bytes) -> bytes:
+    return data.split(b"\r\n\r\n", 1)[1]
+
+
+def test_swaks_plain(server: MtaProcess) -> None:
+    queue_id = swaks(
+        server, "--from", "a@b.test", "--to", "c@d.test", "--body", "Hello from swaks."
+    )
+    envelope, data = stored(server, queue_id)
+    assert envelope.sender == "a@b.test"
+    assert [r.address for r in envelope.recipients] == ["c@d.test"]
+    assert envelope.client_helo == "client.test"
+    assert envelope.client_address == "127.0.0.1"
+    assert data.startswith(b"Received: from client.test ([127.0.0.1])\r\n")
+    assert b"\r\nTo: c@d.test\r\nFrom: a@b.test\r\n" in data
+    assert body_of(data).startswith(b"Hello from swaks.\r\n")
+
+
+def test_swaks_pipelining_with_two_recipients(server: MtaProcess) -> None:
+    queue_id = swaks(
+        server,
+        "--pipeline",
+        "--from",
+        "<>",
+        "--to",
+        "c@d.test,e@f.test",
+        "--body",
+        "pipelined",
+    )
+    envelope, data = stored(server, queue_id)
+    assert envelope.sender == ""
+    assert [r.address for r in envelope.recipients] == ["c@d.test", "e@f.test"]
+    assert body_of(data).startswith(b"pipelined\r\n")
+
+
+def test_swaks_8bit_body(server: MtaProcess) -> None:
+    text = "Grüße aus Köln — ça marche, 日本語 ✓"
+    queue_id = swaks(
+        server,
+        "--from",
+        "a@b.test",
+        "--to",
+        "c@d.test",
+        "--add-header",
+        "Content-Type: text/plain; charset=utf-8",
+        "--body",
+        text.encode(),
+    )
+    _, data = stored(server, queue_id)
+    assert body_of(data).startswith(text.encode() + b"\r\n")
+
+
+MESSAGES = 2000
+
+
+@pytest.mark.timeout(150)
+def test_smtp_source_2000_messages_in_20_sessions(server: MtaProcess) -> None:
+    before = queued(server)
+    command = [
+        SMTP_SOURCE,
+        *("-s", "20", "-m", str(MESSAGES), "-l", "1024"),
+        *("-f", "a@b.test", "-t", "c@d.test"),
+        f"127.0.0.1:{server.port}",
+    ]
+    result = subprocess.run(command, capture_output=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    new = queued(server) - before
+    assert len(new) == MESSAGES
+    bodies = set()
+    for queue_id in new:
+        envelope, data = stored(server, queue_id)
+        assert envelope.queue_id == queue_id
+        assert envelope.sender == "a@b.test"
+        assert [r.address for r in envelope.recipients] == ["c@d.test"]
+        assert envelope.client_address == "127.0.0.1"
+        assert envelope.size == len(data)
+        assert data.startswith(b"Received: from ")
+        assert b"\r\nFrom: <a@b.test>\r\nTo: <c@d.test>\r\n" in data
+        bodies.add(body_of(data))
+    assert len(bodies) == 1  # every copy of the payload arrived whole
+    assert len(bodies.pop()) >= 1024
+    assert server.files("corrupt") == []
