@@ -25,7 +25,9 @@ def add_commands(sub: argparse._SubParsersAction) -> list[argparse.ArgumentParse
     show.add_argument("queue_id")
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=_show)
-    qsub.add_parser("flush", help="retry deferred messages now").set_defaults(handler=_flush)
+    flush = qsub.add_parser("flush", help="retry deferred messages now")
+    flush.set_defaults(handler=_flush)
+    actions = [flush]
     for name, what in (
         ("hold", "keep messages from delivery"),
         ("release", "let held messages go"),
@@ -37,17 +39,30 @@ def add_commands(sub: argparse._SubParsersAction) -> list[argparse.ArgumentParse
         target.add_argument("queue_id", nargs="?")
         target.add_argument("--all", action="store_true")
         action.set_defaults(handler=_change, action=name)
+        actions.append(action)
     send = sub.add_parser("send", help="submit a test message to the running relay")
     send.add_argument("--from", dest="sender", default="")
     send.add_argument("--to", dest="recipients", action="append", required=True)
     send.add_argument("--subject", default="mta test message")
     send.add_argument("--body", default="This is a test message sent by 'mta send'.")
     send.set_defaults(handler=_send)
-    return [queue, listing, show, send]
+    return [queue, listing, show, *actions, send]  # each takes --config after its name
+
+
+def _admin(config: Config) -> QueueAdmin | None:
+    """The queue of ``config``, or None (the reason printed) if there is none."""
+    try:
+        return QueueAdmin(config.queue.path)
+    except AdminError as exc:
+        print(f"mta: {exc}", file=sys.stderr)
+        return None
 
 
 def _list(config: Config, args: argparse.Namespace) -> int:
-    entries = list(QueueAdmin(config.queue.path).entries())
+    admin = _admin(config)
+    if admin is None:
+        return 1
+    entries = list(admin.entries())
     if args.json:
         print(json.dumps([e.to_json() for e in entries], indent=1))
         return 0
@@ -76,7 +91,9 @@ def _age(seconds: float) -> str:
 
 
 def _show(config: Config, args: argparse.Namespace) -> int:
-    admin = QueueAdmin(config.queue.path)
+    admin = _admin(config)
+    if admin is None:
+        return 1
     try:
         message, state = admin.show(args.queue_id)
     except AdminError as exc:
@@ -98,12 +115,17 @@ def _show(config: Config, args: argparse.Namespace) -> int:
 
 
 def _flush(config: Config, args: argparse.Namespace) -> int:
-    QueueAdmin(config.queue.path).flush()
+    admin = _admin(config)
+    if admin is None:
+        return 1
+    admin.flush()
     return 0
 
 
 def _change(config: Config, args: argparse.Namespace) -> int:
-    admin = QueueAdmin(config.queue.path)
+    admin = _admin(config)
+    if admin is None:
+        return 1
     action: Callable[[str], None] = getattr(admin, args.action)
     ids = admin.all_ids() if args.all else [args.queue_id]
     failures = 0

@@ -91,20 +91,23 @@ class Deliverer:
         """(host, ip) pairs to try in order; raises DeliveryError if there are none."""
         hosts = await self.resolver.mx_hosts(nexthop.target) if nexthop.mx else [nexthop.target]
         tried = 0
-        first_error: DeliveryError | None = None
+        lookup_error: DeliveryError | None = None
         for host in hosts:
             try:
                 addresses = await self.resolver.addresses(host)
             except DeliveryError as exc:
-                first_error = first_error or exc
+                # One exchanger that does not exist must not bounce mail that another one,
+                # whose lookup failed for now, may take later: a temporary error wins.
+                if lookup_error is None or (lookup_error.permanent and not exc.permanent):
+                    lookup_error = exc
                 continue
             for ip in addresses:
                 yield host, ip
                 tried += 1
                 if tried >= MAX_ADDRESSES_TRIED:
                     return
-        if tried == 0 and first_error is not None:
-            raise first_error
+        if tried == 0 and lookup_error is not None:
+            raise lookup_error
 
     async def _open(self, host: str, ip: str, nexthop: NextHop) -> OutboundConnection:
         delivery = self.config.delivery

@@ -84,6 +84,14 @@ def _human_part(hostname: str, failed: Sequence[RecipientResult]) -> str:
     return "\r\n".join(text) + "\r\n"
 
 
+def _status(dsn: str) -> str:
+    """RFC 3464 §2.3.4: a 4.x.x or 5.x.x code; anything else reads as a permanent failure."""
+    parts = dsn.split(".")
+    if len(parts) == 3 and all(p.isdigit() for p in parts) and parts[0] in ("4", "5"):
+        return dsn
+    return "5.0.0"
+
+
 def _status_part(
     hostname: str, queue_id: str, arrival: float, failed: Sequence[RecipientResult]
 ) -> str:
@@ -101,7 +109,7 @@ def _status_part(
             f"Final-Recipient: rfc822; {result.address}",
             f"Original-Recipient: rfc822; {result.address}",
             "Action: failed",
-            f"Status: {result.dsn if result.dsn[:1] in '45' else '5.0.0'}",
+            f"Status: {_status(result.dsn)}",
         ]
         if result.remote_mta:
             block.append(f"Remote-MTA: dns; {result.remote_mta}")

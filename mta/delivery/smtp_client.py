@@ -160,6 +160,9 @@ class OutboundConnection:
         self.transactions += 1
         try:
             return await self._transaction(tx)
+        except DeliveryError:  # no reply in time, or the server hung up: close our side too
+            self.abort()
+            raise
         except (OSError, TimeoutError, ProtocolError, asyncio.IncompleteReadError) as exc:
             self.abort()
             what = "timeout" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__

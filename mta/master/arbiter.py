@@ -10,7 +10,10 @@ rolling reload.
   to ``master.graceful_timeout`` seconds; whatever is left then gets SIGKILL; exit 0.
 * HUP: read the configuration again.  If it is invalid, log why and keep the old one;
   otherwise replace children one at a time: the new one starts, and the old one is told to
-  stop only once the new one has proven it is alive, so the service keeps answering.
+  stop only once the new one has proven it is alive, so the service keeps answering.  An
+  exclusive kind (the queue manager) is the exception: the old one stops first, since two
+  would race over the queue.  A child that does not stop within the graceful timeout (plus
+  a margin) is killed, so a reload cannot hang on it.
 * A child exiting with :data:`EXIT_CONFIG` stops the master with that child's message.
 
 Listening sockets are bound here, once, and inherited by every smtpd worker.  The default is
@@ -33,6 +36,7 @@ import time
 from dataclasses import dataclass, field
 
 from mta.config import Config, ConfigError, load_config
+from mta.master import metrics_dir
 from mta.master.children import EXIT_CONFIG, KINDS, spawn
 from mta.master.throttle import Throttle
 from mta.server.listen import bind_listeners
@@ -89,9 +93,15 @@ class Arbiter:
 
         self._install_signals()
         self._write_pidfile()
-        self.http = http.start(self)
+        try:
+            self.http = http.start(self)
+        except OSError as exc:
+            log.error("cannot serve metrics on %s: %s", self.config.metrics.listen, exc.strerror)
+            self._cleanup()
+            return 1
         log.info("master started (pid %d), listening on %s", os.getpid(), self._listen_names())
         try:
+            self._start_missing()  # at once: the first tick would only delay the service
             while True:
                 self._wait()
                 self._dispatch_signals()
@@ -145,6 +155,11 @@ class Arbiter:
             self.stopping_since = time.monotonic()
             for child in self.children.values():
                 self._signal(child, signal.SIGTERM)
+            # The smtpd workers close their copies as they drain; once ours is closed too,
+            # new clients are refused at once (and try another MX) instead of waiting in
+            # a backlog nobody will accept from.
+            for sock in self.sockets:
+                sock.close()
 
     handle_int = handle_term
 
@@ -190,7 +205,10 @@ class Arbiter:
         return child
 
     def _child_fds(self) -> list[int]:
-        return [self._pipe_r, self._pipe_w]
+        fds = [self._pipe_r, self._pipe_w]
+        if self.http is not None:  # an orphaned child must not keep the metrics port bound
+            fds.append(self.http.fileno())
+        return fds
 
     def _reap(self) -> None:
         while True:
@@ -214,27 +232,37 @@ class Arbiter:
         if self.stopping_since is not None or child.stopping_since is not None:
             log.info("%s stopped (%s)", child.name, how)
             return
+        if code == EXIT_CONFIG:  # restarting would fail the same way: stop instead
+            log.error("%s exited with a configuration error (see above); stopping", child.name)
+            self.exit_code = EXIT_CONFIG
+            self.handle_term()
+            return
         lived = time.monotonic() - child.started
         log.warning("%s died (%s) after %.1fs; replacing it", child.name, how, lived)
         self.throttle.died((child.kind, child.slot), lived)
         http.count_restart(child.kind)
-        if code == EXIT_CONFIG:
-            log.error("%s reported a configuration error; stopping", child.name)
-            self.exit_code = EXIT_CONFIG
-            self.handle_term()
 
     def _check_heartbeats(self) -> None:
         now = time.time()
         limit = self.config.master.heartbeat_timeout
         for child in list(self.children.values()):
+            if child.stopping_since is not None:  # replaced by a reload and draining
+                if time.monotonic() - child.stopping_since > self._graceful() + 2.0:
+                    log.warning("%s did not stop in time; killing it", child.name)
+                    self._signal(child, signal.SIGKILL)
+                continue
             last = child.alive_since()
             started_wall = now - (time.monotonic() - child.started)
-            if now - max(last, started_wall) > limit and child.stopping_since is None:
+            if now - max(last, started_wall) > limit:
                 log.error("%s stopped heart-beating for %.0fs; killing it", child.name, limit)
                 self._signal(child, signal.SIGKILL)
 
     def _advance_reload(self) -> None:
-        """Replace one outdated child at a time; the old one stops once the new one beats."""
+        """Replace one outdated child at a time; the old one stops once the new one beats.
+
+        An exclusive kind, and a slot the new configuration no longer wants, just stop;
+        ``_start_missing`` starts what is wanted once the old one is gone.
+        """
         outdated = [c for c in self.children.values() if c.generation < self.generation]
         if not outdated:
             return
@@ -242,6 +270,10 @@ class Arbiter:
             if child.stopping_since is not None:
                 return  # one replacement at a time
         old = outdated[0]
+        if KINDS[old.kind].exclusive or (old.kind, old.slot) not in self.wanted():
+            old.stopping_since = time.monotonic()
+            self._signal(old, signal.SIGTERM)
+            return
         successor = next(
             (
                 c
@@ -251,7 +283,8 @@ class Arbiter:
             None,
         )
         if successor is None:
-            self._start(old.kind, old.slot)
+            if self.throttle.may_start((old.kind, old.slot)):  # a successor that dies young
+                self._start(old.kind, old.slot)
         elif successor.alive_since() > 0:
             old.stopping_since = time.monotonic()
             self._signal(old, signal.SIGTERM)
@@ -287,6 +320,7 @@ class Arbiter:
         if self.config.master.pidfile:
             _remove(self.config.master.pidfile)
         shutil.rmtree(self.run_dir, ignore_errors=True)
+        metrics_dir.remove()
 
     def _listen_names(self) -> str:
         return ", ".join(self.config.smtp.listen)

@@ -5,6 +5,10 @@ fork.  A child resets the master's signal handlers, closes what it must not hold
 it is alive by touching its heartbeat file from its own event loop, and exits with
 :data:`EXIT_CONFIG` when the configuration cannot work (which stops the master, instead of
 a restart loop), 1 for other start-up failures (which are throttled and retried).
+
+A child names itself ``mta: <kind>`` in ``/proc/self/comm`` (what ``ps -o comm``, ``top``
+and the tests see), and stops gracefully, as on SIGTERM, when it finds from its heartbeat
+that the master is gone: an orphan would keep serving without supervision.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,6 +37,9 @@ Heartbeat = Callable[[], None]
 class Kind:
     count: Callable[[Config], int]
     run: Callable[[Config, list[socket.socket], Heartbeat], None]
+    # Never two at once, not even during a reload: the old one stops before the new one
+    # starts (the queue manager owns the queue; two would race over the same files).
+    exclusive: bool = False
 
 
 def _smtpd_count(config: Config) -> int:
@@ -65,16 +73,35 @@ def _close(sockets: list[socket.socket]) -> None:
 
 
 KINDS: dict[str, Kind] = {
-    "qmgr": Kind(lambda config: 1, _run_qmgr),
+    "qmgr": Kind(lambda config: 1, _run_qmgr, exclusive=True),
     "delivery": Kind(lambda config: config.delivery.workers, _run_delivery),
     "smtpd": Kind(_smtpd_count, _run_smtpd),
 }
+
+
+def _run_child(
+    kind: str, config: Config, sockets: list[socket.socket], heartbeat: Heartbeat
+) -> None:
+    """Run the child's main function; ``MTA_PROFILE_DIR`` writes a cProfile per child."""
+    run = KINDS[kind].run
+    profile_dir = os.environ.get("MTA_PROFILE_DIR")
+    if not profile_dir:
+        run(config, sockets, heartbeat)
+        return
+    import cProfile
+
+    profiler = cProfile.Profile()
+    try:
+        profiler.runcall(run, config, sockets, heartbeat)
+    finally:
+        profiler.dump_stats(os.path.join(profile_dir, f"{kind}-{os.getpid()}.prof"))
 
 
 def spawn(
     kind: str, config: Config, sockets: list[socket.socket], heartbeat: str, close_fds: list[int]
 ) -> int:
     """Fork a child of ``kind``; return its pid in the parent, never return in the child."""
+    master = os.getpid()
     pid = os.fork()
     if pid:
         return pid
@@ -85,7 +112,8 @@ def spawn(
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the master reloads; children don't
-        KINDS[kind].run(config, sockets, lambda: os.utime(heartbeat))
+        _set_title(f"mta: {kind}")
+        _run_child(kind, config, sockets, lambda: _beat(heartbeat, master))
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
@@ -98,3 +126,28 @@ def spawn(
     finally:
         sys.stderr.flush()
         os._exit(code)
+
+
+_last_beat = 0.0
+
+
+def _beat(heartbeat: str, master: int) -> None:
+    """Touch the heartbeat file, at most twice a second however often the loop calls."""
+    global _last_beat
+    now = time.monotonic()
+    if now - _last_beat < 0.5:
+        return
+    _last_beat = now
+    if os.getppid() != master:  # orphaned: drain and exit, as if the master had said TERM
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    os.utime(heartbeat)
+
+
+def _set_title(title: str) -> None:
+    """Name the process for ps/top (Linux keeps 15 bytes); harmless where unsupported."""
+    try:
+        with open("/proc/self/comm", "w") as f:
+            f.write(title[:15])
+    except OSError:
+        pass

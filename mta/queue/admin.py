@@ -55,8 +55,11 @@ class QueueEntry:
 
 class QueueAdmin:
     def __init__(self, spool_path: str) -> None:
+        """AdminError if there is no queue at ``spool_path``; nothing is created there."""
         self.spool = Spool(spool_path)
-        self.states = StateStore(self.spool.path)
+        if not os.path.isdir(self.spool.dir("incoming")):
+            raise AdminError(f"{self.spool.path}: no queue here; is queue.path right?")
+        self.states = StateStore(self.spool.path, create=False)
 
     def entries(self) -> Iterator[QueueEntry]:
         now = time.time()

@@ -251,7 +251,10 @@ class QueueManager:
         loop = asyncio.get_running_loop()
         queue_id = result.queue_id
         try:
-            outcome = await loop.run_in_executor(self._io, self._apply_sync, result)
+            if result.results and all(r.status == "sent" for r in result.results):
+                outcome = self._apply_sync(result)  # unlinks only: no fsync to wait for
+            else:
+                outcome = await loop.run_in_executor(self._io, self._apply_sync, result)
         except OSError as exc:
             log.error("%s: cannot record the delivery result: %s; will retry", queue_id, exc)
             outcome = None
@@ -355,10 +358,12 @@ class QueueManager:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Is the process that wrote a tmp/ file still running?  A zombie is not."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
         return False
-    except PermissionError:
+    except OSError:
         return True
-    return True
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"

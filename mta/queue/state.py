@@ -44,9 +44,10 @@ _decoder = msgspec.msgpack.Decoder(MessageState)
 class StateStore:
     """The ``state/`` directory of a spool."""
 
-    def __init__(self, spool_path: str) -> None:
+    def __init__(self, spool_path: str, create: bool = True) -> None:
         self.dir = os.path.join(spool_path, "state")
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        if create:
+            os.makedirs(self.dir, mode=0o700, exist_ok=True)
 
     def path(self, queue_id: str) -> str:
         return os.path.join(self.dir, queue_id)

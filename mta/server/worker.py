@@ -1,8 +1,9 @@
 """The smtpd worker process: a uvloop event loop serving inherited listening sockets.
 
-It stops on SIGTERM/SIGINT gracefully: stop accepting, tell idle sessions ``421``, let
-transactions in flight finish (up to ``master.graceful_timeout``), then drop the rest and
-let the committer finish the flushes it has.  Nothing that got ``250`` is lost either way:
+It stops on SIGTERM/SIGINT gracefully: stop accepting, give sessions a moment
+(:data:`SESSION_GRACE`) to end on their own, tell the idle ones ``421``, let transactions
+in flight finish (up to ``master.graceful_timeout``), then drop the rest and let the
+committer finish the flushes it has.  Nothing that got ``250`` is lost either way:
 the ``250`` is only sent after the flush.
 
 A parser backend that cannot be used (``MTA_PARSER=c`` without the compiled module, or a
@@ -35,6 +36,11 @@ __all__ = ["run_smtpd"]
 log = logging.getLogger("mta.smtpd")
 
 Heartbeat = Callable[[], None]
+
+# A session accepted just before the stop is in flight too: the client was greeted and is
+# about to send MAIL.  A 421 right away fails it for nothing; a rolling reload (HUP) stops
+# workers while clients keep connecting, so without this moment some of them would see it.
+SESSION_GRACE = 1.0  # seconds
 
 
 def run_smtpd(
@@ -81,7 +87,7 @@ async def _serve(
     await _drain(ctx, config.master.graceful_timeout)
     committer.stop()
     beat.cancel()
-    ctx.publish_stats()
+    _publish(ctx)
 
 
 async def _housekeeping(ctx: WorkerContext, heartbeat: Heartbeat | None) -> None:
@@ -90,14 +96,30 @@ async def _housekeeping(ctx: WorkerContext, heartbeat: Heartbeat | None) -> None
     while True:
         if heartbeat is not None:
             heartbeat()
-        ctx.publish_stats()
+        _publish(ctx)
         await asyncio.sleep(1.0)
 
 
+_batches_published = 0  # the committer's flushes already added to COMMIT_BATCHES
+
+
+def _publish(ctx: WorkerContext) -> None:
+    """The hot path's counters and the committer's flush count, into Prometheus."""
+    global _batches_published
+    ctx.publish_stats()
+    batches = ctx.committer.batches
+    if batches > _batches_published:
+        metrics.COMMIT_BATCHES.inc(batches - _batches_published)
+        _batches_published = batches
+
+
 async def _drain(ctx: WorkerContext, timeout: float) -> None:
-    ctx.begin_shutdown()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    grace = loop.time() + min(SESSION_GRACE, timeout)
+    while ctx.connections and loop.time() < grace:
+        await asyncio.sleep(0.05)
+    ctx.begin_shutdown()
     while ctx.connections and loop.time() < deadline:
         await asyncio.sleep(0.05)
     for protocol in list(ctx.connections):
