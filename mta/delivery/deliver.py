@@ -141,7 +141,7 @@ class Deliverer:
     async def close_idle(self, older_than: float = IDLE_SECONDS) -> None:
         """Close connections idle longer than ``older_than`` seconds (0: all of them)."""
         now = time.monotonic()
-        closing = []
+        closing: list[OutboundConnection] = []
         for idle in self._idle.values():
             keep = [(t, c) for t, c in idle if now - t < older_than]
             closing.extend(c for t, c in idle if now - t >= older_than)

@@ -17,7 +17,7 @@ import asyncio
 import ssl
 from dataclasses import dataclass
 
-from mta.delivery.results import DeliveryError, RecipientResult
+from mta.delivery.results import DeliveryError, RecipientResult, Status
 from mta.protocol.client import ClientConnection, ProtocolError, Reply
 
 __all__ = ["OutboundConnection", "Transaction"]
@@ -254,14 +254,14 @@ class OutboundConnection:
     def _pair(self, recipients: list[str], replies: list[Reply]) -> list[RecipientResult]:
         return [self._result(r, reply) for r, reply in zip(recipients, replies, strict=True)]
 
-    def _all(self, tx: Transaction, status: str, dsn: str, text: str) -> list[RecipientResult]:
+    def _all(self, tx: Transaction, status: Status, dsn: str, text: str) -> list[RecipientResult]:
         return [
             RecipientResult(
                 address=r,
                 status=status,
                 dsn=dsn,
                 reply=text,
-                relay=self.relay,  # type: ignore[arg-type]
+                relay=self.relay,
                 remote_mta=self.host,
             )
             for r in tx.recipients

@@ -159,13 +159,29 @@ def _bounce(
         original_headers=message.read_headers(),
         now=now,
     )
-    bounce_id = inject(spool, sender="", recipient=envelope.sender, data=data, is_bounce=True)
+    # A sender (or headers) that needed SMTPUTF8 to arrive needs it to be written back to.
+    bounce_id = inject(
+        spool,
+        sender="",
+        recipient=envelope.sender,
+        data=data,
+        is_bounce=True,
+        smtputf8=envelope.smtputf8,
+    )
     metrics.BOUNCES.inc()
     log.info("%s: sender non-delivery notification: %s", envelope.queue_id, bounce_id)
     return bounce_id
 
 
-def inject(spool: Spool, *, sender: str, recipient: str, data: bytes, is_bounce: bool) -> str:
+def inject(
+    spool: Spool,
+    *,
+    sender: str,
+    recipient: str,
+    data: bytes,
+    is_bounce: bool,
+    smtputf8: bool = False,
+) -> str:
     """Queue a locally generated message durably into ``incoming/``; return its queue ID."""
     queue_id = new_queue_id()
     writer = spool.new_message(queue_id)
@@ -179,6 +195,7 @@ def inject(spool: Spool, *, sender: str, recipient: str, data: bytes, is_bounce:
                 received_at=time.time(),
                 size=len(data),
                 body_type="8BITMIME",
+                smtputf8=smtputf8,
                 is_bounce=is_bounce,
             )
         )
