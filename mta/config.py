@@ -51,8 +51,15 @@ def parse_route(value: str) -> tuple[str, str]:
         raise ValueError(f"route {value!r} must start with one of {', '.join(_ROUTE_KINDS)}")
     if kind in ("smtp", "lmtp"):
         parse_hostport(target, 25 if kind == "smtp" else 24)
-    elif kind == "maildir" and not target.startswith("/"):
-        raise ValueError(f"maildir route {value!r} needs an absolute path")
+    elif kind == "maildir":
+        if not target.startswith("/"):
+            raise ValueError(f"maildir route {value!r} needs an absolute path")
+        try:
+            target.format(user="u", domain="d")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"maildir route {value!r}: only {{user}} and {{domain}} may be used ({exc})"
+            ) from None
     return kind, target
 
 
@@ -115,6 +122,7 @@ class DeliveryConfig(_Section):
     connect_timeout: Seconds = 30.0
     command_timeout: Seconds = 300.0
     destination_concurrency: PositiveInt = 20
+    max_recipients_per_transaction: PositiveInt = 50  # like Postfix's recipient limit
     local_domains: tuple[str, ...] = ()
     tls: Literal["may", "none"] = "may"  # opportunistic STARTTLS on outbound SMTP
 

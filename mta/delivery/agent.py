@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import time
@@ -35,6 +36,9 @@ log = logging.getLogger("mta.delivery")
 
 Heartbeat = Callable[[], None]
 
+LARGE_MESSAGE = 1 << 20  # octets; at most LARGE_JOBS such messages are held at once
+LARGE_JOBS = 16
+
 
 def run_delivery(config: Config, heartbeat: Heartbeat | None = None) -> None:
     loop = uvloop.new_event_loop()
@@ -53,6 +57,7 @@ class DeliveryAgent:
         self.deliverer = Deliverer(config, Resolver(config.delivery.dns_servers))
         self.tasks: set[asyncio.Task[None]] = set()
         self.writer: asyncio.StreamWriter | None = None
+        self.large_jobs = asyncio.Semaphore(LARGE_JOBS)
         self.stopping = False
 
     async def run(self, heartbeat: Heartbeat | None) -> None:
@@ -113,7 +118,15 @@ class DeliveryAgent:
         return await asyncio.open_unix_connection(sock=sock, limit=16 << 20)
 
     async def _do(self, job: Job) -> None:
-        result = await self._deliver(job)
+        try:
+            if self._is_large(job.queue_id):
+                async with self.large_jobs:  # bounds the memory of big messages in flight
+                    result = await self._deliver(job)
+            else:
+                result = await self._deliver(job)
+        except Exception:  # a bug here must defer the message, not lose it
+            log.exception("%s: delivery failed with an internal error; deferring", job.queue_id)
+            result = Result(queue_id=job.queue_id, problem="internal")
         writer = self.writer
         if writer is not None:
             writer.write(encode_frame(result))
@@ -135,16 +148,23 @@ class DeliveryAgent:
             eight_bit=envelope.body_type == "8BITMIME",
             smtputf8=envelope.smtputf8,
         )
-        groups = self.router.group(recipients)
+        limit = self.config.delivery.max_recipients_per_transaction
         outcomes = await asyncio.gather(
             *(
-                self.deliverer.deliver(hop, Transaction(recipients=rcpts, **tx_base))  # type: ignore[arg-type]
-                for hop, rcpts in groups.items()
+                self.deliverer.deliver(hop, Transaction(recipients=rcpts[i : i + limit], **tx_base))  # type: ignore[arg-type]
+                for hop, rcpts in self.router.group(recipients).items()
+                for i in range(0, len(rcpts), limit)
             )
         )
         results = [r for group in outcomes for r in group]
         self._log(envelope, results)
         return Result(queue_id=job.queue_id, results=results)
+
+    def _is_large(self, queue_id: str) -> bool:
+        try:
+            return os.stat(self.spool.file("active", queue_id)).st_size > LARGE_MESSAGE
+        except FileNotFoundError:
+            return False
 
     def _log(self, envelope: Envelope, results: list[RecipientResult]) -> None:
         now = time.time()

@@ -269,7 +269,7 @@ class QueueManager:
 
     def _apply_sync(self, result: Result) -> Outcome | None:
         queue_id = result.queue_id
-        if result.problem == "missing":
+        if result.problem in ("missing", "internal"):  # internal: retried after min_backoff
             return None
         try:
             message = self.spool.read("active", queue_id)
