@@ -20,7 +20,10 @@ Listening sockets are bound here, once, and inherited by every smtpd worker.  Th
 one shared (inherited) socket: with uvloop's accept loop it balanced connections across
 workers as well as SO_REUSEPORT did in our measurements (see the issue note), and unlike
 SO_REUSEPORT it never strands queued connections in the accept queue of a worker that died.
-``smtp.reuse_port = true`` gives each worker its own socket instead.
+``smtp.reuse_port = true`` gives each worker its own socket instead, bound by the worker
+(children.py); the master then binds each address only to check it can be had, and closes
+it, since a listening socket of its own would take a share of the connections and never
+accept them.  ``smtp.listen`` and ``smtp.reuse_port`` keep their values across a HUP.
 """
 
 from __future__ import annotations
@@ -34,12 +37,18 @@ import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import msgspec
 
 from mta.config import Config, ConfigError, load_config
 from mta.master import metrics_dir
 from mta.master.children import EXIT_CONFIG, KINDS, spawn
 from mta.master.throttle import Throttle
 from mta.server.listen import bind_listeners
+
+if TYPE_CHECKING:
+    from http.server import ThreadingHTTPServer
 
 __all__ = ["Arbiter", "run_master"]
 
@@ -83,8 +92,12 @@ class Arbiter:
         self.run_dir = tempfile.mkdtemp(prefix="mta-master-")
         self.throttle = Throttle()
         self.sockets = bind_listeners(config.smtp.listen, config.smtp.reuse_port)
+        if config.smtp.reuse_port:  # each smtpd binds its own (see the module docstring)
+            for sock in self.sockets:
+                sock.close()
+            self.sockets = []
         self._pipe_r, self._pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.http = None
+        self.http: ThreadingHTTPServer | None = None
 
     # ----- main loop ----------------------------------------------------------------------
 
@@ -172,8 +185,16 @@ class Arbiter:
         except ConfigError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             return
-        if config.smtp.listen != self.config.smtp.listen:
-            log.warning("reload: smtp.listen changed; restart the master to rebind sockets")
+        smtp = self.config.smtp
+        if (config.smtp.listen, config.smtp.reuse_port) != (smtp.listen, smtp.reuse_port):
+            log.warning(
+                "reload: smtp.listen and smtp.reuse_port need a restart; keeping %s",
+                self._listen_names(),
+            )
+            new_smtp = msgspec.structs.replace(
+                config.smtp, listen=smtp.listen, reuse_port=smtp.reuse_port
+            )
+            config = msgspec.structs.replace(config, smtp=new_smtp)
         self.config = config
         self.generation += 1
         log.info("reloading: replacing children one at a time (generation %d)", self.generation)

@@ -47,8 +47,16 @@ def _smtpd_count(config: Config) -> int:
 
 
 def _run_smtpd(config: Config, sockets: list[socket.socket], heartbeat: Heartbeat) -> None:
+    from mta.server.listen import bind_listeners
     from mta.server.worker import run_smtpd
 
+    if config.smtp.reuse_port:
+        # A socket of its own in the SO_REUSEPORT group: the kernel spreads connections
+        # over the workers by a hash of the addresses.  The price, and why it is not the
+        # default: what waits in the accept queue of a worker that exits is reset (unless
+        # net.ipv4.tcp_migrate_req=1), and nothing is queued while no worker is up.
+        # (In this mode the master hands down no socket: see arbiter.py.)
+        sockets = bind_listeners(config.smtp.listen, reuse_port=True)
     run_smtpd(config, sockets, heartbeat)
 
 

@@ -3,12 +3,15 @@
 It runs in one thread of the master (the master itself has no event loop).  Metrics come
 from every process through prometheus-client's multiprocess mode: the master owns the
 directory (``metrics_dir.prepare`` wipes it before any child starts) and marks dead
-children so their live gauges disappear.  ``/healthz`` answers 200 when every smtpd slot
-has a child that beat recently and the spool accepts a new file, 503 otherwise.
+children so their live gauges disappear.  ``/healthz`` answers 200 when at least one smtpd
+worker beat recently and the spool accepts a new file, 503 otherwise.
+
+A scrape must not fail because a child is starting or was killed: see :class:`_Collector`.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import threading
@@ -38,6 +41,35 @@ def count_restart(kind: str) -> None:
     metrics.CHILD_RESTARTS.labels(kind).inc()
 
 
+class _Collector(multiprocess.MultiProcessCollector):
+    """The multiprocess collector, minus two ways for one child to fail the whole page.
+
+    prometheus-client creates a child's ``.db`` file at 0 bytes and sizes it just after;
+    a scrape in between raised ``struct.error``, and a child killed in between left the
+    empty file behind for good (prometheus/client_python#1199, open in 0.26), so every
+    later scrape failed.  Empty files are skipped here.  A file that disappears while we
+    read (a dead child's live gauges, removed by :func:`mark_dead`) means read again.
+    """
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        attempts = 3
+        while True:
+            files = [f for f in glob.glob(os.path.join(self._path, "*.db")) if _nonempty(f)]
+            try:
+                return self.merge(files, accumulate=True)
+            except FileNotFoundError:
+                attempts -= 1
+                if not attempts:
+                    raise
+
+
+def _nonempty(path: str) -> bool:
+    try:
+        return os.path.getsize(path) > 0
+    except FileNotFoundError:
+        return False
+
+
 def health(arbiter: Arbiter) -> tuple[bool, str]:
     """Is the relay able to take mail now?  (ok, reason)"""
     now = time.time()
@@ -57,6 +89,14 @@ def health(arbiter: Arbiter) -> tuple[bool, str]:
     return True, f"ok: {len(alive)} smtpd workers alive"
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: tuple[str, int]) -> None:
+        # socketserver would print the traceback to stderr itself, past the log format
+        log.exception("metrics endpoint: a request from %s failed", client_address[0])
+
+
 def start(arbiter: Arbiter) -> ThreadingHTTPServer | None:
     listen = arbiter.config.metrics.listen
     if not listen:
@@ -68,7 +108,7 @@ def start(arbiter: Arbiter) -> ThreadingHTTPServer | None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 registry = CollectorRegistry()
-                multiprocess.MultiProcessCollector(registry)
+                _Collector(registry)
                 self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
                 ok, reason = health(arbiter)
@@ -86,8 +126,7 @@ def start(arbiter: Arbiter) -> ThreadingHTTPServer | None:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
+    server = _Server((host, port), Handler)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     log.info("metrics on http://%s/metrics", listen)
     return server

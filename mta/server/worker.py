@@ -40,7 +40,8 @@ Heartbeat = Callable[[], None]
 # A session accepted just before the stop is in flight too: the client was greeted and is
 # about to send MAIL.  A 421 right away fails it for nothing; a rolling reload (HUP) stops
 # workers while clients keep connecting, so without this moment some of them would see it.
-SESSION_GRACE = 1.0  # seconds
+# Two seconds cover the round trips of EHLO and MAIL from a distant or busy client.
+SESSION_GRACE = 2.0  # seconds
 
 
 def run_smtpd(
