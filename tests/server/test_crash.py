@@ -145,7 +145,7 @@ def test_kill9_under_load_then_restart(mta: MtaProcess) -> None:
     threads = [threading.Thread(target=sender, args=(i,)) for i in range(6)]
     for thread in threads:
         thread.start()
-    time.sleep(1.5)
+    wait_until(lambda: len(acked) > 30, timeout=60)  # under load, not a fixed moment
     with lock:  # what was acknowledged before the crash, and nothing after it
         mta.kill_tree()
         acknowledged = dict(acked)
