@@ -149,14 +149,16 @@ class DeliveryAgent:
             smtputf8=envelope.smtputf8,
         )
         limit = self.config.delivery.max_recipients_per_transaction
-        outcomes = await asyncio.gather(
-            *(
-                self.deliverer.deliver(hop, Transaction(recipients=rcpts[i : i + limit], **tx_base))  # type: ignore[arg-type]
-                for hop, rcpts in self.router.group(recipients).items()
-                for i in range(0, len(rcpts), limit)
-            )
-        )
-        results = [r for group in outcomes for r in group]
+        deliveries = [
+            self.deliverer.deliver(hop, Transaction(recipients=rcpts[i : i + limit], **tx_base))  # type: ignore[arg-type]
+            for hop, rcpts in self.router.group(recipients).items()
+            for i in range(0, len(rcpts), limit)
+        ]
+        if len(deliveries) == 1:  # the common case: no task per destination needed
+            results = await deliveries[0]
+        else:
+            outcomes = await asyncio.gather(*deliveries)
+            results = [r for group in outcomes for r in group]
         self._log(envelope, results)
         return Result(queue_id=job.queue_id, results=results)
 

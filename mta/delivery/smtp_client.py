@@ -272,6 +272,8 @@ class OutboundConnection:
         return await self._reply()
 
     async def _reply(self) -> Reply:
+        if self._replies:  # pipelined replies often arrive together: no wait, no timer
+            return self._replies.pop(0)
         try:
             async with asyncio.timeout(self.command_timeout):
                 while not self._replies:

@@ -33,6 +33,7 @@ from mta.queue.ids import is_queue_id, queue_id_time
 from mta.queue.ipc import Job, Result, agent_address, encode_frame, read_frame, wake_address
 from mta.queue.msgfile import CorruptMessageFile
 from mta.queue.outcome import Outcome, apply_results
+from mta.queue.remover import Remover
 from mta.queue.spool import STATES, Spool
 from mta.queue.state import StateStore
 
@@ -81,6 +82,7 @@ class QueueManager:
         self._last_full_scan = 0.0
         self._last_count = 0.0
         self._io = ThreadPoolExecutor(1, thread_name_prefix="qmgr-io")
+        self.remover = Remover(self.spool)
 
     # ----- lifecycle ------------------------------------------------------------------
 
@@ -104,6 +106,7 @@ class QueueManager:
         loop.remove_reader(wake_sock.fileno())
         wake_sock.close()
         self._io.shutdown(wait=True)
+        self.remover.stop()
 
     async def _drain(self) -> None:
         """Wait for results of jobs in flight (agents are draining too), then stop."""
@@ -236,7 +239,7 @@ class QueueManager:
                 if isinstance(frame, Result):
                     job = agent.jobs.pop(frame.queue_id, None)
                     if job is not None:
-                        await self._apply(frame)
+                        await self._apply(frame, job)
         except (OSError, ValueError) as exc:
             log.warning("delivery agent connection failed: %s", exc)
         finally:
@@ -247,14 +250,16 @@ class QueueManager:
             agent.jobs.clear()
             self.wake.set()
 
-    async def _apply(self, result: Result) -> None:
+    async def _apply(self, result: Result, job: Job) -> None:
         loop = asyncio.get_running_loop()
         queue_id = result.queue_id
+        if self._all_done_at_first_try(result, job):
+            self.remover.remove(queue_id)  # the common case: nothing to read, nothing to save
+            self.active.discard(queue_id)
+            self.wake.set()
+            return
         try:
-            if result.results and all(r.status == "sent" for r in result.results):
-                outcome = self._apply_sync(result)  # unlinks only: no fsync to wait for
-            else:
-                outcome = await loop.run_in_executor(self._io, self._apply_sync, result)
+            outcome = await loop.run_in_executor(self._io, self._apply_sync, result)
         except OSError as exc:
             log.error("%s: cannot record the delivery result: %s; will retry", queue_id, exc)
             outcome = None
@@ -266,6 +271,16 @@ class QueueManager:
         elif outcome is None:
             self._schedule_later(queue_id)
         self.wake.set()
+
+    @staticmethod
+    def _all_done_at_first_try(result: Result, job: Job) -> bool:
+        """First attempt (so no state file exists) and every recipient was sent."""
+        return (
+            job.recipients is None
+            and not result.problem
+            and bool(result.results)
+            and all(r.status == "sent" for r in result.results)
+        )
 
     def _apply_sync(self, result: Result) -> Outcome | None:
         queue_id = result.queue_id
