@@ -1,0 +1,1 @@
+"""Benchmarks: mta against Postfix on the same machine (``python -m bench``; bench/README.md)."""
