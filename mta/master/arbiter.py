@@ -31,6 +31,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 import select
 import shutil
 import signal
@@ -357,9 +358,28 @@ def _remove(path: str) -> None:
 
 def run_master(config: Config, config_path: str | None) -> int:
     """``mta serve``: run the process tree until TERM; the exit status of the master."""
+    raise_file_limit(config.smtp.max_connections)
     try:
         arbiter = Arbiter(config, config_path)
     except OSError as exc:
         log.error("cannot listen on %s: %s", ", ".join(config.smtp.listen), exc.strerror)
         return 1
     return arbiter.run()
+
+
+def raise_file_limit(max_connections: int) -> None:
+    """Each SMTP session holds a socket (and maybe a queue file): lift the soft limit on open
+    files to the hard limit, and say so when even that is below ``smtp.max_connections``."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max_connections + 256  # sessions, plus the spool, logs and delivery sockets
+    target = hard if hard == resource.RLIM_INFINITY else min(hard, max(soft, wanted))
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        log.warning(
+            "open file limit %d is below smtp.max_connections=%d: sessions beyond it will be "
+            "refused (raise LimitNOFILE / ulimit -n)",
+            soft,
+            max_connections,
+        )
