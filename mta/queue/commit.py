@@ -23,15 +23,18 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import fcntl
 import logging
 import os
+import struct
 import threading
+import time
 from collections.abc import Callable
 
 from mta.queue.ipc import send_wakeup
 from mta.queue.spool import MessageWriter, Spool
 
-__all__ = ["GroupCommitter", "syncfs"]
+__all__ = ["GroupCommitter", "SyncGate", "syncfs"]
 
 log = logging.getLogger("mta.queue")
 
@@ -49,6 +52,44 @@ def syncfs(fd: int) -> None:
     if _syncfs(fd) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, os.strerror(errno))
+
+
+class SyncGate:
+    """Lets the committers of every smtpd worker share ``syncfs`` calls.
+
+    ``syncfs`` flushes everything written before it started.  So a committer whose renames
+    finished at time *t* need not flush at all if another process began a flush after *t*
+    and completed it.  One flush at a time runs under an ``flock`` on ``spool/.syncgate``,
+    whose first 8 octets hold the CLOCK_MONOTONIC start time of the last completed flush;
+    a committer waiting for the lock usually finds that the flush it waited for covered its
+    batch too, so N workers cost about one flush per round, not N.
+    """
+
+    def __init__(self, spool_path: str) -> None:
+        self.fd = os.open(os.path.join(spool_path, ".syncgate"), os.O_RDWR | os.O_CREAT, 0o600)
+        if os.fstat(self.fd).st_size < 8:
+            os.pwrite(self.fd, bytes(8), 0)
+        self.shared = 0  # flushes we skipped because another process did them
+
+    def flush(self, since_ns: int, fd: int) -> None:
+        """Make everything written before ``since_ns`` durable, by us or by another."""
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        try:
+            (last_start,) = _STAMP.unpack(os.pread(self.fd, 8, 0))
+            if last_start >= since_ns:
+                self.shared += 1
+                return
+            start = time.monotonic_ns()
+            syncfs(fd)
+            os.pwrite(self.fd, _STAMP.pack(start), 0)
+        finally:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+_STAMP = struct.Struct("<q")
 
 
 class GroupCommitter:
@@ -71,6 +112,7 @@ class GroupCommitter:
         self._cond = threading.Condition()
         self._stopping = False
         self._incoming_fd = os.open(spool.dir("incoming"), os.O_RDONLY | os.O_DIRECTORY)
+        self._gate = SyncGate(spool.path)
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
         self._thread.start()
 
@@ -87,6 +129,7 @@ class GroupCommitter:
             self._cond.notify()
         self._thread.join()
         os.close(self._incoming_fd)
+        self._gate.close()
 
     def _run(self) -> None:
         while True:
@@ -121,11 +164,12 @@ class GroupCommitter:
             except OSError as exc:
                 log.error("%s: cannot queue the message: %s", writer.queue_id, exc)
                 errors.append(exc)
+        renamed_at = time.monotonic_ns()
         try:
             if self.mode == "fsync":
                 os.fsync(self._incoming_fd)
             else:
-                syncfs(self._incoming_fd)
+                self._gate.flush(renamed_at, self._incoming_fd)
         except OSError as exc:
             log.error("queue flush failed for %d messages: %s", len(batch), exc)
             return [exc] * len(batch)

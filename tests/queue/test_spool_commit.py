@@ -213,3 +213,24 @@ def test_stop_flushes_what_is_queued(spool: Spool) -> None:
     assert names(spool, "incoming") == sorted(w.queue_id for w in writers)
     assert names(spool, "tmp") == []
     assert results == [None] * 5
+
+
+def test_sync_gate_skips_a_flush_another_process_already_did(spool: Spool) -> None:
+    """Two committers (two smtpd workers): a flush that began after our renames covers us."""
+    import time
+
+    from mta.queue.commit import SyncGate
+
+    first, second = SyncGate(spool.path), SyncGate(spool.path)
+    fd = os.open(spool.dir("incoming"), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        renamed_at = time.monotonic_ns()
+        first.flush(renamed_at, fd)  # does the flush
+        second.flush(renamed_at, fd)  # its renames were before that flush began: skipped
+        assert (first.shared, second.shared) == (0, 1)
+        second.flush(time.monotonic_ns(), fd)  # renamed after the last flush: must flush
+        assert second.shared == 1
+    finally:
+        os.close(fd)
+        first.close()
+        second.close()
