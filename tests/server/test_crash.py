@@ -11,7 +11,6 @@ accept and the files stay in the spool (``incoming/`` → ``active/`` → ``defe
 from __future__ import annotations
 
 import os
-import re
 import socket
 import threading
 import time
@@ -19,15 +18,13 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from mta.queue.envelope import Envelope
 from mta.queue.msgfile import CorruptMessageFile, read_message_file
 from tests.helpers import MtaProcess, RawClient, child_pids, wait_until
+from tests.server.queue_view import QUEUED_STATES, queue_id_of, stored
 
 pytestmark = pytest.mark.timeout(90)
 
 Factory = Callable[..., MtaProcess]
-_QUEUED = re.compile(rb"^250 2\.0\.0 Ok: queued as ([0-9A-F]{19})\r\n$")
-QUEUED_STATES = ("incoming", "active", "deferred")  # the way an accepted message moves
 
 
 @pytest.fixture
@@ -35,24 +32,6 @@ def mta(mta_factory: Factory) -> Iterator[MtaProcess]:
     with socket.socket() as dead:  # bound, never listening: every delivery is refused
         dead.bind(("127.0.0.1", 0))
         yield mta_factory({"delivery": {"relayhost": f"127.0.0.1:{dead.getsockname()[1]}"}})
-
-
-def queue_id_of(reply: bytes) -> str:
-    match = _QUEUED.match(reply)
-    assert match, f"not a queued reply: {reply!r}"
-    return match.group(1).decode()
-
-
-def stored(server: MtaProcess, queue_id: str) -> tuple[Envelope, bytes]:
-    """Envelope and message of ``queue_id``, wherever the queue manager has moved it."""
-    for _ in range(100):
-        for state in QUEUED_STATES:
-            try:
-                mf = read_message_file(str(server.spool / state / queue_id))
-                return mf.envelope, mf.read_message()
-            except FileNotFoundError:
-                continue
-    raise AssertionError(f"{queue_id} is not in the queue")
 
 
 def visible(server: MtaProcess) -> set[str]:

@@ -10,28 +10,18 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 
 import pytest
 
-from mta.queue.envelope import Envelope
-from mta.queue.msgfile import read_message_file
 from tests.helpers import MtaProcess
+from tests.server.queue_view import queued, stored
 
 pytestmark = pytest.mark.timeout(120)
 
-QUEUED_STATES = ("incoming", "active", "deferred")  # the way an accepted message moves
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 _QUEUED = re.compile(rb"<-  250 2\.0\.0 Ok: queued as ([0-9A-F]{19})\r?\n")
-
-
-@pytest.fixture(scope="module")
-def dead_relay() -> Iterator[str]:
-    with socket.socket() as sock:  # bound, never listening: every delivery is refused
-        sock.bind(("127.0.0.1", 0))
-        yield f"127.0.0.1:{sock.getsockname()[1]}"
 
 
 @pytest.fixture(scope="module")
@@ -46,25 +36,6 @@ def server(tmp_path_factory: pytest.TempPathFactory, dead_relay: str) -> Iterato
             proc.stop(timeout=30)
         except Exception:  # noqa: BLE001  -- teardown must kill whatever is left
             proc.kill_tree()
-
-
-def stored(server: MtaProcess, queue_id: str) -> tuple[Envelope, bytes]:
-    """Envelope and message of ``queue_id``, wherever the queue manager has moved it."""
-    for _ in range(100):
-        for state in QUEUED_STATES:
-            try:
-                mf = read_message_file(str(server.spool / state / queue_id))
-                return mf.envelope, mf.read_message()
-            except FileNotFoundError:
-                continue
-    raise AssertionError(f"{queue_id} is not in the queue")
-
-
-def queued(server: MtaProcess) -> set[str]:
-    names: set[str] = set()
-    for state in QUEUED_STATES:
-        names.update(p.name for p in server.files(state))
-    return names
 
 
 def swaks(server: MtaProcess, *args: str | bytes) -> str:

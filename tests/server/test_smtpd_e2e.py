@@ -14,7 +14,6 @@ import random
 import re
 import signal
 import smtplib
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,27 +24,14 @@ import pytest
 from mta.queue.envelope import Envelope
 from mta.queue.msgfile import read_message_file
 from tests.helpers import MtaProcess, RawClient
+from tests.server.queue_view import QUEUED_STATES, queue_id_of, queued, read_all_replies
 
 pytestmark = pytest.mark.timeout(60)
 
 HELO = "client.test"
-QUEUED_STATES = ("incoming", "active", "deferred")  # the way an accepted message moves
-_QUEUED = re.compile(rb"^250 2\.0\.0 Ok: queued as ([0-9A-F]{19})\r\n$")
 
 
 # ----- helpers ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def dead_relay() -> Iterator[str]:
-    """A relayhost that refuses every connection (bound, never listening).
-
-    Delivery of what we accept is then deferred, so the message files stay in the queue
-    (``incoming/`` → ``active/`` → ``deferred/``) for the tests to read.
-    """
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield f"127.0.0.1:{sock.getsockname()[1]}"
 
 
 @pytest.fixture(scope="module")
@@ -68,12 +54,6 @@ def _module_server(
             proc.kill_tree()
 
 
-def queue_id_of(reply: bytes) -> str:
-    match = _QUEUED.match(reply)
-    assert match, f"not a queued reply: {reply!r}"
-    return match.group(1).decode()
-
-
 class Stored(NamedTuple):
     envelope: Envelope
     data: bytes  # the message as stored: our trace header, then what the client sent
@@ -93,14 +73,6 @@ def stored(server: MtaProcess, queue_id: str) -> Stored:
             except FileNotFoundError:
                 continue
     raise AssertionError(f"{queue_id} is not in the queue: {sorted(queued(server))}")
-
-
-def queued(server: MtaProcess) -> set[str]:
-    """Queue IDs of every accepted message (listed along the way they move)."""
-    names: set[str] = set()
-    for state in QUEUED_STATES:
-        names.update(p.name for p in server.files(state))
-    return names
 
 
 def split_trace(message: bytes) -> tuple[bytes, bytes]:
@@ -163,16 +135,6 @@ def assert_stored_exactly(
     assert rest == message
     assert mf.envelope.size == len(data)
     return mf
-
-
-def read_all_replies(client: RawClient) -> list[bytes]:
-    """Every reply until the server closes the connection."""
-    out = []
-    while True:
-        try:
-            out.append(client.reply())
-        except ConnectionError:
-            return out
 
 
 def all_envelopes(server: MtaProcess) -> list[Envelope]:

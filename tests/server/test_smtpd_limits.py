@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 import socket
 import struct
 import time
@@ -18,24 +17,13 @@ from typing import Any
 
 import pytest
 
-from mta.queue.envelope import Envelope
-from mta.queue.msgfile import read_message_file
 from tests.helpers import MtaProcess, RawClient, child_pids, wait_until
+from tests.server.queue_view import queue_id_of, queued, read_all_replies, stored
 
 pytestmark = pytest.mark.timeout(60)
 
 Factory = Callable[..., MtaProcess]
-QUEUED_STATES = ("incoming", "active", "deferred")  # the way an accepted message moves
-_QUEUED = re.compile(rb"^250 2\.0\.0 Ok: queued as ([0-9A-F]{19})\r\n$")
 HEADERS = b"Subject: limits\r\n\r\n"
-
-
-@pytest.fixture(scope="module")
-def dead_relay() -> Iterator[str]:
-    """A relayhost that refuses every connection: accepted mail is deferred and stays queued."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield f"127.0.0.1:{sock.getsockname()[1]}"
 
 
 @pytest.fixture
@@ -62,12 +50,6 @@ def server(tmp_path_factory: pytest.TempPathFactory, dead_relay: str) -> Iterato
             proc.kill_tree()
 
 
-def queue_id_of(reply: bytes) -> str:
-    match = _QUEUED.match(reply)
-    assert match, f"not a queued reply: {reply!r}"
-    return match.group(1).decode()
-
-
 def start_transaction(client: RawClient, recipient: bytes = b"b@example.org") -> None:
     client.send(b"MAIL FROM:<a@client.test>\r\nRCPT TO:<%s>\r\nDATA\r\n" % recipient)
     assert [r[:3] for r in client.replies(3)] == [b"250", b"250", b"354"]
@@ -83,35 +65,6 @@ def send_message(server: MtaProcess, body: bytes = b"hello\r\n") -> str:
     client.close()
     assert stored(server, queue_id)[0].queue_id == queue_id
     return queue_id
-
-
-def stored(server: MtaProcess, queue_id: str) -> tuple[Envelope, bytes]:
-    """Envelope and message of ``queue_id``, wherever the queue manager has moved it."""
-    for _ in range(100):
-        for state in QUEUED_STATES:
-            try:
-                mf = read_message_file(str(server.spool / state / queue_id))
-                return mf.envelope, mf.read_message()
-            except FileNotFoundError:
-                continue
-    raise AssertionError(f"{queue_id} is not in the queue: {sorted(queued(server))}")
-
-
-def queued(server: MtaProcess) -> set[str]:
-    """Queue IDs of every accepted message (listed along the way they move)."""
-    names: set[str] = set()
-    for state in QUEUED_STATES:
-        names.update(p.name for p in server.files(state))
-    return names
-
-
-def read_all_replies(client: RawClient) -> list[bytes]:
-    out = []
-    while True:
-        try:
-            out.append(client.reply())
-        except ConnectionError:
-            return out
 
 
 def workers(server: MtaProcess) -> list[int]:

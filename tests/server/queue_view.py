@@ -1,0 +1,50 @@
+"""What the server tests share: finding accepted messages in the spool as they move, and
+reading replies.  Delivery in these tests goes to a relay that refuses every connection
+(the ``dead_relay`` fixture), so accepted messages stay queued for the tests to read."""
+
+from __future__ import annotations
+
+import re
+
+from mta.queue.envelope import Envelope
+from mta.queue.msgfile import read_message_file
+from tests.helpers import MtaProcess, RawClient
+
+QUEUED_STATES = ("incoming", "active", "deferred")  # the way an accepted message moves
+_QUEUED = re.compile(rb"^250 2\.0\.0 Ok: queued as ([0-9A-F]{19})\r\n$")
+
+
+def queue_id_of(reply: bytes) -> str:
+    match = _QUEUED.match(reply)
+    assert match, f"not a queued reply: {reply!r}"
+    return match.group(1).decode()
+
+
+def queued(server: MtaProcess) -> set[str]:
+    """Queue IDs of every accepted message (listed along the way they move)."""
+    names: set[str] = set()
+    for state in QUEUED_STATES:
+        names.update(p.name for p in server.files(state))
+    return names
+
+
+def stored(server: MtaProcess, queue_id: str) -> tuple[Envelope, bytes]:
+    """Envelope and message of ``queue_id``, wherever the queue manager has moved it."""
+    for _ in range(100):
+        for state in QUEUED_STATES:
+            try:
+                message_file = read_message_file(str(server.spool / state / queue_id))
+                return message_file.envelope, message_file.read_message()
+            except FileNotFoundError:
+                continue
+    raise AssertionError(f"{queue_id} is not in the queue: {sorted(queued(server))}")
+
+
+def read_all_replies(client: RawClient) -> list[bytes]:
+    """Every reply until the server closes the connection."""
+    out = []
+    while True:
+        try:
+            out.append(client.reply())
+        except ConnectionError:
+            return out
