@@ -58,6 +58,7 @@ class DeliveryAgent:
         self.tasks: set[asyncio.Task[None]] = set()
         self.writer: asyncio.StreamWriter | None = None
         self.large_jobs = asyncio.Semaphore(LARGE_JOBS)
+        self.attempts: dict[tuple[str, str], int] = {}  # (domain label, status) → count
         self.stopping = False
 
     async def run(self, heartbeat: Heartbeat | None) -> None:
@@ -72,6 +73,7 @@ class DeliveryAgent:
         await self._drain()
         for task in background:
             task.cancel()
+        self.publish_stats()
         await self.deliverer.close_idle(0)
 
     async def _drain(self) -> None:
@@ -83,6 +85,7 @@ class DeliveryAgent:
         while True:
             if heartbeat is not None:
                 heartbeat()
+            self.publish_stats()
             await self.deliverer.close_idle()
             await asyncio.sleep(1.0)
 
@@ -183,10 +186,21 @@ class DeliveryAgent:
                 _LOGGED_STATUS.get(r.status, r.status),
                 r.reply,
             )
-            metrics.DELIVERY_ATTEMPTS.labels(r.status).inc()
-            metrics.DELIVERY_BY_DOMAIN.labels(_domain_label(r.address, top), r.status).inc()
+            key = (_domain_label(r.address, top), r.status)
+            self.attempts[key] = self.attempts.get(key, 0) + 1
             if r.status == "sent":
                 metrics.DELIVERY_LATENCY.observe(delay)
+
+    def publish_stats(self) -> None:
+        """Add the attempts counted since the last call to the Prometheus counters (once a
+        second: a multiprocess increment costs more than the delivery's own bookkeeping)."""
+        attempts, self.attempts = self.attempts, {}
+        by_status: dict[str, int] = {}
+        for (domain, status), n in attempts.items():
+            metrics.DELIVERY_BY_DOMAIN.labels(domain, status).inc(n)
+            by_status[status] = by_status.get(status, 0) + n
+        for status, n in by_status.items():
+            metrics.DELIVERY_ATTEMPTS.labels(status).inc(n)
 
 
 # Postfix's words in the log, which log tools and people already read: a permanent failure

@@ -50,13 +50,18 @@ def trailer_for(envelope: Envelope, message_length: int) -> bytes:
 class MessageFile:
     """A verified message file opened for reading; the message is read on demand."""
 
-    def __init__(self, path: str, envelope: Envelope, message_length: int) -> None:
+    def __init__(
+        self, path: str, envelope: Envelope, message_length: int, message: bytes | None = None
+    ) -> None:
         self.path = path
         self.envelope = envelope
         self.message_length = message_length
+        self._message = message
 
     def read_message(self) -> bytes:
         """The message bytes (headers and body) as received."""
+        if self._message is not None:
+            return self._message
         with open(self.path, "rb") as f:
             f.seek(len(HEADER))
             return f.read(self.message_length)
@@ -70,19 +75,38 @@ class MessageFile:
         return head if end < 0 else head[: end + 2]
 
 
+READ_WHOLE = 256 * 1024  # files up to this size are read with one read(2), and kept
+
+
 def read_message_file(path: str) -> MessageFile:
-    """Open and verify ``path``; raise CorruptMessageFile if it is not complete."""
+    """Open and verify ``path``; raise CorruptMessageFile if it is not complete.
+
+    A small file (most mail) is read whole, so that delivering it costs one open and one
+    read; a large one is read in parts, and its message bytes only on demand.
+    """
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        if size < len(HEADER) + TRAILER_SIZE or f.read(len(HEADER)) != HEADER:
+        whole = f.read() if size <= READ_WHOLE else None
+        head = whole[: len(HEADER)] if whole is not None else f.read(len(HEADER))
+        if size < len(HEADER) + TRAILER_SIZE or head != HEADER:
             raise CorruptMessageFile(f"{path}: no message file header")
-        f.seek(size - TRAILER_SIZE)
-        env_len, msg_len, end = _TRAILER.unpack(f.read(TRAILER_SIZE))
+        if whole is None:
+            f.seek(size - TRAILER_SIZE)
+            trailer = f.read(TRAILER_SIZE)
+        else:
+            trailer = whole[size - TRAILER_SIZE :]
+        env_len, msg_len, end = _TRAILER.unpack(trailer)
         if end != _END or len(HEADER) + msg_len + env_len + TRAILER_SIZE != size:
             raise CorruptMessageFile(f"{path}: incomplete message file (no valid trailer)")
-        f.seek(len(HEADER) + msg_len)
+        env_start = len(HEADER) + msg_len
+        if whole is None:
+            f.seek(env_start)
+            encoded = f.read(env_len)
+        else:
+            encoded = whole[env_start : env_start + env_len]
         try:
-            envelope = decode_envelope(f.read(env_len))
+            envelope = decode_envelope(encoded)
         except msgspec.DecodeError as exc:
             raise CorruptMessageFile(f"{path}: bad envelope: {exc}") from None
-    return MessageFile(path, envelope, msg_len)
+    message = whole[len(HEADER) : env_start] if whole is not None else None
+    return MessageFile(path, envelope, msg_len, message)

@@ -120,9 +120,10 @@ def test_queue_gauges_count_deferred_messages(mta_factory: Factory, sink: Captur
     sink.data_reply = (451, "4.3.0 try again later")
     server = mta_factory({"delivery": {"relayhost": f"127.0.0.1:{sink.port}"}})
     send_messages(server.port, 3)
-    page = wait_until(
+    page = wait_until(  # each process publishes within a second or two: wait for both
         lambda: (
             (p := scrape(server.metrics_port)).value("mta_queue_messages", state="deferred") == 3
+            and p.value("mta_delivery_attempts_total", result="deferred") >= 3
             and p
         ),
         timeout=15,
