@@ -1,7 +1,7 @@
 """Builds the compiled parser twin; all metadata lives in pyproject.toml.
 
 ``ext/_parser_c.pyx`` becomes ``mta.protocol._parser_c``.  Without it the server runs on
-``mta.protocol._parser_py`` (see ``mta/protocol/parser.py``); the tests fail loudly if it is
+``mta.protocol._parser_py`` (see ``mta/parser_backend.py``); the tests fail loudly if it is
 missing unless ``MTA_NO_EXTENSIONS=1`` says that is intended.
 """
 

@@ -25,7 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mta.protocol import parser, replies
+from mta import parser_backend
+from mta.protocol import replies
 from mta.protocol.errors import CommandSyntaxError, SessionUsageError
 from mta.protocol.events import (
     DataAborted,
@@ -124,7 +125,7 @@ class ServerSession:
         self.closing = False  # the last reply is queued; close after sending it
         self._shutdown_requested = False
         # input and output
-        self._parser = parser.backend()
+        self._parser = parser_backend.backend()
         self._buf = bytearray()
         self._discarding_long_line = False
         self._out: list[bytes] = [replies.greeting(limits.hostname)]

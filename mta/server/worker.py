@@ -22,9 +22,9 @@ from collections.abc import Callable
 import uvloop
 
 from mta import metrics
+from mta import parser_backend as parser
 from mta.config import Config
 from mta.master.children import EXIT_CONFIG
-from mta.protocol import parser
 from mta.queue.commit import GroupCommitter
 from mta.queue.spool import Spool
 from mta.server.context import WorkerContext

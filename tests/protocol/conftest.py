@@ -1,6 +1,6 @@
 """Every parser test runs against both twins, the compiled one and the pure-Python one.
 
-The backends are imported by name, not through :mod:`mta.protocol.parser`, so a missing
+The backends are imported by name, not through :mod:`mta.parser_backend`, so a missing
 compiled module cannot hide behind the fallback: its tests fail.  Only
 ``MTA_NO_EXTENSIONS=1`` (the CI leg without a compiler) leaves the compiled twin out.
 """
@@ -13,7 +13,7 @@ from types import ModuleType
 
 import pytest
 
-from mta.protocol.parser import BACKENDS
+from mta.parser_backend import BACKENDS
 
 NO_EXTENSIONS = os.environ.get("MTA_NO_EXTENSIONS") == "1"
 BACKEND_NAMES = ["python"] if NO_EXTENSIONS else ["python", "c"]

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mta.protocol import parser
+from mta import parser_backend as parser
 
 NO_EXTENSIONS = os.environ.get("MTA_NO_EXTENSIONS") == "1"
 

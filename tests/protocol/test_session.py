@@ -1,6 +1,6 @@
 """The sans-I/O ServerSession: transcripts in, events and replies out, no sockets.
 
-Every test runs against both parser backends, chosen through ``mta.protocol.parser.select``
+Every test runs against both parser backends, chosen through ``mta.parser_backend.select``
 as the server chooses them.  The helper :func:`run` plays the part of the I/O layer: it feeds
 the bytes, accepts every decision (a message end with ``250 ... queued as QID``) and checks
 that every reply carries an enhanced status code (RFC 2034 §3).
@@ -16,7 +16,7 @@ from types import ModuleType
 
 import pytest
 
-import mta.protocol.parser as parser_choice
+import mta.parser_backend as parser_choice
 from mta.protocol import replies
 from mta.protocol.errors import SessionUsageError
 from mta.protocol.events import (

@@ -1,5 +1,8 @@
 """Chooses the parser backend once: the compiled ``_parser_c`` or the pure ``_parser_py``.
 
+It lives outside ``mta/protocol`` because it reads the environment; the sans-I/O package
+imports no ``os``.
+
 Like uvicorn's ``auto.py``: ``auto`` prefers the compiled module and falls back to Python;
 ``c`` insists on it (an ImportError is the caller's to report); ``python`` forces the twin.
 The environment variable ``MTA_NO_EXTENSIONS=1`` forces Python whatever was asked, and
