@@ -128,7 +128,7 @@ def spawn(
     except OSError as exc:
         log.error("%s failed: %s", kind, exc)
         code = 1
-    except BaseException:
+    except BaseException:  # whatever kills a child is logged before it exits
         log.exception("%s crashed", kind)
         code = 1
     finally:
