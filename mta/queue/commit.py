@@ -27,10 +27,10 @@ import fcntl
 import logging
 import os
 import struct
-import threading
 import time
 from collections.abc import Callable
 
+from mta.queue.batches import BatchThread
 from mta.queue.ipc import send_wakeup
 from mta.queue.spool import MessageWriter, Spool
 
@@ -108,45 +108,32 @@ class GroupCommitter:
         self.max_batch = max_batch
         self.batches = 0  # flushes done (for metrics and tests)
         self.committed = 0  # messages made durable
-        self._queue: list[tuple[MessageWriter, Done]] = []
-        self._cond = threading.Condition()
-        self._stopping = False
         self._incoming_fd = os.open(spool.dir("incoming"), os.O_RDONLY | os.O_DIRECTORY)
         self._gate = SyncGate(spool.path)
-        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
-        self._thread.start()
+        self._worker: BatchThread[tuple[MessageWriter, Done]] = BatchThread(
+            self._commit, "group-commit", max_batch
+        )
 
     def submit(self, writer: MessageWriter, done: Done) -> None:
         """Queue a finished message; ``done(None)`` once it is durable in ``incoming/``."""
-        with self._cond:
-            self._queue.append((writer, done))
-            self._cond.notify()
+        self._worker.put((writer, done))
 
     def stop(self) -> None:
         """Flush what is queued, then end the thread."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
-        self._thread.join()
+        self._worker.stop()
         os.close(self._incoming_fd)
         self._gate.close()
 
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._stopping:
-                    self._cond.wait()
-                if not self._queue:
-                    return
-                batch = self._queue[: self.max_batch]
-                del self._queue[: self.max_batch]
-            errors = self._flush(batch)
-            try:
-                self.loop.call_soon_threadsafe(self._report, batch, errors)
-            except RuntimeError:  # the loop is closed: nobody is waiting for an answer
-                return
-            if any(e is None for e in errors):
-                send_wakeup(self.spool.path)  # the queue manager picks them up at once
+    def _commit(self, batch: list[tuple[MessageWriter, Done]]) -> bool:
+        """One round in the thread: flush the batch and report to the loop."""
+        errors = self._flush(batch)
+        try:
+            self.loop.call_soon_threadsafe(self._report, batch, errors)
+        except RuntimeError:  # the loop is closed: nobody is waiting for an answer
+            return False
+        if any(e is None for e in errors):
+            send_wakeup(self.spool.path)  # the queue manager picks them up at once
+        return True
 
     def _flush(self, batch: list[tuple[MessageWriter, Done]]) -> list[OSError | None]:
         """Make the batch durable; one error (or None) per message, in order.

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 
 from mta import metrics
+from mta.queue.batches import BatchThread
 from mta.queue.spool import Spool
 
 __all__ = ["Remover"]
@@ -24,40 +24,24 @@ log = logging.getLogger("mta.qmgr")
 class Remover:
     def __init__(self, spool: Spool) -> None:
         self.spool = spool
-        self._queue: list[str] = []
-        self._cond = threading.Condition()
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="qmgr-remove", daemon=True)
-        self._thread.start()
+        self._worker: BatchThread[str] = BatchThread(self._remove_all, "qmgr-remove")
 
     def remove(self, queue_id: str) -> None:
         """Every recipient of ``queue_id`` is done: delete its file from ``active/``."""
-        with self._cond:
-            self._queue.append(queue_id)
-            self._cond.notify()
+        self._worker.put(queue_id)
 
     def stop(self) -> None:
         """Finish what was handed over, then end the thread."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
-        self._thread.join()
+        self._worker.stop()
 
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._stopping:
-                    self._cond.wait()
-                if not self._queue:
-                    return
-                batch, self._queue = self._queue, []
-            for queue_id in batch:
-                try:
-                    os.unlink(self.spool.file("active", queue_id))
-                except FileNotFoundError:
-                    pass
-                except OSError as exc:
-                    log.error("%s: cannot remove the delivered message: %s", queue_id, exc)
-                    continue
-                metrics.MESSAGES_DELIVERED.inc()
-                log.info("%s: removed", queue_id)
+    def _remove_all(self, batch: list[str]) -> None:
+        for queue_id in batch:
+            try:
+                os.unlink(self.spool.file("active", queue_id))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.error("%s: cannot remove the delivered message: %s", queue_id, exc)
+                continue
+            metrics.MESSAGES_DELIVERED.inc()
+            log.info("%s: removed", queue_id)

@@ -5,6 +5,10 @@ reading replies.  Delivery in these tests goes to a relay that refuses every con
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
 
 from mta.queue.envelope import Envelope
 from mta.queue.msgfile import read_message_file
@@ -48,3 +52,19 @@ def read_all_replies(client: RawClient) -> list[bytes]:
             out.append(client.reply())
         except ConnectionError:
             return out
+
+
+def running_relay(
+    tmp_path_factory: pytest.TempPathFactory, dead_relay: str, overrides: dict[str, Any]
+) -> Iterator[MtaProcess]:
+    """A relay shared by a module's tests (for module-scoped fixtures), delivering to the
+    dead relay so that what it accepts stays queued; stopped, or killed, at the end."""
+    config = {"delivery": {"relayhost": dead_relay}, **overrides}
+    proc = MtaProcess(tmp_path_factory.mktemp("mta"), config).start()
+    try:
+        yield proc
+    finally:
+        try:
+            proc.stop(timeout=30)
+        except Exception:  # noqa: BLE001  -- teardown must kill whatever is left
+            proc.kill_tree()

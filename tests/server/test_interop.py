@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.helpers import MtaProcess
-from tests.server.queue_view import queued, stored
+from tests.server.queue_view import queued, running_relay, stored
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -27,15 +27,7 @@ _QUEUED = re.compile(rb"<-  250 2\.0\.0 Ok: queued as ([0-9A-F]{19})\r?\n")
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, dead_relay: str) -> Iterator[MtaProcess]:
     """Two smtpd workers, as in production."""
-    config = {"smtp": {"workers": 2}, "delivery": {"relayhost": dead_relay}}
-    proc = MtaProcess(tmp_path_factory.mktemp("mta"), config).start()
-    try:
-        yield proc
-    finally:
-        try:
-            proc.stop(timeout=30)
-        except Exception:  # noqa: BLE001  -- teardown must kill whatever is left
-            proc.kill_tree()
+    yield from running_relay(tmp_path_factory, dead_relay, {"smtp": {"workers": 2}})
 
 
 def swaks(server: MtaProcess, *args: str | bytes) -> str:

@@ -17,14 +17,20 @@ import smtplib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import pytest
 
 from mta.queue.envelope import Envelope
 from mta.queue.msgfile import read_message_file
 from tests.helpers import MtaProcess, RawClient
-from tests.server.queue_view import QUEUED_STATES, queue_id_of, queued, read_all_replies
+from tests.server.queue_view import (
+    QUEUED_STATES,
+    queue_id_of,
+    queued,
+    read_all_replies,
+    running_relay,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -37,21 +43,7 @@ HELO = "client.test"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, dead_relay: str) -> Iterator[MtaProcess]:
     """One relay with the default settings, shared by the tests that only add messages."""
-    yield from _module_server(tmp_path_factory, dead_relay, {})
-
-
-def _module_server(
-    tmp_path_factory: pytest.TempPathFactory, dead_relay: str, overrides: dict[str, Any]
-) -> Iterator[MtaProcess]:
-    config = {"delivery": {"relayhost": dead_relay}, **overrides}
-    proc = MtaProcess(tmp_path_factory.mktemp("mta"), config).start()
-    try:
-        yield proc
-    finally:
-        try:
-            proc.stop(timeout=20)
-        except Exception:  # noqa: BLE001  -- teardown must kill whatever is left
-            proc.kill_tree()
+    yield from running_relay(tmp_path_factory, dead_relay, {})
 
 
 class Stored(NamedTuple):
@@ -435,7 +427,7 @@ def test_many_transactions_pipelined_in_one_burst(server: MtaProcess) -> None:
 def relay_server(tmp_path_factory: pytest.TempPathFactory, dead_relay: str) -> Iterator[MtaProcess]:
     """Loopback is *not* a relay client here; only example.org is ours."""
     overrides = {"relay": {"networks": ["10.0.0.0/8"], "domains": ["example.org"]}}
-    yield from _module_server(tmp_path_factory, dead_relay, overrides)
+    yield from running_relay(tmp_path_factory, dead_relay, overrides)
 
 
 def test_relay_is_denied_outside_our_domains(relay_server: MtaProcess) -> None:
@@ -499,7 +491,7 @@ def _smuggle(server: MtaProcess, vector: bytes) -> list[bytes]:
 def normalizing_server(
     tmp_path_factory: pytest.TempPathFactory, dead_relay: str
 ) -> Iterator[MtaProcess]:
-    yield from _module_server(tmp_path_factory, dead_relay, {"smtp": {"bare_lf": "normalize"}})
+    yield from running_relay(tmp_path_factory, dead_relay, {"smtp": {"bare_lf": "normalize"}})
 
 
 def _never_evil(server: MtaProcess) -> None:

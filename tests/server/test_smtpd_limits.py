@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import MtaProcess, RawClient, child_pids, wait_until
-from tests.server.queue_view import queue_id_of, queued, read_all_replies, stored
+from tests.server.queue_view import queue_id_of, queued, read_all_replies, running_relay, stored
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -39,15 +39,7 @@ def start(mta_factory: Factory, dead_relay: str) -> Factory:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, dead_relay: str) -> Iterator[MtaProcess]:
     """A relay with the default limits, shared by the tests that leave it as they found it."""
-    proc = MtaProcess(tmp_path_factory.mktemp("mta"), {"delivery": {"relayhost": dead_relay}})
-    proc.start()
-    try:
-        yield proc
-    finally:
-        try:
-            proc.stop(timeout=20)
-        except Exception:  # noqa: BLE001  -- teardown must kill whatever is left
-            proc.kill_tree()
+    yield from running_relay(tmp_path_factory, dead_relay, {})
 
 
 def start_transaction(client: RawClient, recipient: bytes = b"b@example.org") -> None:
@@ -87,18 +79,8 @@ LIMIT = 100_000
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory, dead_relay: str) -> Iterator[MtaProcess]:
     """A relay with small limits (one worker, so that the connection limit is exact)."""
-    config = {
-        "smtp": {"max_message_size": LIMIT, "max_recipients": 3, "max_connections": 4},
-        "delivery": {"relayhost": dead_relay},
-    }
-    proc = MtaProcess(tmp_path_factory.mktemp("mta"), config).start()
-    try:
-        yield proc
-    finally:
-        try:
-            proc.stop(timeout=20)
-        except Exception:  # noqa: BLE001  -- teardown must kill whatever is left
-            proc.kill_tree()
+    limits = {"max_message_size": LIMIT, "max_recipients": 3, "max_connections": 4}
+    yield from running_relay(tmp_path_factory, dead_relay, {"smtp": limits})
 
 
 def test_message_over_max_size_gets_552_and_leaves_nothing(limited: MtaProcess) -> None:
