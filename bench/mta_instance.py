@@ -1,7 +1,7 @@
 """Our relay for the benchmarks: ``python -m mta serve`` with a temporary config and spool.
 
 It listens on a free loopback port, relays everything to ``[127.0.0.1]:SINKPORT`` and keeps
-the production defaults otherwise (smtpd workers = one per CPU, ``queue.sync = syncfs``,
+the production defaults otherwise (smtpd workers = one per CPU, small messages in segments,
 ``delivery.min_backoff`` = 300 s, ``delivery.destination_concurrency`` = 20, like Postfix's
 ``default_destination_concurrency_limit``).  ``overrides`` change single keys, e.g.
 ``{"smtp": {"max_connections": 12000}}`` for the idle-session scenario.

@@ -107,7 +107,6 @@ class RelayConfig(_Section):
 
 class QueueConfig(_Section):
     path: str = "spool"
-    sync: Literal["syncfs", "fsync"] = "syncfs"
     group_commit: bool = True  # false: one flush per message (for measurements)
 
 

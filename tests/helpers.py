@@ -12,7 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mta.queue.spool import Spool
+
 REPO = Path(__file__).resolve().parent.parent
+QUEUE_STATES = ("incoming", "active", "deferred", "hold", "corrupt")  # where messages wait
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -144,6 +147,15 @@ class MtaProcess:
     def files(self, state: str) -> list[Path]:
         d = self.spool / state
         return sorted(p for p in d.iterdir() if not p.name.startswith(".")) if d.exists() else []
+
+    def segment_messages(self) -> list[str]:
+        """Queue IDs of the small messages in segments that are not done yet."""
+        return [ref.queue_id for ref in Spool(str(self.spool)).segment_messages()]
+
+    def queue_empty(self, states: tuple[str, ...] = QUEUE_STATES) -> bool:
+        """No message left in a segment nor in any of ``states``."""
+        # segments first: a message there may be copied into active/ while we look
+        return not self.segment_messages() and not any(self.files(s) for s in states)
 
 
 def child_pids(pid: int) -> list[int]:

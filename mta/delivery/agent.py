@@ -1,9 +1,9 @@
 """The delivery process: takes jobs from the queue manager, delivers, reports results.
 
-It owns no scheduling decision: it reads the message in ``active/``, groups the recipients
-it was given by next hop, delivers every group concurrently and sends back one result per
-recipient.  If the queue manager goes away it reconnects; jobs it was doing are rescheduled
-by the queue manager, which owns them.
+It owns no scheduling decision: it reads the message (in ``active/`` or a segment), groups
+the recipients it was given by next hop, delivers every group concurrently and sends back
+one result per recipient.  If the queue manager goes away it reconnects; jobs it was doing
+are rescheduled by the queue manager, which owns them.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from mta.delivery.smtp_client import Transaction
 from mta.queue.envelope import Envelope
 from mta.queue.ipc import Job, Result, agent_address, encode_frame, read_frame
 from mta.queue.msgfile import CorruptMessageFile
+from mta.queue.segment import read_record
 from mta.queue.spool import Spool
 
 __all__ = ["run_delivery"]
@@ -122,7 +123,7 @@ class DeliveryAgent:
 
     async def _do(self, job: Job) -> None:
         try:
-            if self._is_large(job.queue_id):
+            if not job.segment and self._is_large(job.queue_id):  # segments hold small ones
                 async with self.large_jobs:  # bounds the memory of big messages in flight
                     result = await self._deliver(job)
             else:
@@ -136,7 +137,11 @@ class DeliveryAgent:
 
     async def _deliver(self, job: Job) -> Result:
         try:
-            message_file = self.spool.read("active", job.queue_id)
+            if job.segment:
+                path = self.spool.segment(job.segment)
+                message_file = read_record(path, job.offset, job.length)
+            else:
+                message_file = self.spool.read("active", job.queue_id)
             message = message_file.read_message()  # page cache: cheaper than a thread hop
         except CorruptMessageFile as exc:
             log.error("%s: %s", job.queue_id, exc)

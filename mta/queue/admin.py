@@ -3,8 +3,8 @@
 Every change is a ``rename(2)`` between state directories, so it either happens whole or
 not at all, and it cannot race the queue manager into a lost message: if the manager
 claimed a message first the rename fails with ENOENT and the operator is told to try
-again after the delivery attempt.  Messages in ``active/`` are being delivered and are not
-touched.  After a change the queue manager is poked so it rescans at once.
+again after the delivery attempt.  Messages in ``active/`` or in a segment are being
+delivered and are not touched.  After a change the queue manager is poked so it rescans at once.
 """
 
 from __future__ import annotations
@@ -63,9 +63,26 @@ class QueueAdmin:
 
     def entries(self) -> Iterator[QueueEntry]:
         now = time.time()
+        # segments first: a message there may be copied into active/ while we look
+        in_segments = list(self.spool.segment_messages())
+        listed: set[str] = set()
         for state in LISTED_STATES:
             for name in self.spool.list(state):
+                listed.add(name)
                 yield self._entry(state, name, now)
+        for ref in in_segments:  # small messages being delivered
+            if ref.queue_id in listed:
+                continue  # copied out to a file of its own (listed above)
+            age = now - queue_id_time(ref.queue_id) if is_queue_id(ref.queue_id) else 0.0
+            try:
+                envelope = self.spool.read_segment_message(ref).envelope
+            except (CorruptMessageFile, FileNotFoundError) as exc:
+                yield QueueEntry(ref.queue_id, "active", age, 0, "", [], None, str(exc))
+                continue
+            recipients = [r.address for r in envelope.recipients]
+            yield QueueEntry(
+                ref.queue_id, "active", age, envelope.size, envelope.sender, recipients, None, ""
+            )
 
     def _entry(self, state: str, name: str, now: float) -> QueueEntry:
         age = now - queue_id_time(name) if is_queue_id(name) else 0.0
@@ -93,18 +110,24 @@ class QueueAdmin:
         )
 
     def locate(self, queue_id: str) -> str:
-        """The state directory holding ``queue_id``; AdminError if there is none."""
+        """The state holding ``queue_id`` (a message in a segment is "active");
+        AdminError if there is none."""
         for state in LISTED_STATES:
             if os.path.exists(self.spool.file(state, queue_id)):
                 return state
+        if any(ref.queue_id == queue_id for ref in self.spool.segment_messages()):
+            return "active"
         raise AdminError(f"{queue_id}: no such message in the queue")
 
     def show(self, queue_id: str) -> tuple[MessageFile, str]:
-        state = self.locate(queue_id)
         try:
-            return read_message_file(self.spool.file(state, queue_id)), state
+            found = self.spool.find(queue_id)
         except CorruptMessageFile as exc:
             raise AdminError(str(exc)) from None
+        if found is None:
+            raise AdminError(f"{queue_id}: no such message in the queue")
+        state, message = found
+        return message, state
 
     def flush(self) -> None:
         """Every deferred message is due now (``postqueue -f``)."""

@@ -38,10 +38,16 @@ MAX_FRAME = 16 << 20
 
 
 class Job(msgspec.Struct, tag="job", frozen=True, kw_only=True):
-    """Deliver ``queue_id`` (in active/) to ``recipients`` (None: all in the envelope)."""
+    """Deliver ``queue_id`` to ``recipients`` (None: all in the envelope).
+
+    The message is ``active/<queue_id>``, or, when ``segment`` is set, the ``length``
+    octets at ``offset`` in ``segments/<segment>`` (segment.py)."""
 
     queue_id: str
     recipients: list[str] | None = None
+    segment: str = ""
+    offset: int = 0
+    length: int = 0
 
 
 class Result(msgspec.Struct, tag="result", frozen=True, kw_only=True):

@@ -1,14 +1,21 @@
 """The queue manager: the one process that decides what is delivered when.
 
-It claims messages from ``incoming/`` by renaming them into ``active/`` (woken at once by a
-datagram from smtpd after each commit, polling once a second as a fallback), brings due
-messages back from ``deferred/``, hands jobs to the connected delivery agents (least busy
-first) and applies their results (outcome.py).  ``active/`` holds at most
-:data:`ACTIVE_WINDOW` messages, so a huge backlog waits on disk, not in memory.
+It takes new messages from the segments smtpd appends to (segment.py) and from
+``incoming/`` (large and locally generated messages, claimed by renaming them into
+``active/``), woken at once by a datagram from smtpd after each commit and polling once a
+second as a fallback.  It brings due messages back from ``deferred/``, hands jobs to the
+connected delivery agents (least busy first) and applies their results (outcome.py).  At
+most :data:`ACTIVE_WINDOW` messages are active, so a huge backlog waits on disk, not in
+memory.
 
-On start it recovers from the directories alone: everything in ``active/`` is scheduled
-again, ``tmp/`` files whose writer process is gone are removed, names that are not queue IDs
-go to ``corrupt/``; unreadable messages are moved to ``corrupt/`` when an agent reports them.
+A message delivered from a segment at its first attempt is only marked done there (the
+cheap, common case).  One that must stay is first copied into ``active/<queue_id>`` and
+marked done in its segment, then handled like any other message file.
+
+On start it recovers from the directories alone: everything in ``active/`` and every
+message in a segment not marked done is scheduled again, ``tmp/`` files whose writer
+process is gone are removed, names that are not queue IDs go to ``corrupt/``; unreadable
+messages are moved to ``corrupt/`` when an agent reports them.
 """
 
 from __future__ import annotations
@@ -31,10 +38,11 @@ from mta import metrics
 from mta.config import Config
 from mta.queue.ids import is_queue_id, queue_id_time
 from mta.queue.ipc import Job, Result, agent_address, encode_frame, read_frame, wake_address
-from mta.queue.msgfile import CorruptMessageFile
+from mta.queue.msgfile import CorruptMessageFile, parse_message_bytes
 from mta.queue.outcome import Outcome, apply_results
 from mta.queue.remover import Remover
-from mta.queue.spool import STATES, Spool
+from mta.queue.segment import DONE_SUFFIX, RecordRef, SegmentTail, read_done
+from mta.queue.spool import SEGMENTS, STATES, Spool
 from mta.queue.state import StateStore
 
 __all__ = ["QueueManager", "run_qmgr"]
@@ -72,7 +80,13 @@ class QueueManager:
         self.spool = Spool(config.queue.path)
         self.spool.create()
         self.states = StateStore(self.spool.path)
-        self.active: set[str] = set()  # queue IDs in active/ that we own
+        self.active: set[str] = set()  # queue IDs in active/ or a segment that we own
+        self.segments: dict[str, SegmentTail] = {}  # by name, oldest first
+        self.located: dict[str, RecordRef] = {}  # active messages that live in a segment
+        self._extracted: set[str] = set()  # message files at start (see recover)
+        self._done_at_open: dict[str, set[int]] = {}  # done marks read from disk
+        self._scan_segments = True  # look for new segment files in the next round
+        self._last_segment_scan = 0.0
         self.pending: deque[Job] = deque()
         self.agents: list[Agent] = []
         self.deferred: list[tuple[float, str]] = []  # heap of (next try, queue id)
@@ -107,6 +121,8 @@ class QueueManager:
         wake_sock.close()
         self._io.shutdown(wait=True)
         self.remover.stop()
+        for tail in self.segments.values():
+            tail.close()
 
     async def _drain(self) -> None:
         """Wait for results of jobs in flight (agents are draining too), then stop."""
@@ -116,6 +132,9 @@ class QueueManager:
 
     def recover(self) -> None:
         self._clean_tmp()
+        for name in self.spool.list("tmp"):
+            if name.endswith(".copy"):  # a copy out of a segment we were making (spool.store)
+                os.unlink(self.spool.file("tmp", name))
         for state in ("incoming", "active", "deferred", "hold"):
             for name in self.spool.list(state):
                 if not is_queue_id(name):
@@ -123,6 +142,10 @@ class QueueManager:
         for queue_id in self.spool.list("active"):
             self._schedule(queue_id)
         self._load_deferred()
+        # A segment message copied into a file of its own whose done mark was lost in a
+        # crash must not be delivered twice: the file is the one that counts.
+        for state in ("incoming", "active", "deferred", "hold", "corrupt"):
+            self._extracted.update(self.spool.list(state))
 
     # ----- scheduling -------------------------------------------------------------------
 
@@ -148,6 +171,13 @@ class QueueManager:
             self._count_queue()
         if self._rescan_deferred:
             self._load_deferred()
+        polled = now - self._last_segment_scan >= POLL_SECONDS
+        if self._scan_segments or polled:
+            self._last_segment_scan = now
+            self._scan_segments = False
+            self._open_segments()
+        self._claim_segments()
+        self._retire_segments(check_writers=polled)
         self._claim_incoming()
         self._claim_due(now)
         self._dispatch()
@@ -169,6 +199,78 @@ class QueueManager:
             except FileNotFoundError:
                 continue  # an operator (queue hold/delete) was faster
             self._schedule(name)
+
+    def _open_segments(self) -> None:
+        """Start following segment files we do not know yet (oldest first)."""
+        directory = os.path.join(self.spool.path, SEGMENTS)
+        try:
+            names = sorted(os.listdir(directory))
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name in self.segments or name.endswith(DONE_SUFFIX):
+                continue
+            if not is_queue_id(name):
+                self._to_corrupt(SEGMENTS, name, "not a segment file name")
+                continue
+            try:
+                tail = SegmentTail.open(directory, name)
+            except FileNotFoundError:
+                continue
+            tail_done = read_done(tail.path + DONE_SUFFIX)
+            self.segments[name] = tail
+            self._done_at_open[name] = tail_done
+
+    def _claim_segments(self) -> None:
+        room = ACTIVE_WINDOW - len(self.active)
+        for tail in self.segments.values():
+            if room <= 0:
+                return
+            done = self._done_at_open.get(tail.name)
+            try:
+                refs = tail.read_new(room)
+            except OSError as exc:
+                tail.broken = str(exc)
+                refs = []
+            for ref in refs:
+                if done and ref.offset in done:
+                    continue
+                if ref.queue_id in self._extracted:
+                    self.remover.segment_done(ref, delivered=False)
+                    continue
+                tail.live.add(ref.offset)
+                self.located[ref.queue_id] = ref
+                self.active.add(ref.queue_id)
+                self.pending.append(
+                    Job(
+                        queue_id=ref.queue_id,
+                        segment=ref.segment,
+                        offset=ref.offset,
+                        length=ref.length,
+                    )
+                )
+                room -= 1
+            if tail.broken and not tail.live:
+                log.error("segment %s: %s; reading stopped there", tail.name, tail.broken)
+
+    def _retire_segments(self, check_writers: bool) -> None:
+        """Delete segments that are closed (or whose writer died) and hold nothing live."""
+        for name, tail in list(self.segments.items()):
+            if check_writers and not (tail.closed or tail.writer_gone):
+                # read once more before giving up on it: it may have written before dying
+                tail.writer_gone = not _pid_alive(tail.writer_pid)
+                continue
+            finished = tail.closed or tail.broken or (tail.writer_gone and tail.caught_up)
+            if tail.live or not finished:
+                continue
+            tail.close()
+            del self.segments[name]
+            self._done_at_open.pop(name, None)
+            if tail.broken:
+                self._to_corrupt(SEGMENTS, name, tail.broken)
+                self.remover.drop_segment(name, keep=True)
+            else:
+                self.remover.drop_segment(name)
 
     def _claim_due(self, now: float) -> None:
         heap = self.deferred
@@ -253,11 +355,27 @@ class QueueManager:
     async def _apply(self, result: Result, job: Job) -> None:
         loop = asyncio.get_running_loop()
         queue_id = result.queue_id
+        ref = self.located.get(queue_id) if job.segment else None
         if self._all_done_at_first_try(result, job):
-            self.remover.remove(queue_id)  # the common case: nothing to read, nothing to save
+            # the common case: nothing to read, nothing to save
+            if ref is not None:
+                self._segment_done(ref, delivered=True)
+            else:
+                self.remover.remove(queue_id)
             self.active.discard(queue_id)
             self.wake.set()
             return
+        if ref is not None:  # it must outlive this attempt: give it a file of its own
+            try:
+                kept = await loop.run_in_executor(self._io, self._extract, ref)
+            except OSError as exc:
+                log.error("%s: cannot copy the message out of its segment: %s", queue_id, exc)
+                loop.call_later(self.config.delivery.min_backoff, self._retry, job)
+                return
+            self._segment_done(ref, delivered=False)
+            if not kept:
+                self.active.discard(queue_id)
+                return
         try:
             outcome = await loop.run_in_executor(self._io, self._apply_sync, result)
         except OSError as exc:
@@ -281,6 +399,36 @@ class QueueManager:
             and bool(result.results)
             and all(r.status == "sent" for r in result.results)
         )
+
+    def _segment_done(self, ref: RecordRef, delivered: bool) -> None:
+        self.located.pop(ref.queue_id, None)
+        tail = self.segments.get(ref.segment)
+        if tail is not None:
+            tail.live.discard(ref.offset)
+        self.remover.segment_done(ref, delivered)
+
+    def _retry(self, job: Job) -> None:
+        if job.queue_id in self.active and not self.stopping:
+            self.pending.append(job)
+            self.wake.set()
+
+    def _extract(self, ref: RecordRef) -> bool:
+        """Copy a segment message into ``active/`` (durably); False if it was unreadable
+        and went to ``corrupt/`` instead.  Runs in the I/O thread."""
+        path = self.spool.segment(ref.segment)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            raw = os.pread(fd, ref.length, ref.offset)
+        finally:
+            os.close(fd)
+        try:
+            parse_message_bytes(f"{path}@{ref.offset}", raw)
+        except CorruptMessageFile as exc:
+            self.spool.store(ref.queue_id, "corrupt", raw)
+            log.error("%s: moved to corrupt/: %s", ref.queue_id, exc)
+            return False
+        self.spool.store(ref.queue_id, "active", raw)
+        return True
 
     def _apply_sync(self, result: Result) -> Outcome | None:
         queue_id = result.queue_id
@@ -318,6 +466,10 @@ class QueueManager:
                     what = sock.recv(64)
                 except BlockingIOError:
                     break
+                # from a commit: b"queued " + the name of the segment it appended to
+                segment = what[7:].decode("ascii", "replace")
+                if what.startswith(b"queued ") and segment not in self.segments:
+                    self._scan_segments = True
                 if what == b"flush":
                     self._flush_deferred()
                 if what in (b"flush", b"rescan"):
@@ -365,7 +517,8 @@ class QueueManager:
         now = time.time()
         for state in STATES[1:]:
             names = self.spool.list(state)
-            metrics.QUEUE_DEPTH.labels(state).set(len(names))
+            in_segments = len(self.located) if state == "active" else 0
+            metrics.QUEUE_DEPTH.labels(state).set(len(names) + in_segments)
             ids = [n for n in names if is_queue_id(n)]
             if ids and state != "corrupt":
                 oldest = max(oldest, now - queue_id_time(ids[0]))

@@ -26,6 +26,7 @@ __all__ = [
     "HEADER",
     "CorruptMessageFile",
     "MessageFile",
+    "parse_message_bytes",
     "read_message_file",
     "trailer_for",
 ]
@@ -68,9 +69,12 @@ class MessageFile:
 
     def read_headers(self, limit: int = 65536) -> bytes:
         """The header section (up to the first empty line), at most ``limit`` octets."""
-        with open(self.path, "rb") as f:
-            f.seek(len(HEADER))
-            head = f.read(min(limit, self.message_length))
+        if self._message is not None:
+            head = self._message[:limit]
+        else:
+            with open(self.path, "rb") as f:
+                f.seek(len(HEADER))
+                head = f.read(min(limit, self.message_length))
         end = head.find(b"\r\n\r\n")
         return head if end < 0 else head[: end + 2]
 
@@ -86,27 +90,39 @@ def read_message_file(path: str) -> MessageFile:
     """
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        whole = f.read() if size <= READ_WHOLE else None
-        head = whole[: len(HEADER)] if whole is not None else f.read(len(HEADER))
+        if size <= READ_WHOLE:
+            return parse_message_bytes(path, f.read())
+        head = f.read(len(HEADER))
         if size < len(HEADER) + TRAILER_SIZE or head != HEADER:
             raise CorruptMessageFile(f"{path}: no message file header")
-        if whole is None:
-            f.seek(size - TRAILER_SIZE)
-            trailer = f.read(TRAILER_SIZE)
-        else:
-            trailer = whole[size - TRAILER_SIZE :]
-        env_len, msg_len, end = _TRAILER.unpack(trailer)
-        if end != _END or len(HEADER) + msg_len + env_len + TRAILER_SIZE != size:
-            raise CorruptMessageFile(f"{path}: incomplete message file (no valid trailer)")
-        env_start = len(HEADER) + msg_len
-        if whole is None:
-            f.seek(env_start)
-            encoded = f.read(env_len)
-        else:
-            encoded = whole[env_start : env_start + env_len]
-        try:
-            envelope = decode_envelope(encoded)
-        except msgspec.DecodeError as exc:
-            raise CorruptMessageFile(f"{path}: bad envelope: {exc}") from None
-    message = whole[len(HEADER) : env_start] if whole is not None else None
-    return MessageFile(path, envelope, msg_len, message)
+        f.seek(size - TRAILER_SIZE)
+        env_len, msg_len = _check_trailer(path, f.read(TRAILER_SIZE), size)
+        f.seek(len(HEADER) + msg_len)
+        envelope = _decode(path, f.read(env_len))
+    return MessageFile(path, envelope, msg_len)
+
+
+def parse_message_bytes(path: str, whole: bytes) -> MessageFile:
+    """Verify a whole message file held in memory (a small file, or a segment record);
+    ``path`` only names it in errors."""
+    size = len(whole)
+    if size < len(HEADER) + TRAILER_SIZE or not whole.startswith(HEADER):
+        raise CorruptMessageFile(f"{path}: no message file header")
+    env_len, msg_len = _check_trailer(path, whole[size - TRAILER_SIZE :], size)
+    env_start = len(HEADER) + msg_len
+    envelope = _decode(path, whole[env_start : env_start + env_len])
+    return MessageFile(path, envelope, msg_len, whole[len(HEADER) : env_start])
+
+
+def _check_trailer(path: str, trailer: bytes, size: int) -> tuple[int, int]:
+    env_len, msg_len, end = _TRAILER.unpack(trailer)
+    if end != _END or len(HEADER) + msg_len + env_len + TRAILER_SIZE != size:
+        raise CorruptMessageFile(f"{path}: incomplete message file (no valid trailer)")
+    return env_len, msg_len
+
+
+def _decode(path: str, encoded: bytes) -> Envelope:
+    try:
+        return decode_envelope(encoded)
+    except msgspec.DecodeError as exc:
+        raise CorruptMessageFile(f"{path}: bad envelope: {exc}") from None

@@ -1,10 +1,13 @@
-"""Removing delivered messages from ``active/`` in a thread of their own.
+"""Removing delivered messages in a thread of the queue manager's own.
 
 An ``unlink`` must join the file system's running journal transaction; while smtpd's group
 commit flushes, that wait can take a millisecond, and the queue manager's event loop must
-not stall on it.  Removal needs no flush: a message whose unlink is lost in a crash is
-delivered once more (a duplicate, never a loss), so the thread just works through the ids
-handed to it, oldest first, and logs each removal as Postfix's qmgr does.
+not stall on it.  The same goes for the done marks of segment messages (segment.py), which
+are appended to ``<segment>.done``, and for deleting a segment once all of it is done.
+
+None of this needs a flush: a removal or a mark lost in a crash means the message is
+delivered once more (a duplicate, never a loss).  So the thread just works through what it
+is handed, in order, and logs each removal as Postfix's qmgr does.
 """
 
 from __future__ import annotations
@@ -14,34 +17,105 @@ import os
 
 from mta import metrics
 from mta.queue.batches import BatchThread
+from mta.queue.segment import DONE_SUFFIX, RecordRef, encode_done
 from mta.queue.spool import Spool
 
 __all__ = ["Remover"]
 
 log = logging.getLogger("mta.qmgr")
 
+# what the thread is handed: ("file", queue_id) | ("mark", RecordRef, delivered) | ("drop", ...)
+_Item = tuple[str, object, bool]
+
 
 class Remover:
     def __init__(self, spool: Spool) -> None:
         self.spool = spool
-        self._worker: BatchThread[str] = BatchThread(self._remove_all, "qmgr-remove")
+        self._done_files: dict[str, int] = {}  # segment name → open .done file (the thread's)
+        self._delivered = 0  # removals in the batch at hand
+        self._worker: BatchThread[_Item] = BatchThread(self._handle, "qmgr-remove")
 
     def remove(self, queue_id: str) -> None:
         """Every recipient of ``queue_id`` is done: delete its file from ``active/``."""
-        self._worker.put(queue_id)
+        self._worker.put(("file", queue_id, True))
+
+    def segment_done(self, ref: RecordRef, delivered: bool) -> None:
+        """The segment message ``ref`` is done: delivered, or copied out to a file."""
+        self._worker.put(("mark", ref, delivered))
+
+    def drop_segment(self, name: str, keep: bool = False) -> None:
+        """Everything in segment ``name`` is done: delete it (``keep``: it was moved to
+        ``corrupt/``; only its done marks go)."""
+        self._worker.put(("drop", name, keep))
 
     def stop(self) -> None:
         """Finish what was handed over, then end the thread."""
         self._worker.stop()
+        for fd in self._done_files.values():
+            os.close(fd)
+        self._done_files.clear()
 
-    def _remove_all(self, batch: list[str]) -> None:
-        for queue_id in batch:
+    def _handle(self, batch: list[_Item]) -> None:
+        marks: dict[str, list[int]] = {}
+        delivered: list[str] = []  # logged once their marks are written
+        self._delivered = 0
+        for kind, what, flag in batch:
+            if kind == "file":
+                assert isinstance(what, str)
+                self._unlink(what)
+            elif kind == "mark":
+                assert isinstance(what, RecordRef)
+                marks.setdefault(what.segment, []).append(what.offset)
+                if flag:
+                    delivered.append(what.queue_id)
+            else:
+                assert isinstance(what, str)
+                self._write_marks(marks)
+                self._drop(what, keep=flag)
+        self._write_marks(marks)
+        for queue_id in delivered:
+            self._removed(queue_id)
+        if self._delivered:  # one multiprocess increment per batch, not per message
+            metrics.MESSAGES_DELIVERED.inc(self._delivered)
+
+    def _unlink(self, queue_id: str) -> None:
+        try:
+            os.unlink(self.spool.file("active", queue_id))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.error("%s: cannot remove the delivered message: %s", queue_id, exc)
+            return
+        self._removed(queue_id)
+
+    def _removed(self, queue_id: str) -> None:
+        self._delivered += 1
+        log.info("%s: removed", queue_id)
+
+    def _write_marks(self, marks: dict[str, list[int]]) -> None:
+        for segment, offsets in marks.items():
+            fd = self._done_files.get(segment)
             try:
-                os.unlink(self.spool.file("active", queue_id))
+                if fd is None:
+                    path = self.spool.segment(segment) + DONE_SUFFIX
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                    self._done_files[segment] = fd
+                os.write(fd, encode_done(offsets))
+            except OSError as exc:  # the marks are lost: those messages go out again later
+                log.error("segment %s: cannot record delivered messages: %s", segment, exc)
+        marks.clear()
+
+    def _drop(self, name: str, keep: bool) -> None:
+        fd = self._done_files.pop(name, None)
+        if fd is not None:
+            os.close(fd)
+        paths = [self.spool.segment(name) + DONE_SUFFIX]
+        if not keep:
+            paths.append(self.spool.segment(name))
+        for path in paths:
+            try:
+                os.unlink(path)
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                log.error("%s: cannot remove the delivered message: %s", queue_id, exc)
-                continue
-            metrics.MESSAGES_DELIVERED.inc()
-            log.info("%s: removed", queue_id)
+                log.error("cannot remove %s: %s", path, exc)

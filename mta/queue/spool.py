@@ -5,8 +5,14 @@ queue manager) → removed, or ``deferred/``; ``hold/`` (kept by an operator); `
 (unreadable, never deleted).  Moving between states is a ``rename(2)`` within one file
 system, so a message is always in exactly one state, whatever crashes when.
 
-:class:`MessageWriter` streams one message into ``tmp/``; making it durable and visible in
-``incoming/`` is the group committer's job (commit.py), because the fsync is what costs.
+Most mail is small, and a file per small message costs more in metadata than the rest of
+accepting it: smtpd appends small messages to ``segments/`` instead (segment.py), and the
+queue manager treats a message there as active.  Only a message that must outlive its
+first delivery attempt gets a file of its own.
+
+:class:`MessageWriter` holds a small message in memory (it becomes a segment record) and
+streams a large one into ``tmp/``; making either durable is the group committer's job
+(commit.py), because the flush is what costs.
 """
 
 from __future__ import annotations
@@ -15,12 +21,23 @@ import os
 from collections.abc import Iterator
 
 from mta.queue.envelope import Envelope
+from mta.queue.ids import is_queue_id
 from mta.queue.msgfile import HEADER, MessageFile, read_message_file, trailer_for
+from mta.queue.segment import (
+    DONE_SUFFIX,
+    RecordRef,
+    SegmentTail,
+    read_done,
+    read_record,
+    record_prefix,
+)
 
-__all__ = ["STATES", "MessageWriter", "Spool"]
+__all__ = ["SEGMENTS", "STATES", "MessageWriter", "Spool"]
 
 STATES = ("tmp", "incoming", "active", "deferred", "hold", "corrupt")
-_WRITE_BUFFER = 64 * 1024  # gather small chunks into few write(2) calls
+SEGMENTS = "segments"  # small messages, many to a file (segment.py)
+_WRITE_BUFFER = 64 * 1024  # gather small chunks into few write(2) calls; the largest
+# message that goes into a segment
 
 
 class Spool:
@@ -31,7 +48,7 @@ class Spool:
 
     def create(self) -> None:
         """Make the state directories; raise OSError if the spool is not writable."""
-        for state in STATES:
+        for state in (*STATES, SEGMENTS):
             os.makedirs(os.path.join(self.path, state), mode=0o700, exist_ok=True)
         probe = os.path.join(self.path, "tmp", f".probe-{os.getpid()}")
         with open(probe, "wb"):
@@ -44,11 +61,37 @@ class Spool:
     def file(self, state: str, queue_id: str) -> str:
         return os.path.join(self.path, state, queue_id)
 
+    def segment(self, name: str) -> str:
+        return os.path.join(self.path, SEGMENTS, name)
+
     def new_message(self, queue_id: str) -> MessageWriter:
         return MessageWriter(self, queue_id)
 
     def move(self, queue_id: str, source: str, target: str) -> None:
         os.rename(self.file(source, queue_id), self.file(target, queue_id))
+
+    def store(self, queue_id: str, state: str, data: bytes) -> None:
+        """Write a whole message file into ``state`` durably: write it to ``tmp/``, fsync,
+        rename, fsync the directory.  For the rare copies (a segment message that must
+        outlive its first attempt), not for accepting mail."""
+        tmp_path = self.file("tmp", queue_id + ".copy")  # not a writer's name: see qmgr cleanup
+        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError:
+            os.close(fd)
+            os.unlink(tmp_path)
+            raise
+        os.close(fd)
+        os.rename(tmp_path, self.file(state, queue_id))
+        dir_fd = os.open(self.dir(state), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
     def read(self, state: str, queue_id: str) -> MessageFile:
         return read_message_file(self.file(state, queue_id))
@@ -60,6 +103,47 @@ class Spool:
         except FileNotFoundError:
             return []
 
+    def segment_messages(self) -> Iterator[RecordRef]:
+        """Messages in segments that are not marked done, oldest first, read from disk
+        (for the queue CLI; the queue manager keeps its own view as it goes)."""
+        directory = os.path.join(self.path, SEGMENTS)
+        try:
+            names = sorted(os.listdir(directory))
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.endswith(DONE_SUFFIX) or not is_queue_id(name):
+                continue
+            try:
+                tail = SegmentTail.open(directory, name)
+            except FileNotFoundError:
+                continue  # done and deleted meanwhile
+            try:
+                done = read_done(tail.path + DONE_SUFFIX)
+                while refs := tail.read_new(4096):
+                    yield from (ref for ref in refs if ref.offset not in done)
+            finally:
+                tail.close()
+
+    def read_segment_message(self, ref: RecordRef) -> MessageFile:
+        return read_record(self.segment(ref.segment), ref.offset, ref.length)
+
+    def find(self, queue_id: str) -> tuple[str, MessageFile] | None:
+        """Where ``queue_id`` is and its message file (a message in a segment is
+        "active"), or None; CorruptMessageFile if it cannot be read."""
+        for state in STATES[1:]:
+            try:
+                return state, self.read(state, queue_id)
+            except FileNotFoundError:
+                continue
+        for ref in self.segment_messages():
+            if ref.queue_id == queue_id:
+                try:
+                    return "active", self.read_segment_message(ref)
+                except FileNotFoundError:
+                    return None
+        return None
+
     def scan(self, state: str) -> Iterator[os.DirEntry[str]]:
         with os.scandir(self.dir(state)) as entries:
             yield from entries
@@ -70,9 +154,9 @@ class MessageWriter:
 
     Small messages never touch the disk on the event loop: the file is created only when
     more than :data:`_WRITE_BUFFER` octets are waiting (a large message is streamed from
-    then on) or by :meth:`persist`, which the group committer calls from its thread.
-    Creating a file is the most expensive step of accepting a message here (DESIGN.md §3),
-    so it is done off the loop for the common case.
+    then on).  A message that stayed in memory becomes a segment :meth:`record`, which
+    the group committer appends from its thread; creating a file is the most expensive
+    step of accepting a message here (DESIGN.md §3), so the common case creates none.
     """
 
     def __init__(self, spool: Spool, queue_id: str) -> None:
@@ -96,6 +180,17 @@ class MessageWriter:
     def finish(self, envelope: Envelope) -> None:
         """Append the envelope and the end marker; :meth:`persist` writes what is left."""
         self._pending.append(trailer_for(envelope, self.length))
+
+    @property
+    def in_memory(self) -> bool:
+        """Nothing is on disk yet: the message can go into a segment."""
+        return not self.created
+
+    def record(self) -> bytes:
+        """The finished message as one segment record (prefix + message file bytes)."""
+        payload = b"".join(self._pending)
+        self._pending.clear()
+        return record_prefix(self.queue_id, len(payload)) + payload
 
     def persist(self, sync: bool = False) -> None:
         """Write everything still buffered (creating the file if needed), optionally fsync,

@@ -71,7 +71,7 @@ async def _serve(
     spool.create()
     metrics.PARSER_BACKEND.labels(parser.backend_name()).set(1)
     batch = 1024 if config.queue.group_commit else 1
-    committer = GroupCommitter(spool, loop, config.queue.sync, max_batch=batch)
+    committer = GroupCommitter(spool, loop, max_batch=batch)
     ctx = WorkerContext(config, spool, committer, loop)
     servers = [
         await loop.create_server(lambda: SMTPProtocol(ctx), sock=sock, backlog=BACKLOG)

@@ -85,7 +85,8 @@ def number(captured: Captured) -> int:
 
 
 def queued(server: MtaProcess) -> int:
-    return sum(len(server.files(state)) for state in STATES)
+    in_segments = len(server.segment_messages())
+    return in_segments + sum(len(server.files(state)) for state in STATES)
 
 
 def flush(server: MtaProcess) -> None:

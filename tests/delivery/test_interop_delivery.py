@@ -67,7 +67,9 @@ def smtp_sink(tmp_path: Path) -> Iterator[SmtpSink]:
 
 
 def queue_files(server: MtaProcess) -> list[str]:
-    return [f"{state}/{p.name}" for state in STATES for p in server.files(state)]
+    """Every message still queued, as state/queue_id (state "segment" for small ones)."""
+    in_segments = [f"segment/{queue_id}" for queue_id in server.segment_messages()]
+    return in_segments + [f"{state}/{p.name}" for state in STATES for p in server.files(state)]
 
 
 def test_smtp_source_through_the_relay_to_smtp_sink(

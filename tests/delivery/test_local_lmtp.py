@@ -52,10 +52,6 @@ def send(server: MtaProcess, recipients: list[str], data: bytes = MESSAGE) -> No
         assert c.sendmail(SENDER, recipients, data, mail_options=["BODY=8BITMIME"]) == {}
 
 
-def queue_empty(server: MtaProcess) -> bool:
-    return not any(server.files(s) for s in ("incoming", "active", "deferred", "hold", "corrupt"))
-
-
 def queue_cli(server: MtaProcess, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     command = [sys.executable, "-m", "mta", "queue", *args, "--config", str(server.config_path)]
@@ -88,7 +84,7 @@ def test_maildir_delivery(mta_factory: Factory, tmp_path: Path, home: CaptureSin
     send(relay, ["bob@local.test"])
     maildir = root / "local.test" / "bob"
     [path] = wait_until(lambda: delivered(maildir))
-    wait_until(lambda: queue_empty(relay))
+    wait_until(lambda: relay.queue_empty())
     assert list((maildir / "tmp").iterdir()) == []
     assert (maildir / "cur").is_dir()
     raw = path.read_bytes()
@@ -121,7 +117,7 @@ def test_each_recipient_gets_their_own_copy_and_names_are_folded_to_lower_case(
     assert b"Delivered-To: Bob@Local.Test\r\n" in bob.read_bytes()
     assert b"Delivered-To: carol@local.test\r\n" in carol.read_bytes()
     assert bob.name != carol.name
-    wait_until(lambda: queue_empty(relay))
+    wait_until(lambda: relay.queue_empty())
 
 
 def test_maildir_trouble_defers_until_it_is_fixed(
@@ -138,7 +134,7 @@ def test_maildir_trouble_defers_until_it_is_fixed(
     blocker.unlink()  # the administrator repairs it; the retry delivers
     [path] = wait_until(lambda: delivered(blocker), timeout=20)
     assert path.read_bytes().endswith(MESSAGE)
-    wait_until(lambda: queue_empty(relay))
+    wait_until(lambda: relay.queue_empty())
     assert home.messages == []
 
 
@@ -180,7 +176,7 @@ def test_lmtp_accepts_one_recipient_and_refuses_the_other(
     assert block["Final-Recipient"] == "rfc822; full@lmtp.test"
     assert block["Status"] == "5.2.2"
     assert block["Diagnostic-Code"] == "smtp; 552 5.2.2 Mailbox full"
-    wait_until(lambda: queue_empty(relay))
+    wait_until(lambda: relay.queue_empty())
     log = relay.log()
     assert "to=<bob@lmtp.test>" in log and "status=sent" in log
     assert "to=<full@lmtp.test>" in log and "status=bounced" in log
@@ -199,5 +195,5 @@ def test_lmtp_temporary_refusal_retries_that_recipient_only(
     assert queue_cli(relay, "flush").returncode == 0
     second = lmtp.wait_for(2)[1]
     assert second.rcpt_tos == ["busy@lmtp.test"]  # bob is not delivered twice
-    wait_until(lambda: queue_empty(relay))
+    wait_until(lambda: relay.queue_empty())
     assert len(lmtp.messages) == 2 and home.messages == []

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.delivery.sink import Captured, CaptureSink
-from tests.helpers import MtaProcess, wait_until
+from tests.helpers import QUEUE_STATES, MtaProcess, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -86,11 +86,6 @@ def split_trace(captured: Captured) -> tuple[re.Match[bytes], bytes]:
     return match, captured.data[match.end() :]
 
 
-def queue_empty(server: MtaProcess) -> bool:
-    states = ("tmp", "incoming", "active", "deferred", "hold", "corrupt")
-    return not any(server.files(state) for state in states)
-
-
 def test_message_arrives_byte_identical_with_one_trace_header(
     relay: MtaProcess, sink: CaptureSink
 ) -> None:
@@ -105,7 +100,7 @@ def test_message_arrives_byte_identical_with_one_trace_header(
     assert got.mail_params == {"SIZE": str(len(got.data)), "BODY": "8BITMIME"}
     queue_id = match["id"].decode()
     wait_until(lambda: f"{queue_id}: removed" in relay.log())
-    assert queue_empty(relay)
+    assert relay.queue_empty(("tmp", *QUEUE_STATES))
 
 
 def test_large_message_and_null_sender(relay: MtaProcess, sink: CaptureSink) -> None:

@@ -70,10 +70,6 @@ def queue_cli(server: MtaProcess, *args: str) -> subprocess.CompletedProcess[str
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=30)
 
 
-def queue_empty(server: MtaProcess) -> bool:
-    return not any(server.files(s) for s in ("incoming", "active", "deferred", "hold", "corrupt"))
-
-
 def dsn_blocks(bounce: Captured) -> list[Message]:
     """Check the DSN's structure; return its per-recipient status blocks."""
     assert (bounce.mail_from, bounce.rcpt_tos) == ("", [SENDER])
@@ -114,7 +110,7 @@ def test_451_defers_and_is_delivered_once_after_flush(
     assert flushed.returncode == 0, flushed.stderr
     [got] = sink.wait_for(1)
     assert got.data.endswith(MESSAGE) and got.rcpt_tos == ["bob@dest.test"]
-    wait_until(lambda: queue_empty(relay))
+    wait_until(lambda: relay.queue_empty())
     assert queue_cli(relay, "flush").returncode == 0  # nothing left to send twice
     wait_until(lambda: relay.log().count("status=sent") == 1)
     assert len(sink.messages) == 1 and sink.transactions == 2
@@ -133,7 +129,7 @@ def test_only_the_deferred_recipient_is_tried_again(
     sink.rcpt_replies = {}  # the mailbox has room again; the backoff brings it back
     second = sink.wait_for(2, timeout=20)[1]
     assert second.rcpt_tos == ["later@dest.test"]
-    wait_until(lambda: queue_empty(relay))
+    wait_until(lambda: relay.queue_empty())
     assert len(sink.messages) == 2 and home.messages == []
 
 
@@ -148,7 +144,7 @@ def test_connection_refused_defers_and_retries_by_itself(
     sink.up()
     [got] = sink.wait_for(1, timeout=20)
     assert got.data.endswith(MESSAGE)
-    wait_until(lambda: queue_empty(relay))
+    wait_until(lambda: relay.queue_empty())
     assert home.messages == []
 
 
@@ -167,7 +163,7 @@ def test_refused_recipient_is_bounced_and_the_other_delivered(
     assert block["Status"] == "5.1.1"
     assert block["Remote-MTA"] == "dns; 127.0.0.1"
     assert block["Diagnostic-Code"] == "smtp; 550 5.1.1 <nobody@dest.test>: User unknown"
-    wait_until(lambda: queue_empty(relay))
+    wait_until(lambda: relay.queue_empty())
     assert len(sink.messages) == 1 and len(home.messages) == 1
 
 
@@ -198,7 +194,7 @@ def test_message_refused_after_data_bounces_every_recipient_in_one_dsn(
         "rfc822; carol@dest.test",
     ]
     assert {b["Status"] for b in blocks} == {"5.6.0"}
-    wait_until(lambda: queue_empty(relay))
+    wait_until(lambda: relay.queue_empty())
     assert sink.messages == []
 
 
@@ -215,7 +211,7 @@ def test_unreachable_past_max_lifetime_bounces(
     assert block["Status"] == "4.4.7"
     assert "expired" in block["Diagnostic-Code"]
     assert "Connection refused" in block["Diagnostic-Code"]  # the last error is explained
-    wait_until(lambda: queue_empty(relay))
+    wait_until(lambda: relay.queue_empty())
     log = relay.log()
     assert log.count("status=deferred") >= 2  # it was tried more than once
     assert "to=<bob@dest.test>, relay=" in log and "status=expired" in log
@@ -229,7 +225,7 @@ def test_bounce_of_a_null_sender_message_is_dropped(
     relay = mta_factory(relay_config(sink, home))
     send(relay, ["nobody@dest.test"], sender="")
     wait_until(lambda: "bounce dropped" in relay.log())
-    wait_until(lambda: queue_empty(relay))
+    wait_until(lambda: relay.queue_empty())
     log = relay.log()
     assert "to=<nobody@dest.test>" in log and "status=bounced" in log
     assert "sender non-delivery notification" not in log  # no new message was made
@@ -245,7 +241,7 @@ def test_a_bounce_that_cannot_be_delivered_is_dropped(
     relay = mta_factory(relay_config(sink, home))
     send(relay, ["nobody@dest.test"])
     wait_until(lambda: "bounce dropped" in relay.log())
-    wait_until(lambda: queue_empty(relay))
+    wait_until(lambda: relay.queue_empty())
     log = relay.log()
     assert log.count("sender non-delivery notification") == 1  # one bounce, no bounce loop
     assert f"to=<{SENDER}>" in log
@@ -262,7 +258,7 @@ def test_message_over_the_next_hops_size_limit_bounces(
     [block] = dsn_blocks(bounce)
     assert block["Status"] == "5.3.4"
     assert "exceeds size limit 100" in block["Diagnostic-Code"]
-    wait_until(lambda: queue_empty(relay))
+    wait_until(lambda: relay.queue_empty())
     assert sink.messages == [] and sink.transactions == 0
 
 

@@ -12,7 +12,7 @@ import uvloop
 from mta.queue.commit import GroupCommitter
 from mta.queue.envelope import Envelope, Recipient, decode_envelope, encode_envelope
 from mta.queue.ids import new_queue_id
-from mta.queue.msgfile import HEADER, CorruptMessageFile, read_message_file
+from mta.queue.msgfile import HEADER, CorruptMessageFile, MessageFile, read_message_file
 from mta.queue.spool import Spool
 
 
@@ -41,7 +41,7 @@ def commit(spool: Spool, writer_chunks: dict[str, list[bytes]]) -> dict[str, Env
 
     async def main() -> dict[str, Envelope]:
         loop = asyncio.get_running_loop()
-        committer = GroupCommitter(spool, loop, mode="fsync")
+        committer = GroupCommitter(spool, loop)
         futures: list[asyncio.Future[OSError | None]] = []
         envelopes = {}
         try:
@@ -64,6 +64,13 @@ def commit(spool: Spool, writer_chunks: dict[str, list[bytes]]) -> dict[str, Env
         return runner.run(main())
 
 
+def committed(spool: Spool, queue_id: str) -> MessageFile:
+    """The committed message, wherever the spool keeps it (a segment or a file)."""
+    found = spool.find(queue_id)
+    assert found is not None, f"{queue_id} is not in the queue"
+    return found[1]
+
+
 @pytest.fixture
 def spool(tmp_path: Path) -> Spool:
     spool = Spool(str(tmp_path / "spool"))
@@ -77,7 +84,7 @@ MESSAGE = b"Subject: hello\r\nFrom: <sender@example.test>\r\n\r\nbody \xc3\xa9\r
 def test_round_trip(spool: Spool) -> None:
     queue_id = new_queue_id()
     envelopes = commit(spool, {queue_id: [MESSAGE[:10], MESSAGE[10:]]})
-    message = spool.read("incoming", queue_id)
+    message = committed(spool, queue_id)
     assert message.envelope == envelopes[queue_id]
     assert message.envelope.size == len(MESSAGE)
     assert message.message_length == len(MESSAGE)
@@ -89,7 +96,7 @@ def test_round_trip_of_a_big_message_in_many_chunks(spool: Spool) -> None:
     queue_id = new_queue_id()
     chunks = [bytes([i % 256]) * (1000 + i) for i in range(700)]  # ~ 1 MB, many buffer flushes
     commit(spool, {queue_id: chunks})
-    message = spool.read("incoming", queue_id)
+    message = committed(spool, queue_id)
     assert message.read_message() == b"".join(chunks)
     assert message.envelope.size == sum(map(len, chunks))
 
@@ -97,7 +104,7 @@ def test_round_trip_of_a_big_message_in_many_chunks(spool: Spool) -> None:
 def test_empty_message_round_trip(spool: Spool) -> None:
     queue_id = new_queue_id()
     envelopes = commit(spool, {queue_id: []})
-    message = spool.read("incoming", queue_id)
+    message = committed(spool, queue_id)
     assert message.read_message() == b""
     assert message.envelope == envelopes[queue_id]
 
@@ -106,13 +113,16 @@ def test_message_containing_the_end_marker_round_trips(spool: Spool) -> None:
     queue_id = new_queue_id()
     tricky = HEADER + b"MTAEND\n" + b"\x00" * 19 + b"MTAEND\n"
     commit(spool, {queue_id: [tricky]})
-    assert spool.read("incoming", queue_id).read_message() == tricky
+    assert committed(spool, queue_id).read_message() == tricky
 
 
 def valid_file(spool: Spool) -> bytes:
-    queue_id = new_queue_id()
-    commit(spool, {queue_id: [b"Subject: x\r\n\r\nshort\r\n"]})
-    return Path(spool.file("incoming", queue_id)).read_bytes()
+    """The bytes of a complete message file, as MessageWriter writes one."""
+    writer = spool.new_message(new_queue_id())
+    writer.write(b"Subject: x\r\n\r\nshort\r\n")
+    writer.finish(make_envelope(writer.queue_id, writer.length))
+    writer.persist()
+    return Path(writer.tmp_path).read_bytes()
 
 
 def test_every_truncation_is_detected(spool: Spool, tmp_path: Path) -> None:

@@ -68,8 +68,7 @@ class Queued:
         return found
 
     def empty(self) -> bool:
-        states = ("incoming", "active", "deferred", "hold", "corrupt")
-        return not any(self.relay.files(s) for s in states)
+        return self.relay.queue_empty()
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from mta.queue.ids import new_queue_id
 from mta.queue.spool import STATES, MessageWriter, Spool
 
 T = TypeVar("T")
-MODES = ["syncfs", "fsync"]
 
 
 def run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -52,6 +51,18 @@ def finished_message(spool: Spool, body: bytes = b"Subject: t\r\n\r\nbody\r\n") 
 
 def names(spool: Spool, state: str) -> list[str]:
     return sorted(os.listdir(spool.dir(state)))
+
+
+def in_segments(spool: Spool) -> list[str]:
+    """Queue IDs of the messages in segments, in the order they were appended."""
+    return [ref.queue_id for ref in spool.segment_messages()]
+
+
+def large_message(spool: Spool) -> MessageWriter:
+    """A finished message too large to stay in memory: it has its own file in tmp/."""
+    writer = finished_message(spool, b"x" * 200_000 + b"\r\n")
+    assert not writer.in_memory
+    return writer
 
 
 # ----- the spool ----------------------------------------------------------------------------
@@ -108,14 +119,14 @@ def test_move_and_list(spool: Spool) -> None:
 # ----- the group committer --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_many_messages_are_committed_in_batches(spool: Spool, mode: str) -> None:
+def test_many_messages_are_committed_in_batches(spool: Spool) -> None:
     count = 200
     writers = [finished_message(spool, b"message %d\r\n" % i) for i in range(count)]
+    writers.insert(100, large_message(spool))
 
     async def main() -> tuple[list[OSError | None], set[int], int]:
         loop = asyncio.get_running_loop()
-        committer = GroupCommitter(spool, loop, mode=mode)
+        committer = GroupCommitter(spool, loop)
         results: list[OSError | None] = []
         threads: set[int] = set()
         all_done = loop.create_future()
@@ -123,7 +134,7 @@ def test_many_messages_are_committed_in_batches(spool: Spool, mode: str) -> None
         def done(error: OSError | None) -> None:
             results.append(error)
             threads.add(threading.get_ident())
-            if len(results) == count:
+            if len(results) == len(writers):
                 all_done.set_result(None)
 
         try:
@@ -132,26 +143,30 @@ def test_many_messages_are_committed_in_batches(spool: Spool, mode: str) -> None
             await asyncio.wait_for(all_done, 20)
         finally:
             committer.stop()
-        assert committer.committed == count
+        assert committer.committed == len(writers)
         return results, threads, committer.batches
 
     results, threads, batches = run(main)
-    assert results == [None] * count
+    assert results == [None] * len(writers)
     assert threads == {threading.get_ident()}  # callbacks run on the event loop's thread
     assert 1 <= batches < count  # one flush carried many messages
-    assert names(spool, "incoming") == sorted(w.queue_id for w in writers)
+    large = writers.pop(100)
+    assert names(spool, "incoming") == [large.queue_id]  # the large one has its own file
+    assert spool.read("incoming", large.queue_id).read_message() == b"x" * 200_000 + b"\r\n"
+    assert in_segments(spool) == [w.queue_id for w in writers]  # the small ones, in order
     assert names(spool, "tmp") == []
     for i, writer in enumerate(writers):
-        assert writer.fd == -1  # closed by the committer
-        message = spool.read("incoming", writer.queue_id)
-        assert message.read_message() == b"message %d\r\n" % i
+        assert writer.fd == -1  # nothing left open
+        found = spool.find(writer.queue_id)
+        assert found is not None
+        assert found[0] == "active"
+        assert found[1].read_message() == b"message %d\r\n" % i
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_lone_message_is_committed_promptly(spool: Spool, mode: str) -> None:
+def test_lone_message_is_committed_promptly(spool: Spool) -> None:
     async def main() -> tuple[OSError | None, float]:
         loop = asyncio.get_running_loop()
-        committer = GroupCommitter(spool, loop, mode=mode)
+        committer = GroupCommitter(spool, loop)
         try:
             await asyncio.sleep(0.05)  # the flushing thread is idle, waiting
             writer = finished_message(spool)
@@ -166,23 +181,24 @@ def test_lone_message_is_committed_promptly(spool: Spool, mode: str) -> None:
     error, elapsed = run(main)
     assert error is None
     assert elapsed < 1.0
-    assert len(names(spool, "incoming")) == 1
+    assert len(in_segments(spool)) == 1
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_commit_failure_reaches_the_callbacks(spool: Spool, mode: str) -> None:
+def test_file_commit_failure_reaches_the_callbacks(spool: Spool) -> None:
     async def main() -> tuple[list[OSError | None], OSError | None]:
         loop = asyncio.get_running_loop()
-        committer = GroupCommitter(spool, loop, mode=mode)
+        committer = GroupCommitter(spool, loop)
         try:
-            broken = finished_message(spool)
-            os.mkdir(broken.tmp_path)  # something squats on its name: creating it fails
+            broken = large_message(spool)
+            broken.close()
+            os.unlink(broken.tmp_path)
+            os.mkdir(broken.tmp_path)  # something squats on its name: writing it fails
             failed: asyncio.Future[OSError | None] = loop.create_future()
             committer.submit(broken, failed.set_result)
             first = await asyncio.wait_for(failed, 5)
             # the committer survives a failed flush: the next message still goes through
             later: asyncio.Future[OSError | None] = loop.create_future()
-            committer.submit(finished_message(spool), later.set_result)
+            committer.submit(large_message(spool), later.set_result)
             second = await asyncio.wait_for(later, 5)
             return [first], second
         finally:
@@ -190,9 +206,36 @@ def test_commit_failure_reaches_the_callbacks(spool: Spool, mode: str) -> None:
 
     (error,), after = run(main)
     assert isinstance(error, OSError)
-    assert error.errno == errno.EEXIST
     assert after is None
     assert len(names(spool, "incoming")) == 1
+
+
+def test_segment_failure_reaches_the_callbacks_and_the_next_batch_recovers(
+    spool: Spool,
+) -> None:
+    segments = os.path.join(spool.path, "segments")
+
+    async def main() -> tuple[OSError | None, OSError | None]:
+        loop = asyncio.get_running_loop()
+        committer = GroupCommitter(spool, loop)
+        try:
+            os.rename(segments, segments + ".away")  # no segment can be created now
+            failed: asyncio.Future[OSError | None] = loop.create_future()
+            committer.submit(finished_message(spool), failed.set_result)
+            first = await asyncio.wait_for(failed, 5)
+            os.rename(segments + ".away", segments)
+            later: asyncio.Future[OSError | None] = loop.create_future()
+            committer.submit(finished_message(spool), later.set_result)
+            second = await asyncio.wait_for(later, 5)
+            return first, second
+        finally:
+            committer.stop()
+
+    error, after = run(main)
+    assert isinstance(error, OSError)
+    assert error.errno == errno.ENOENT
+    assert after is None
+    assert len(in_segments(spool)) == 1
 
 
 def test_stop_flushes_what_is_queued(spool: Spool) -> None:
@@ -210,27 +253,6 @@ def test_stop_flushes_what_is_queued(spool: Spool) -> None:
         return results
 
     results = run(main)
-    assert names(spool, "incoming") == sorted(w.queue_id for w in writers)
+    assert in_segments(spool) == [w.queue_id for w in writers]
     assert names(spool, "tmp") == []
     assert results == [None] * 5
-
-
-def test_sync_gate_skips_a_flush_another_process_already_did(spool: Spool) -> None:
-    """Two committers (two smtpd workers): a flush that began after our renames covers us."""
-    import time
-
-    from mta.queue.commit import SyncGate
-
-    first, second = SyncGate(spool.path), SyncGate(spool.path)
-    fd = os.open(spool.dir("incoming"), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        renamed_at = time.monotonic_ns()
-        first.flush(renamed_at, fd)  # does the flush
-        second.flush(renamed_at, fd)  # its renames were before that flush began: skipped
-        assert (first.shared, second.shared) == (0, 1)
-        second.flush(time.monotonic_ns(), fd)  # renamed after the last flush: must flush
-        assert second.shared == 1
-    finally:
-        os.close(fd)
-        first.close()
-        second.close()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from mta.queue.envelope import Envelope
-from mta.queue.msgfile import read_message_file
+from mta.queue.spool import Spool
 from tests.helpers import MtaProcess, RawClient
 
 QUEUED_STATES = ("incoming", "active", "deferred")  # the way an accepted message moves
@@ -26,7 +26,9 @@ def queue_id_of(reply: bytes) -> str:
 
 def queued(server: MtaProcess) -> set[str]:
     """Queue IDs of every accepted message (listed along the way they move)."""
-    names: set[str] = set()
+    # in the order they move (a segment message may be copied into active/), so that a
+    # message moving meanwhile is seen in its next place
+    names = {ref.queue_id for ref in Spool(str(server.spool)).segment_messages()}
     for state in QUEUED_STATES:
         names.update(p.name for p in server.files(state))
     return names
@@ -34,13 +36,15 @@ def queued(server: MtaProcess) -> set[str]:
 
 def stored(server: MtaProcess, queue_id: str) -> tuple[Envelope, bytes]:
     """Envelope and message of ``queue_id``, wherever the queue manager has moved it."""
+    spool = Spool(str(server.spool))
     for _ in range(100):
-        for state in QUEUED_STATES:
-            try:
-                message_file = read_message_file(str(server.spool / state / queue_id))
-                return message_file.envelope, message_file.read_message()
-            except FileNotFoundError:
-                continue
+        try:
+            found = spool.find(queue_id)
+        except FileNotFoundError:  # moved between looking and reading
+            continue
+        if found is not None:
+            message_file = found[1]
+            return message_file.envelope, message_file.read_message()
     raise AssertionError(f"{queue_id} is not in the queue: {sorted(queued(server))}")
 
 

@@ -1,11 +1,12 @@
 """Crash safety of the receive path: ``kill -9`` of the whole process tree, then restart.
 
-The promise under test (DESIGN.md §2.4, §3): a ``250`` after DATA means the message file is
-complete in the queue; a message that was not acknowledged is never visible there; and a
+The promise under test (DESIGN.md §2.4, §3): a ``250`` after DATA means the message is
+complete in the queue; a message whose DATA was cut short is never visible there; and a
 server restarted on the same spool after a crash works, whatever was left in ``tmp/``.
 
 Deliveries go to a relay that refuses connections, so the queue manager defers what we
-accept and the files stay in the spool (``incoming/`` → ``active/`` → ``deferred/``).
+accept and the messages stay in the spool (a segment or ``incoming/`` → ``active/`` →
+``deferred/``).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from mta.queue.msgfile import CorruptMessageFile, read_message_file
+from mta.queue.spool import Spool
 from tests.helpers import MtaProcess, RawClient, child_pids, wait_until
-from tests.server.queue_view import QUEUED_STATES, queue_id_of, stored
+from tests.server.queue_view import QUEUED_STATES, queue_id_of, queued, stored
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -35,9 +37,9 @@ def mta(mta_factory: Factory) -> Iterator[MtaProcess]:
 
 
 def visible(server: MtaProcess) -> set[str]:
-    """Every name in a state the queue manager acts on (all but ``tmp/``)."""
-    states = (*QUEUED_STATES, "hold", "corrupt")
-    return {p.name for state in states for p in server.files(state)}
+    """Every message the queue manager acts on: in segments and in every state but ``tmp/``."""
+    states = ("hold", "corrupt")
+    return queued(server) | {p.name for state in states for p in server.files(state)}
 
 
 def open_session(server: MtaProcess) -> RawClient:
@@ -137,6 +139,9 @@ def test_kill9_under_load_then_restart(mta: MtaProcess) -> None:
     for state in QUEUED_STATES:  # acknowledged or not, nothing visible is partial
         for path in mta.files(state):
             read_message_file(str(path))
+    spool = Spool(str(mta.spool))
+    for ref in spool.segment_messages():
+        spool.read_segment_message(ref)
     assert mta.files("hold") == mta.files("corrupt") == []
 
     mta.start()  # the same spool, after a crash

@@ -23,6 +23,7 @@ import pytest
 
 from mta.queue.envelope import Envelope
 from mta.queue.msgfile import read_message_file
+from mta.queue.spool import Spool
 from tests.helpers import MtaProcess, RawClient
 from tests.server.queue_view import (
     QUEUED_STATES,
@@ -31,6 +32,7 @@ from tests.server.queue_view import (
     read_all_replies,
     running_relay,
 )
+from tests.server.queue_view import stored as queued_message
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -52,19 +54,8 @@ class Stored(NamedTuple):
 
 
 def stored(server: MtaProcess, queue_id: str) -> Stored:
-    """The complete message file of ``queue_id`` (fails if it is missing or partial).
-
-    The queue manager moves it on at once (``incoming/`` → ``active/`` → ``deferred/``),
-    so look in each, in that order, and read again if it moved while we read.
-    """
-    for _ in range(100):
-        for state in QUEUED_STATES:
-            try:
-                mf = read_message_file(str(server.spool / state / queue_id))
-                return Stored(mf.envelope, mf.read_message())
-            except FileNotFoundError:
-                continue
-    raise AssertionError(f"{queue_id} is not in the queue: {sorted(queued(server))}")
+    """The complete message of ``queue_id`` (fails if it is missing or partial)."""
+    return Stored(*queued_message(server, queue_id))
 
 
 def split_trace(message: bytes) -> tuple[bytes, bytes]:
@@ -131,7 +122,8 @@ def assert_stored_exactly(
 
 def all_envelopes(server: MtaProcess) -> list[Envelope]:
     """Envelopes of every complete message file in any state."""
-    found = []
+    spool = Spool(str(server.spool))
+    found = [spool.read_segment_message(ref).envelope for ref in spool.segment_messages()]
     for state in (*QUEUED_STATES, "hold", "corrupt", "tmp"):
         for path in server.files(state):
             # a partial file in tmp/ is no message; one that moved on is read in its next state
