@@ -37,6 +37,7 @@ from mta.queue.msgfile import HEADER, TRAILER_SIZE, MessageFile, parse_message_b
 
 __all__ = [
     "DONE_SUFFIX",
+    "PREFIX_SIZE",
     "SEGMENT_MAX",
     "RecordRef",
     "SegmentTail",

@@ -1,0 +1,159 @@
+"""The queue manager's view of segments, on a real spool: what recovery schedules, and when
+a segment may be deleted.  (Delivery from segments end to end is tested in tests/delivery
+and tests/server, with real processes.)"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mta.config import Config, QueueConfig
+from mta.queue.envelope import Envelope, Recipient
+from mta.queue.ids import new_queue_id
+from mta.queue.manager import QueueManager
+from mta.queue.segment import DONE_SUFFIX, PREFIX_SIZE, encode_done, record_prefix
+from mta.queue.spool import Spool
+
+DEAD_PID = "FFFFFE"  # above any pid_max: a writer that is surely gone
+
+
+@pytest.fixture
+def qmgr(tmp_path: Path) -> Iterator[QueueManager]:
+    manager = QueueManager(Config(queue=QueueConfig(path=str(tmp_path / "spool"))))
+    try:
+        yield manager
+    finally:
+        manager.remover.stop()
+        manager._io.shutdown()
+
+
+def payload(queue_id: str, body: bytes = b"Subject: s\r\n\r\nbody\r\n") -> bytes:
+    """A whole message file for ``queue_id``, as a segment record carries it."""
+    writer = Spool("/nonexistent").new_message(queue_id)
+    writer.write(body)
+    writer.finish(
+        Envelope(
+            queue_id=queue_id,
+            sender="a@x.test",
+            recipients=[Recipient(address="b@y.test")],
+            size=len(body),
+        )
+    )
+    return writer.record()[PREFIX_SIZE:]
+
+
+def write_segment(spool: Spool, ids: list[str], *, closed: bool, pid: str = DEAD_PID) -> str:
+    """A segment holding a message for each of ``ids``, written by process ``pid``."""
+    name = new_queue_id()[:13] + pid
+    data = b"".join(record_prefix(q, len(payload(q))) + payload(q) for q in ids)
+    if closed:
+        data += b"MTAZ" + bytes(23)
+    with open(spool.segment(name), "wb") as f:
+        f.write(data)
+    return name
+
+
+def offsets(spool: Spool, name: str) -> list[int]:
+    return [ref.offset for ref in spool.segment_messages() if ref.segment == name]
+
+
+def claim(qmgr: QueueManager) -> list[str]:
+    """One scheduling round's worth of segment work; the queue IDs that became jobs."""
+    qmgr._open_segments()
+    before = len(qmgr.pending)
+    qmgr._claim_segments()
+    return [job.queue_id for job in list(qmgr.pending)[before:]]
+
+
+def test_recovery_schedules_what_is_neither_done_nor_copied_out(qmgr: QueueManager) -> None:
+    spool = qmgr.spool
+    ids = [new_queue_id() for _ in range(4)]
+    name = write_segment(spool, ids, closed=False)
+    done_offset = offsets(spool, name)[0]
+    with open(spool.segment(name) + DONE_SUFFIX, "wb") as f:
+        f.write(encode_done([done_offset]))  # delivered before the crash
+    with open(spool.file("deferred", ids[1]), "wb") as f:
+        f.write(payload(ids[1]))  # copied out before the crash; its done mark was lost
+
+    qmgr.recover()
+    assert claim(qmgr) == ids[2:]
+    jobs = list(qmgr.pending)
+    assert all(job.segment == name and job.length > 0 for job in jobs)
+    assert set(ids[2:]) <= qmgr.active
+    qmgr.remover.stop()  # writes what it was handed: the copied-out one is now marked done
+    assert [ref.queue_id for ref in spool.segment_messages()] == ids[2:]
+
+
+def test_a_closed_segment_is_deleted_once_everything_in_it_is_done(qmgr: QueueManager) -> None:
+    spool = qmgr.spool
+    ids = [new_queue_id() for _ in range(3)]
+    name = write_segment(spool, ids, closed=True, pid="000001")  # its writer: alive (init)
+    qmgr.recover()
+    assert claim(qmgr) == ids
+    for queue_id in ids[:2]:
+        qmgr._segment_done(qmgr.located[queue_id], delivered=True)
+    qmgr._retire_segments(check_writers=False)
+    assert name in qmgr.segments  # one message is still live
+    qmgr._segment_done(qmgr.located[ids[2]], delivered=True)
+    qmgr._retire_segments(check_writers=False)
+    assert name not in qmgr.segments
+    qmgr.remover.stop()
+    assert os.listdir(os.path.join(spool.path, "segments")) == []
+
+
+def test_a_dead_writers_segment_is_read_to_the_end_before_it_is_deleted(
+    qmgr: QueueManager,
+) -> None:
+    spool = qmgr.spool
+    first = new_queue_id()
+    name = write_segment(spool, [first], closed=False)
+    qmgr.recover()
+    assert claim(qmgr) == [first]
+    qmgr._segment_done(qmgr.located[first], delivered=True)
+    late = new_queue_id()  # written just before the writer died, after our last read
+    with open(spool.segment(name), "ab") as f:
+        f.write(record_prefix(late, len(payload(late))) + payload(late))
+    qmgr._retire_segments(check_writers=True)  # notices the writer is gone
+    assert name in qmgr.segments
+    assert claim(qmgr) == [late]  # the next round reads what is left
+    qmgr._retire_segments(check_writers=True)
+    assert name in qmgr.segments  # still live
+    qmgr._segment_done(qmgr.located[late], delivered=True)
+    qmgr._retire_segments(check_writers=True)
+    assert name not in qmgr.segments
+    qmgr.remover.stop()
+    assert os.listdir(os.path.join(spool.path, "segments")) == []
+
+
+def test_a_live_writers_open_segment_is_kept(qmgr: QueueManager) -> None:
+    spool = qmgr.spool
+    ids = [new_queue_id()]
+    name = write_segment(spool, ids, closed=False, pid=f"{os.getpid():06X}")
+    qmgr.recover()
+    assert claim(qmgr) == ids
+    qmgr._segment_done(qmgr.located[ids[0]], delivered=True)
+    for _ in range(3):
+        qmgr._retire_segments(check_writers=True)
+        claim(qmgr)
+    assert name in qmgr.segments  # its writer may append more at any moment
+
+
+def test_a_damaged_segment_goes_to_corrupt_after_what_preceded_the_damage(
+    qmgr: QueueManager,
+) -> None:
+    spool = qmgr.spool
+    good = new_queue_id()
+    name = write_segment(spool, [good], closed=False)
+    with open(spool.segment(name), "ab") as f:
+        f.write(b"garbage that is no record" * 3)
+    qmgr.recover()
+    assert claim(qmgr) == [good]
+    qmgr._segment_done(qmgr.located[good], delivered=True)
+    qmgr._retire_segments(check_writers=False)
+    assert spool.list("corrupt") == [name]  # kept for a person to look at, never deleted
+    assert os.listdir(os.path.join(spool.path, "segments")) in ([], [name + DONE_SUFFIX])
+    qmgr.remover.stop()
+    assert os.listdir(os.path.join(spool.path, "segments")) == []
