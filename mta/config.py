@@ -124,6 +124,8 @@ class DeliveryConfig(_Section):
     max_recipients_per_transaction: PositiveInt = 50  # like Postfix's recipient limit
     local_domains: tuple[str, ...] = ()
     tls: Literal["may", "none"] = "may"  # opportunistic STARTTLS on outbound SMTP
+    # CPU niceness of the queue manager and delivery processes, added to smtpd's
+    nice: Annotated[int, msgspec.Meta(ge=0, le=19)] = 10
 
     def __post_init__(self) -> None:
         try:

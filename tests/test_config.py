@@ -215,6 +215,8 @@ def test_unknown_key_is_an_error(tmp_path: Path, text: str, expected: str) -> No
         ('[smtp]\nlisten = ["nope"]\n', "smtp.listen"),
         ('[smtp]\nlisten = ["127.0.0.1:99999"]\n', "smtp.listen"),
         ('[smtp]\nlisten = "127.0.0.1:25"\n', "smtp.listen"),
+        ("[delivery]\nnice = 20\n", "delivery.nice"),
+        ("[delivery]\nnice = -1\n", "delivery.nice"),
         ('[relay]\nnetworks = ["not-a-net"]\n', "relay.networks"),
         ('[relay]\ndomains = "example.org"\n', "relay.domains"),
         ("[queue]\npath = 1\n", "queue.path"),

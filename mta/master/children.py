@@ -40,6 +40,8 @@ class Kind:
     # Never two at once, not even during a reload: the old one stops before the new one
     # starts (the queue manager owns the queue; two would race over the same files).
     exclusive: bool = False
+    # Drains the queue rather than answering clients: runs ``delivery.nice`` lower.
+    back_end: bool = False
 
 
 def _smtpd_count(config: Config) -> int:
@@ -81,8 +83,8 @@ def _close(sockets: list[socket.socket]) -> None:
 
 
 KINDS: dict[str, Kind] = {
-    "qmgr": Kind(lambda config: 1, _run_qmgr, exclusive=True),
-    "delivery": Kind(lambda config: config.delivery.workers, _run_delivery),
+    "qmgr": Kind(lambda config: 1, _run_qmgr, exclusive=True, back_end=True),
+    "delivery": Kind(lambda config: config.delivery.workers, _run_delivery, back_end=True),
     "smtpd": Kind(_smtpd_count, _run_smtpd),
 }
 
@@ -121,6 +123,10 @@ def spawn(
             signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the master reloads; children don't
         _set_title(f"mta: {kind}")
+        if KINDS[kind].back_end and config.delivery.nice:
+            # When CPU is short, a client waiting for its reply comes before a message
+            # that is already safe on disk: the queue absorbs a burst and drains after.
+            os.nice(config.delivery.nice)
         _run_child(kind, config, sockets, lambda: _beat(heartbeat, master))
         code = 0
     except SystemExit as exc:

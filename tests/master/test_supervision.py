@@ -71,6 +71,27 @@ def test_one_process_per_kind_and_slot(mta_factory: Factory) -> None:
         assert f"started smtpd#{slot}[" in log
 
 
+def _nice(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[16])  # field 19 of proc(5)
+
+
+@pytest.mark.parametrize("nice", [None, 0, 7])
+def test_queue_manager_and_delivery_run_nicer_than_smtpd(
+    mta_factory: Factory, nice: int | None
+) -> None:
+    delivery = {"workers": 2} if nice is None else {"workers": 2, "nice": nice}
+    server = mta_factory({"smtp": {"workers": 2}, "delivery": delivery})
+    wait_until(lambda: _complete(children_by_kind(server.pid), 2), timeout=10)
+    wait_until(lambda: len(children_by_kind(server.pid).get("delivery", [])) == 2, timeout=10)
+    kinds = children_by_kind(server.pid)
+    base = _nice(server.pid)
+    expected = 10 if nice is None else nice  # the default: 10
+    assert [_nice(pid) for pid in kinds["smtpd"]] == [base, base]
+    assert _nice(kinds["qmgr"][0]) == base + expected
+    assert [_nice(pid) for pid in kinds["delivery"]] == [base + expected] * 2
+
+
 def _complete(kinds: dict[str, list[int]], smtpd: int) -> dict[str, list[int]] | None:
     return kinds if len(kinds.get("smtpd", [])) == smtpd and "qmgr" in kinds else None
 
