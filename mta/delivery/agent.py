@@ -26,7 +26,7 @@ from mta.delivery.results import RecipientResult
 from mta.delivery.routing import Router
 from mta.delivery.smtp_client import Transaction
 from mta.queue.envelope import Envelope
-from mta.queue.ipc import Job, Result, agent_address, encode_frame, read_frame
+from mta.queue.ipc import FrameReader, Job, Result, agent_address, encode_frame
 from mta.queue.msgfile import CorruptMessageFile
 from mta.queue.segment import read_record
 from mta.queue.spool import Spool
@@ -60,6 +60,7 @@ class DeliveryAgent:
         self.writer: asyncio.StreamWriter | None = None
         self.large_jobs = asyncio.Semaphore(LARGE_JOBS)
         self.attempts: dict[tuple[str, str], int] = {}  # (domain label, status) → count
+        self._results: list[bytes] = []  # encoded, to go out together
         self.stopping = False
 
     async def run(self, heartbeat: Heartbeat | None) -> None:
@@ -99,12 +100,15 @@ class DeliveryAgent:
                 continue
             self.writer = writer
             log.debug("connected to the queue manager")
+            frames = FrameReader()
+            loop = asyncio.get_running_loop()
             try:
-                while (frame := await read_frame(reader)) is not None:
-                    if isinstance(frame, Job) and not self.stopping:
-                        task = asyncio.get_running_loop().create_task(self._do(frame))
-                        self.tasks.add(task)
-                        task.add_done_callback(self.tasks.discard)
+                while data := await reader.read(1 << 16):
+                    for frame in frames.feed(data):
+                        if isinstance(frame, Job) and not self.stopping:
+                            task = loop.create_task(self._do(frame))
+                            self.tasks.add(task)
+                            task.add_done_callback(self.tasks.discard)
             except (OSError, ValueError) as exc:
                 log.warning("queue manager connection failed: %s", exc)
             self.writer = None
@@ -131,9 +135,15 @@ class DeliveryAgent:
         except Exception:  # a bug here must defer the message, not lose it
             log.exception("%s: delivery failed with an internal error; deferring", job.queue_id)
             result = Result(queue_id=job.queue_id, problem="internal")
+        self._results.append(encode_frame(result))
+        if len(self._results) == 1:  # the first of this loop iteration: send them all after
+            asyncio.get_running_loop().call_soon(self._send_results)
+
+    def _send_results(self) -> None:
+        results, self._results = self._results, []
         writer = self.writer
-        if writer is not None:
-            writer.write(encode_frame(result))
+        if writer is not None:  # else the queue manager is gone and reschedules the jobs
+            writer.write(b"".join(results))
 
     async def _deliver(self, job: Job) -> Result:
         try:

@@ -34,6 +34,12 @@ class BatchThread(Generic[T]):
             self._queue.append(item)
             self._cond.notify()
 
+    def put_many(self, items: list[T]) -> None:
+        """Hand over several items with one wake-up of the thread."""
+        with self._cond:
+            self._queue.extend(items)
+            self._cond.notify()
+
     def stop(self) -> None:
         """Handle what is queued, then end the thread."""
         with self._cond:

@@ -74,9 +74,12 @@ class GroupCommitter:
             self.loop.call_soon_threadsafe(self._report, batch, errors)
         except RuntimeError:  # the loop is closed: nobody is waiting for an answer
             return False
-        if any(e is None for e in errors):
-            # the queue manager picks them up at once (and opens a segment it did not know)
-            send_wakeup(self.spool.path, b"queued " + self._segment.name.encode())
+        queued = [writer for (writer, _), error in zip(batch, errors, strict=True) if error is None]
+        # the queue manager picks them up at once (and opens a segment it did not know)
+        if any(writer.in_memory for writer in queued):
+            send_wakeup(self.spool.path, b"segment " + self._segment.name.encode())
+        if any(not writer.in_memory for writer in queued):
+            send_wakeup(self.spool.path, b"queued")
         return True
 
     def _flush(self, batch: list[tuple[MessageWriter, Done]]) -> list[OSError | None]:

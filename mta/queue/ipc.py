@@ -12,7 +12,6 @@ spools on one host never meet.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import socket
@@ -23,12 +22,12 @@ import msgspec
 from mta.delivery.results import RecipientResult
 
 __all__ = [
+    "FrameReader",
     "Job",
     "Result",
     "agent_address",
     "decode_frame",
     "encode_frame",
-    "read_frame",
     "send_wakeup",
     "wake_address",
 ]
@@ -85,16 +84,33 @@ def decode_frame(body: bytes) -> Frame:
     return _decoder.decode(body)
 
 
-async def read_frame(reader: asyncio.StreamReader) -> Frame | None:
-    """The next frame, or None at a clean end of stream."""
-    try:
-        header = await reader.readexactly(_LENGTH.size)
-    except asyncio.IncompleteReadError:
-        return None
-    (length,) = _LENGTH.unpack(header)
-    if length > MAX_FRAME:
-        raise ValueError(f"frame of {length} octets is too large")
-    return decode_frame(await reader.readexactly(length))
+class FrameReader:
+    """Splits what arrives on a stream into frames: every complete frame of a read at
+    once (results and jobs come in bursts; one await per frame would cost more than the
+    frame)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """The frames completed by ``data``; ValueError for a frame over MAX_FRAME."""
+        buffer = self._buffer
+        buffer += data
+        frames: list[Frame] = []
+        pos = 0
+        end = len(buffer)
+        with memoryview(buffer) as view:
+            while end - pos >= _LENGTH.size:
+                (length,) = _LENGTH.unpack_from(view, pos)
+                if length > MAX_FRAME:
+                    raise ValueError(f"frame of {length} octets is too large")
+                start = pos + _LENGTH.size
+                if end - start < length:
+                    break
+                frames.append(_decoder.decode(view[start : start + length]))
+                pos = start + length
+        del buffer[:pos]
+        return frames
 
 
 _wake_socket: socket.socket | None = None

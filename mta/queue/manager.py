@@ -37,7 +37,7 @@ import uvloop
 from mta import metrics
 from mta.config import Config
 from mta.queue.ids import is_queue_id, queue_id_time
-from mta.queue.ipc import Job, Result, agent_address, encode_frame, read_frame, wake_address
+from mta.queue.ipc import FrameReader, Job, Result, agent_address, encode_frame, wake_address
 from mta.queue.msgfile import CorruptMessageFile, parse_message_bytes
 from mta.queue.outcome import Outcome, apply_results
 from mta.queue.remover import Remover
@@ -86,12 +86,14 @@ class QueueManager:
         self._extracted: set[str] = set()  # message files at start (see recover)
         self._done_at_open: dict[str, set[int]] = {}  # done marks read from disk
         self._scan_segments = True  # look for new segment files in the next round
+        self._scan_incoming = True  # look for new files in incoming/ in the next round
         self._last_segment_scan = 0.0
         self.pending: deque[Job] = deque()
         self.agents: list[Agent] = []
         self.deferred: list[tuple[float, str]] = []  # heap of (next try, queue id)
         self.wake = asyncio.Event()
         self.stopping = False
+        self._scheduling = True
         self._rescan_deferred = True
         self._last_full_scan = 0.0
         self._last_count = 0.0
@@ -115,7 +117,9 @@ class QueueManager:
         await stop.wait()
         self.stopping = True
         await self._drain()
-        scheduler.cancel()
+        self._scheduling = False  # the scheduler ends after the round it may be in
+        self.wake.set()
+        await scheduler
         server.close()
         loop.remove_reader(wake_sock.fileno())
         wake_sock.close()
@@ -150,7 +154,7 @@ class QueueManager:
     # ----- scheduling -------------------------------------------------------------------
 
     async def _schedule_forever(self, heartbeat: Heartbeat | None) -> None:
-        while True:
+        while self._scheduling:
             try:
                 await asyncio.wait_for(self.wake.wait(), POLL_SECONDS)
             except TimeoutError:
@@ -158,7 +162,8 @@ class QueueManager:
             self.wake.clear()
             if heartbeat is not None:
                 heartbeat()
-            self._round()
+            if self._scheduling:
+                self._round()
 
     def _round(self) -> None:
         now = time.time()
@@ -178,7 +183,9 @@ class QueueManager:
             self._open_segments()
         self._claim_segments()
         self._retire_segments(check_writers=polled)
-        self._claim_incoming()
+        if self._scan_incoming or polled:
+            self._scan_incoming = False
+            self._claim_incoming()
         self._claim_due(now)
         self._dispatch()
 
@@ -190,6 +197,8 @@ class QueueManager:
             names = os.listdir(self.spool.dir("incoming"))
         except FileNotFoundError:
             return
+        if len(names) > room:
+            self._scan_incoming = True  # the rest when there is room
         for name in sorted(names)[:room]:
             if not is_queue_id(name):
                 self._to_corrupt("incoming", name, "not a queue file name")
@@ -229,9 +238,9 @@ class QueueManager:
             done = self._done_at_open.get(tail.name)
             try:
                 refs = tail.read_new(room)
-            except OSError as exc:
-                tail.broken = str(exc)
-                refs = []
+            except OSError as exc:  # not damage in the segment: try again next round
+                log.error("segment %s: cannot read: %s", tail.name, exc)
+                continue
             for ref in refs:
                 if done and ref.offset in done:
                     continue
@@ -311,15 +320,19 @@ class QueueManager:
         self.deferred = heap
 
     def _dispatch(self) -> None:
-        if self.stopping:
+        """Hand pending jobs to the least busy agents: one write per agent per round."""
+        if self.stopping or not self.agents:
             return
+        frames: dict[Agent, list[bytes]] = {}
         while self.pending:
-            agent = min(self.agents, key=lambda a: len(a.jobs), default=None)
-            if agent is None or len(agent.jobs) >= AGENT_WINDOW:
-                return
+            agent = min(self.agents, key=lambda a: len(a.jobs))
+            if len(agent.jobs) >= AGENT_WINDOW:
+                break
             job = self.pending.popleft()
             agent.jobs[job.queue_id] = job
-            agent.writer.write(encode_frame(job))
+            frames.setdefault(agent, []).append(encode_frame(job))
+        for agent, batch in frames.items():
+            agent.writer.write(b"".join(batch))
 
     # ----- agents and results ---------------------------------------------------------
 
@@ -336,12 +349,14 @@ class QueueManager:
         agent = Agent(writer)
         self.agents.append(agent)
         self.wake.set()
+        frames = FrameReader()
         try:
-            while (frame := await read_frame(reader)) is not None:
-                if isinstance(frame, Result):
-                    job = agent.jobs.pop(frame.queue_id, None)
-                    if job is not None:
-                        await self._apply(frame, job)
+            while data := await reader.read(1 << 16):
+                for frame in frames.feed(data):
+                    if isinstance(frame, Result):
+                        job = agent.jobs.pop(frame.queue_id, None)
+                        if job is not None:
+                            await self._apply(frame, job)
         except (OSError, ValueError) as exc:
             log.warning("delivery agent connection failed: %s", exc)
         finally:
@@ -385,7 +400,7 @@ class QueueManager:
         if outcome is not None and not outcome.removed:
             heapq.heappush(self.deferred, (outcome.next_try, queue_id))
         if outcome is not None and outcome.bounce_id:
-            self.wake.set()
+            self._scan_incoming = True  # the bounce waits in incoming/
         elif outcome is None:
             self._schedule_later(queue_id)
         self.wake.set()
@@ -466,10 +481,12 @@ class QueueManager:
                     what = sock.recv(64)
                 except BlockingIOError:
                     break
-                # from a commit: b"queued " + the name of the segment it appended to
-                segment = what[7:].decode("ascii", "replace")
-                if what.startswith(b"queued ") and segment not in self.segments:
+                # from a commit: b"segment " + the name of the segment it appended to
+                segment = what[8:].decode("ascii", "replace")
+                if what.startswith(b"segment ") and segment not in self.segments:
                     self._scan_segments = True
+                if what in (b"queued", b"flush", b"rescan"):  # b"queued": in incoming/
+                    self._scan_incoming = True
                 if what == b"flush":
                     self._flush_deferred()
                 if what in (b"flush", b"rescan"):

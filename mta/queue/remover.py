@@ -12,6 +12,7 @@ is handed, in order, and logs each removal as Postfix's qmgr does.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 
@@ -33,23 +34,41 @@ class Remover:
         self.spool = spool
         self._done_files: dict[str, int] = {}  # segment name → open .done file (the thread's)
         self._delivered = 0  # removals in the batch at hand
+        self._pending: list[_Item] = []  # not yet handed to the thread
         self._worker: BatchThread[_Item] = BatchThread(self._handle, "qmgr-remove")
 
     def remove(self, queue_id: str) -> None:
         """Every recipient of ``queue_id`` is done: delete its file from ``active/``."""
-        self._worker.put(("file", queue_id, True))
+        self._put(("file", queue_id, True))
 
     def segment_done(self, ref: RecordRef, delivered: bool) -> None:
         """The segment message ``ref`` is done: delivered, or copied out to a file."""
-        self._worker.put(("mark", ref, delivered))
+        self._put(("mark", ref, delivered))
 
     def drop_segment(self, name: str, keep: bool = False) -> None:
         """Everything in segment ``name`` is done: delete it (``keep``: it was moved to
         ``corrupt/``; only its done marks go)."""
-        self._worker.put(("drop", name, keep))
+        self._put(("drop", name, keep))
+
+    def _put(self, item: _Item) -> None:
+        """Gather what one turn of the event loop hands over and wake the thread once:
+        waking it per message costs the loop a GIL hand-over each time."""
+        self._pending.append(item)
+        if len(self._pending) > 1:
+            return
+        try:
+            asyncio.get_running_loop().call_soon(self._hand_over)
+        except RuntimeError:  # no loop (recovery, tests): at once
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        items, self._pending = self._pending, []
+        if items:
+            self._worker.put_many(items)
 
     def stop(self) -> None:
         """Finish what was handed over, then end the thread."""
+        self._hand_over()
         self._worker.stop()
         for fd in self._done_files.values():
             os.close(fd)

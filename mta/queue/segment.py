@@ -56,7 +56,8 @@ _OFFSET = struct.Struct(">Q")
 PREFIX_SIZE = _PREFIX.size
 DONE_SUFFIX = ".done"
 SEGMENT_MAX = 16 << 20  # octets; the writer starts a new segment past this
-READ_CHUNK = 4 << 20  # the queue manager reads new records in pieces of about this size
+READ_CHUNK = 128 << 10  # the queue manager reads new records in pieces of this size (a
+# bigger read costs more in allocating its buffer than it saves in calls)
 
 
 def record_prefix(queue_id: str, payload_length: int) -> bytes:
@@ -202,13 +203,19 @@ class SegmentTail:
 
     def read_new(self, max_records: int) -> list[RecordRef]:
         """Records appended since the last call, at most ``max_records`` (complete ones
-        only: one being written is read next time)."""
+        only: one being written is read next time).  OSError if reading failed before
+        any record was found (the next call tries again from the same place)."""
         if self.closed or self.broken or max_records <= 0:
             return []
         refs: list[RecordRef] = []
         self.caught_up = False
         while len(refs) < max_records:
-            data = os.pread(self.fd, READ_CHUNK, self.offset)
+            try:
+                data = os.pread(self.fd, READ_CHUNK, self.offset)
+            except OSError:
+                if not refs:
+                    raise
+                break  # what was read is handed out; the rest next time
             if not data:
                 self.caught_up = True
                 break

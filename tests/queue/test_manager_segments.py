@@ -157,3 +157,20 @@ def test_a_damaged_segment_goes_to_corrupt_after_what_preceded_the_damage(
     assert os.listdir(os.path.join(spool.path, "segments")) in ([], [name + DONE_SUFFIX])
     qmgr.remover.stop()
     assert os.listdir(os.path.join(spool.path, "segments")) == []
+
+
+def test_a_read_error_is_no_damage_the_segment_is_read_again(qmgr: QueueManager) -> None:
+    spool = qmgr.spool
+    first = new_queue_id()
+    name = write_segment(spool, [first], closed=False)
+    qmgr.recover()
+    qmgr._open_segments()
+    tail = qmgr.segments[name]
+    good_fd = tail.fd
+    tail.fd = os.open(os.devnull, os.O_WRONLY)  # reading it fails (EBADF), as on an I/O error
+    assert claim(qmgr) == []
+    qmgr._retire_segments(check_writers=False)
+    assert not tail.broken and spool.list("corrupt") == []  # nothing is declared damaged
+    os.close(tail.fd)
+    tail.fd = good_fd
+    assert claim(qmgr) == [first]  # the next round reads it after all
