@@ -1,14 +1,26 @@
-"""Logging to stderr (journald friendly), as text or one JSON object per line."""
+"""Logging to stderr (journald friendly), as text or one JSON object per line.
+
+Every message logs a few lines, and every process of the relay writes to the same stderr.
+Written one by one, each line is a ``write(2)`` on the event loop that can wait on the file
+(when stderr is a file on the spool's file system, it competes with the queue's flushes for
+the journal).  So lines are gathered and a thread of each process writes them out in one
+``write`` at most :data:`FLUSH_SECONDS` later, like Postfix's postlogd does for its
+processes.  Warnings and errors are written at once, with what was waiting before them, and
+a child writes what is left before it exits.
+"""
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
-import sys
+import threading
 import time
 
-__all__ = ["setup_logging"]
+__all__ = ["flush_logs", "setup_logging"]
+
+FLUSH_SECONDS = 0.05
 
 
 class JsonFormatter(logging.Formatter):
@@ -42,10 +54,79 @@ class TextFormatter(logging.Formatter):
         return f"{self._stamp},{int(record.msecs):03d}"
 
 
+class GatheringHandler(logging.Handler):
+    """Formats on the caller's thread, writes from a thread of its own (see above)."""
+
+    def __init__(self, fd: int = 2) -> None:
+        super().__init__()
+        self.fd = fd
+        self._lines: list[str] = []
+        self._wake = threading.Condition()
+        self._start_writer()
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + "\n"
+        except Exception:  # noqa: BLE001  -- logging's contract: never raise to the caller
+            self.handleError(record)
+            return
+        with self._wake:
+            self._lines.append(line)
+        if record.levelno >= logging.WARNING:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write everything gathered so far, now, on the caller's thread."""
+        with self._wake:
+            lines, self._lines = self._lines, []
+        self._write(lines)
+
+    def _write(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        data = "".join(lines).encode("utf-8", "backslashreplace")
+        try:
+            while data:
+                data = data[os.write(self.fd, data) :]
+        except OSError:
+            pass  # stderr is gone: nowhere left to say so
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                self._wake.wait(FLUSH_SECONDS)
+                lines, self._lines = self._lines, []
+            self._write(lines)
+
+    def _start_writer(self) -> None:
+        threading.Thread(target=self._run, name="log-writer", daemon=True).start()
+
+    def _after_fork(self) -> None:
+        # the writer thread stays behind in the parent; what the parent had gathered is
+        # the parent's to write
+        self._lines = []
+        self._wake = threading.Condition()
+        self._start_writer()
+
+
+_handler: GatheringHandler | None = None
+
+
+def flush_logs() -> None:
+    """Write out the lines still gathered (before a process exits)."""
+    if _handler is not None:
+        _handler.flush()
+
+
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
+    global _handler
     logging._srcfile = None  # type: ignore[attr-defined]  # no caller lookup: we never log it
     logging.logThreads = False
-    handler = logging.StreamHandler(sys.stderr)
+    if _handler is None:
+        _handler = GatheringHandler()
+        atexit.register(flush_logs)  # children leave by os._exit and flush themselves
+    handler = _handler
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mta.config import Config
+from mta.logs import flush_logs
 
 __all__ = ["EXIT_CONFIG", "KINDS", "spawn"]
 
@@ -138,6 +139,7 @@ def spawn(
         log.exception("%s crashed", kind)
         code = 1
     finally:
+        flush_logs()
         sys.stderr.flush()
         os._exit(code)
 
