@@ -8,6 +8,7 @@ that load spreads as RFC 5321 §5.1 asks.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
 
@@ -52,13 +53,9 @@ class Resolver:
 
     async def addresses(self, host: str) -> list[str]:
         """IPv4 then IPv6 addresses of ``host``; raises DeliveryError when none."""
-        literal = host[1:-1] if host.startswith("[") else host
-        if literal.lower().startswith("ipv6:"):
-            literal = literal[5:]
-        try:
-            return [str(ipaddress.ip_address(literal))]
-        except ValueError:
-            pass
+        address = _address_literal(host)
+        if address is not None:
+            return [address]
         found: list[str] = []
         errors: list[DeliveryError] = []
         for rdtype in ("A", "AAAA"):
@@ -97,3 +94,17 @@ class Resolver:
         except dns.exception.DNSException as exc:
             metrics.DNS_FAILURES.labels(rdtype, "temporary").inc()
             raise DeliveryError(False, "4.4.3", f"DNS error for {name}: {exc}") from None
+
+
+@functools.lru_cache(maxsize=1024)
+def _address_literal(host: str) -> str | None:
+    """``host`` as an address if it is one (``192.0.2.1``, ``[192.0.2.1]``,
+    ``[IPv6:2001:db8::1]``), else None.  Cached: a relayhost or route names the same host
+    for every message, and parsing it took longer than the rest of the lookup."""
+    literal = host[1:-1] if host.startswith("[") else host
+    if literal.lower().startswith("ipv6:"):
+        literal = literal[5:]
+    try:
+        return str(ipaddress.ip_address(literal))
+    except ValueError:
+        return None
