@@ -14,7 +14,6 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
 
 from mta.config import Config
 from mta.delivery.dns import Resolver
@@ -69,29 +68,19 @@ class Deliverer:
         return [deliver_maildir(template, r, tx.sender, tx.message) for r in tx.recipients]
 
     async def _remote(self, nexthop: NextHop, tx: Transaction) -> list[RecipientResult]:
-        last_error: DeliveryError | None = None
-        try:
-            async for host, ip in self._candidates(nexthop):
-                try:
-                    conn = self._take_idle(ip, nexthop) or await self._open(host, ip, nexthop)
-                    results = await conn.send(tx)
-                except DeliveryError as exc:
-                    last_error = exc
-                    log.debug("%s: %s; trying the next server", nexthop.key, exc.reply)
-                    continue
-                self._keep_idle(conn, nexthop)
-                return results
-        except DeliveryError as exc:
-            last_error = exc
-        if last_error is None:
-            last_error = DeliveryError(False, "4.4.4", f"no server found for {nexthop.target}")
-        return [last_error.result_for(r) for r in tx.recipients]
+        """Try the candidate servers in order (at most :data:`MAX_ADDRESSES_TRIED`
+        addresses); the first that takes the transaction gives the results.
 
-    async def _candidates(self, nexthop: NextHop) -> AsyncIterator[tuple[str, str]]:
-        """(host, ip) pairs to try in order; raises DeliveryError if there are none."""
-        hosts = await self.resolver.mx_hosts(nexthop.target) if nexthop.mx else [nexthop.target]
-        tried = 0
+        A plain loop, not an async generator of candidates: a generator left early (the
+        usual case, the first server takes the message) is finalised by the event loop
+        with a task of its own, which cost more than the rest of this function."""
+        try:
+            hosts = await self._hosts(nexthop)
+        except DeliveryError as exc:
+            return [exc.result_for(r) for r in tx.recipients]
+        last_error: DeliveryError | None = None
         lookup_error: DeliveryError | None = None
+        tried = 0
         for host in hosts:
             try:
                 addresses = await self.resolver.addresses(host)
@@ -101,13 +90,30 @@ class Deliverer:
                 if lookup_error is None or (lookup_error.permanent and not exc.permanent):
                     lookup_error = exc
                 continue
-            for ip in addresses:
-                yield host, ip
+            for ip in addresses[: MAX_ADDRESSES_TRIED - tried]:
                 tried += 1
-                if tried >= MAX_ADDRESSES_TRIED:
-                    return
-        if tried == 0 and lookup_error is not None:
-            raise lookup_error
+                try:
+                    conn = self._take_idle(ip, nexthop) or await self._open(host, ip, nexthop)
+                    results = await conn.send(tx)
+                except DeliveryError as exc:
+                    last_error = exc
+                    log.debug("%s: %s; trying the next server", nexthop.key, exc.reply)
+                    continue
+                self._keep_idle(conn, nexthop)
+                return results
+            if tried >= MAX_ADDRESSES_TRIED:
+                break
+        # Lookup errors count only when no server could be tried at all.
+        error = last_error or lookup_error
+        if error is None:
+            error = DeliveryError(False, "4.4.4", f"no server found for {nexthop.target}")
+        return [error.result_for(r) for r in tx.recipients]
+
+    async def _hosts(self, nexthop: NextHop) -> list[str]:
+        """The servers to try, best first: the MX hosts, or the one configured host."""
+        if nexthop.mx:
+            return await self.resolver.mx_hosts(nexthop.target)
+        return [nexthop.target]
 
     async def _open(self, host: str, ip: str, nexthop: NextHop) -> OutboundConnection:
         delivery = self.config.delivery
