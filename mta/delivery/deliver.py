@@ -132,7 +132,7 @@ class Deliverer:
         idle = self._idle.get((ip, nexthop.port, nexthop.kind == "lmtp"))
         while idle:
             _, conn = idle.pop()
-            if conn.usable and not conn.reader.at_eof():
+            if conn.reusable:
                 return conn
             conn.abort()
         return None
