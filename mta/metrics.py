@@ -41,6 +41,11 @@ REPLIES = Counter("mta_smtpd_replies", "SMTP replies sent, by code class", ["cod
 REJECTS = Counter("mta_smtpd_rejects", "Refused commands and messages, by reason", ["reason"])
 TLS_SESSIONS = Counter("mta_smtpd_tls_sessions", "TLS sessions established by smtpd")
 COMMIT_BATCHES = Counter("mta_queue_commit_batches", "Group commits (disk flushes) done")
+COMMIT_SECONDS = Histogram(
+    "mta_queue_commit_seconds",
+    "Time one group commit took to make its batch durable (write and flush)",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
 
 # queue
 QUEUE_DEPTH = Gauge(

@@ -26,8 +26,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable
 
+from mta import metrics
 from mta.queue.batches import BatchThread
 from mta.queue.ipc import send_wakeup
 from mta.queue.segment import SegmentWriter
@@ -69,7 +71,9 @@ class GroupCommitter:
 
     def _commit(self, batch: list[tuple[MessageWriter, Done]]) -> bool:
         """One round in the thread: flush the batch and report to the loop."""
+        started = time.monotonic()
         errors = self._flush(batch)
+        metrics.COMMIT_SECONDS.observe(time.monotonic() - started)
         try:
             self.loop.call_soon_threadsafe(self._report, batch, errors)
         except RuntimeError:  # the loop is closed: nobody is waiting for an answer

@@ -65,6 +65,9 @@ def test_counters_after_k_messages(mta_factory: Factory, sink: CaptureSink) -> N
     received = rose("mta_smtpd_received_bytes_total")
     assert octets <= received < octets + 1000 * K
     assert 1 <= rose("mta_queue_commit_batches_total") <= K
+    # one flush-time observation per commit
+    assert rose("mta_queue_commit_seconds_count") == rose("mta_queue_commit_batches_total")
+    assert 0 < rose("mta_queue_commit_seconds_sum") < 10 * K
     for state in QUEUE_STATES:
         assert after.value("mta_queue_messages", state=state) == 0
     # connections: one per message, all closed again; replies of every session:
