@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.procs import free_port, stop_process, tree, wait_for_greeting
+from mta.queue.spool import Spool
 
 __all__ = ["MtaInstance"]
 
@@ -122,8 +123,9 @@ class MtaInstance:
         return tree(self.proc.pid) if self.proc is not None else []
 
     def queued(self) -> int:
-        """Messages not yet delivered (files in tmp, incoming, active, deferred, hold)."""
-        total = 0
+        """Messages not yet delivered (in segments, and files in tmp, incoming, active,
+        deferred, hold)."""
+        total = sum(1 for _ in Spool(str(self.spool)).segment_messages())
         for state in _STATES:
             try:
                 total += sum(1 for n in os.listdir(self.spool / state) if not n.startswith("."))

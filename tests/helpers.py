@@ -15,6 +15,7 @@ from typing import Any
 from mta.queue.spool import Spool
 
 REPO = Path(__file__).resolve().parent.parent
+LOG_SETTLE = 0.2  # seconds without a new log line: what was logged before is written
 QUEUE_STATES = ("incoming", "active", "deferred", "hold", "corrupt")  # where messages wait
 
 
@@ -116,7 +117,16 @@ class MtaProcess:
         return self.proc.pid
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        """The log so far.  Each process writes its lines a moment after it logs them
+        (mta/logs.py), so read once the file has stopped growing for a little while."""
+        if not self.log_path.exists():
+            return ""
+        deadline = time.monotonic() + 5
+        size = -1
+        while (now := self.log_path.stat().st_size) != size and time.monotonic() < deadline:
+            size = now
+            time.sleep(LOG_SETTLE)
+        return self.log_path.read_text(errors="replace")
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None

@@ -25,7 +25,7 @@ from bench.report import write_results
 from bench.run import summarize
 from bench.scenarios import Load
 from bench.sink import Sink, smtp_sink_available
-from tests.helpers import REPO, MtaProcess
+from tests.helpers import REPO, MtaProcess, wait_until
 
 DISCARD = {"routes": {"bench.test": "discard"}}  # accepted mail goes nowhere
 
@@ -108,7 +108,8 @@ def test_private_postfix_relays_to_smtp_sink(tmp_path: Path) -> None:
         assert refused == {}
         assert sink.wait_for(1, timeout=60) is not None, instance.log()[-2000:]
         assert instance.wait_empty(timeout=30)
-        assert "status=sent" in instance.log()
+        # each process writes its log lines a moment after logging them (mta/logs.py)
+        wait_until(lambda: "status=sent" in instance.log(), timeout=10)
     finally:
         instance.stop()
         sink.stop()
