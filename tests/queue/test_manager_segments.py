@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from mta.config import Config, QueueConfig
-from mta.queue.envelope import Envelope, Recipient
 from mta.queue.ids import new_queue_id
 from mta.queue.manager import QueueManager
 from mta.queue.segment import DONE_SUFFIX, PREFIX_SIZE, encode_done, record_prefix
 from mta.queue.spool import Spool
+from tests.queue.messages import finished_message
 
 DEAD_PID = "FFFFFE"  # above any pid_max: a writer that is surely gone
 
@@ -32,16 +32,7 @@ def qmgr(tmp_path: Path) -> Iterator[QueueManager]:
 
 def payload(queue_id: str, body: bytes = b"Subject: s\r\n\r\nbody\r\n") -> bytes:
     """A whole message file for ``queue_id``, as a segment record carries it."""
-    writer = Spool("/nonexistent").new_message(queue_id)
-    writer.write(body)
-    writer.finish(
-        Envelope(
-            queue_id=queue_id,
-            sender="a@x.test",
-            recipients=[Recipient(address="b@y.test")],
-            size=len(body),
-        )
-    )
+    writer = finished_message(Spool("/nonexistent"), body, queue_id)
     return writer.record()[PREFIX_SIZE:]
 
 

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from mta.queue.envelope import Envelope, Recipient
-from mta.queue.ids import new_queue_id
 from mta.queue.segment import (
     DONE_SUFFIX,
     SegmentTail,
@@ -19,6 +17,7 @@ from mta.queue.segment import (
     read_record,
 )
 from mta.queue.spool import Spool
+from tests.queue.messages import finished_message
 
 
 @pytest.fixture
@@ -34,16 +33,7 @@ def segments_dir(spool: Spool) -> str:
 
 def record(spool: Spool, body: bytes) -> tuple[str, bytes]:
     """A finished small message as a segment record: (queue id, record bytes)."""
-    writer = spool.new_message(new_queue_id())
-    writer.write(body)
-    writer.finish(
-        Envelope(
-            queue_id=writer.queue_id,
-            sender="a@x.test",
-            recipients=[Recipient(address="b@y.test")],
-            size=writer.length,
-        )
-    )
+    writer = finished_message(spool, body)
     assert writer.in_memory
     return writer.queue_id, writer.record()
 

@@ -15,9 +15,8 @@ import pytest
 import uvloop
 
 from mta.queue.commit import GroupCommitter
-from mta.queue.envelope import Envelope, Recipient
-from mta.queue.ids import new_queue_id
 from mta.queue.spool import STATES, MessageWriter, Spool
+from tests.queue.messages import finished_message
 
 T = TypeVar("T")
 
@@ -32,21 +31,6 @@ def spool(tmp_path: Path) -> Spool:
     spool = Spool(str(tmp_path / "spool"))
     spool.create()
     return spool
-
-
-def finished_message(spool: Spool, body: bytes = b"Subject: t\r\n\r\nbody\r\n") -> MessageWriter:
-    """A message written to tmp/ and finished, ready to be committed."""
-    writer = spool.new_message(new_queue_id())
-    writer.write(body)
-    writer.finish(
-        Envelope(
-            queue_id=writer.queue_id,
-            sender="a@x.test",
-            recipients=[Recipient(address="b@y.test")],
-            size=writer.length,
-        )
-    )
-    return writer
 
 
 def names(spool: Spool, state: str) -> list[str]:
