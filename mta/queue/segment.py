@@ -141,21 +141,25 @@ class SegmentWriter:
 
     def close(self) -> None:
         """Mark the segment closed (the queue manager may delete it once it is done)."""
-        if self.fd >= 0:
-            try:
-                os.write(self.fd, _PREFIX.pack(_CLOSED, 0, bytes(19)))
-            except OSError:
-                pass  # the queue manager falls back on our pid being gone
-            os.close(self.fd)
-            self.fd = -1
+        self._finish_segment()
         if self._dir_fd >= 0:
             os.close(self._dir_fd)
             self._dir_fd = -1
 
+    def _finish_segment(self) -> None:
+        """Write the end marker and close the current segment, if there is one."""
+        if self.fd < 0:
+            return
+        fd, self.fd = self.fd, -1
+        try:
+            os.write(fd, _PREFIX.pack(_CLOSED, 0, bytes(19)))
+        except OSError:
+            pass  # the queue manager falls back on our pid being gone, when it is
+        finally:
+            os.close(fd)
+
     def _start(self) -> None:
-        if self.fd >= 0:
-            os.write(self.fd, _PREFIX.pack(_CLOSED, 0, bytes(19)))
-            os.close(self.fd)
+        self._finish_segment()
         self.name = new_queue_id()
         path = os.path.join(self.directory, self.name)
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
@@ -163,16 +167,14 @@ class SegmentWriter:
         self._new = True
 
     def _abandon(self, truncate_to: int = -1) -> None:
-        """Stop using the current segment after an error; what it holds stays readable."""
-        if self.fd < 0:
-            return
-        if truncate_to >= 0:
+        """Stop using the current segment after an error; what it holds stays readable,
+        and it is closed like any other so that the queue manager can delete it."""
+        if self.fd >= 0 and truncate_to >= 0:
             try:
                 os.ftruncate(self.fd, truncate_to)  # drop a half-written batch
             except OSError:
                 pass
-        os.close(self.fd)  # no end marker: the queue manager sees a dead writer's segment
-        self.fd = -1
+        self._finish_segment()
 
 
 @dataclass(eq=False)

@@ -171,3 +171,26 @@ def test_spool_lists_and_finds_messages_not_marked_done(spool: Spool) -> None:
     assert state == "active" and message.read_message() == b"3\r\n"
     assert spool.find(records[1][0]) is None  # done: it is no longer in the queue
     writer.close()
+
+
+def test_after_a_failed_rotation_the_next_batch_starts_a_new_segment(spool: Spool) -> None:
+    directory = segments_dir(spool)
+    writer = SegmentWriter(directory, max_size=100)
+    first_id, first = record(spool, b"first\r\n")
+    writer.append(first)  # past max_size: the next batch needs a new segment
+    old = writer.name
+    os.rename(directory, directory + ".away")  # creating the next segment fails
+    with pytest.raises(FileNotFoundError):
+        writer.append(record(spool, b"lost\r\n")[1])
+    os.rename(directory + ".away", directory)
+    second_id, second = record(spool, b"second\r\n")
+    writer.append(second)
+    writer.sync()
+    writer.close()
+    assert writer.name != old
+    assert [ref.queue_id for ref in spool.segment_messages()] == [first_id, second_id]
+    for name in (old, writer.name):  # both closed: the queue manager may delete them
+        tail = SegmentTail.open(directory, name)
+        tail.read_new(10)
+        assert tail.closed
+        tail.close()
