@@ -265,12 +265,13 @@ class QueueManager:
     def _retire_segments(self, check_writers: bool) -> None:
         """Delete segments that are closed (or whose writer died) and hold nothing live."""
         for name, tail in list(self.segments.items()):
-            if check_writers and not (tail.closed or tail.writer_gone):
-                # read once more before giving up on it: it may have written before dying
-                tail.writer_gone = not _pid_alive(tail.writer_pid)
+            if tail.live:
                 continue
             finished = tail.closed or tail.broken or (tail.writer_gone and tail.caught_up)
-            if tail.live or not finished:
+            if not finished:
+                if check_writers and not tail.writer_gone:
+                    # the next round reads it once more: it may have written before dying
+                    tail.writer_gone = not _pid_alive(tail.writer_pid)
                 continue
             tail.close()
             del self.segments[name]

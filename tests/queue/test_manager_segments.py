@@ -165,3 +165,16 @@ def test_a_read_error_is_no_damage_the_segment_is_read_again(qmgr: QueueManager)
     os.close(tail.fd)
     tail.fd = good_fd
     assert claim(qmgr) == [first]  # the next round reads it after all
+
+
+def test_a_live_writers_damaged_segment_goes_to_corrupt_on_a_quiet_queue(
+    qmgr: QueueManager,
+) -> None:
+    spool = qmgr.spool
+    name = write_segment(spool, [], closed=False, pid=f"{os.getpid():06X}")
+    with open(spool.segment(name), "ab") as f:
+        f.write(b"garbage that is no record" * 2)
+    qmgr.recover()
+    assert claim(qmgr) == []
+    qmgr._retire_segments(check_writers=True)  # a quiet queue: every round is a poll
+    assert spool.list("corrupt") == [name]
