@@ -18,6 +18,7 @@ streams a large one into ``tmp/``; making either durable is the group committer'
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 
 from mta.queue.envelope import Envelope
@@ -36,15 +37,42 @@ __all__ = ["SEGMENTS", "STATES", "MessageWriter", "Spool"]
 
 STATES = ("tmp", "incoming", "active", "deferred", "hold", "corrupt")
 SEGMENTS = "segments"  # small messages, many to a file (segment.py)
-_WRITE_BUFFER = 64 * 1024  # gather small chunks into few write(2) calls; the largest
-# message that goes into a segment
+IN_MEMORY_MAX = 1 << 20  # octets: a larger message is streamed into a file of its own
+MEMORY_BUDGET = 128 << 20  # octets per process for all the messages held in memory at once
+_WRITE_BUFFER = 64 * 1024  # gather small chunks into few write(2) calls
+
+
+class MemoryBudget:
+    """What the messages of one process held in memory may take together.
+
+    A message is held in memory while it arrives, up to :data:`IN_MEMORY_MAX`, so that it
+    can be appended to a segment without a file of its own; when the budget is spent, the
+    next one is streamed to a file instead.  So memory stays bounded however many clients
+    are in DATA at once.  Taken on the event loop, given back from the commit thread.
+    """
+
+    def __init__(self, octets: int) -> None:
+        self.free = octets
+        self._lock = threading.Lock()
+
+    def take(self, octets: int) -> bool:
+        with self._lock:
+            if octets > self.free:
+                return False
+            self.free -= octets
+            return True
+
+    def give(self, octets: int) -> None:
+        with self._lock:
+            self.free += octets
 
 
 class Spool:
     """A spool directory tree rooted at ``path``."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, memory_budget: int = MEMORY_BUDGET) -> None:
         self.path = os.path.abspath(path)
+        self.memory = MemoryBudget(memory_budget)
 
     def create(self) -> None:
         """Make the state directories; raise OSError if the spool is not writable."""
@@ -152,11 +180,13 @@ class Spool:
 class MessageWriter:
     """Builds one message file in ``tmp/<queue_id>``; nothing is visible before commit.
 
-    Small messages never touch the disk on the event loop: the file is created only when
-    more than :data:`_WRITE_BUFFER` octets are waiting (a large message is streamed from
-    then on).  A message that stayed in memory becomes a segment :meth:`record`, which
-    the group committer appends from its thread; creating a file is the most expensive
-    step of accepting a message here (DESIGN.md §3), so the common case creates none.
+    Most messages never touch the disk on the event loop: a message is held in memory
+    up to :data:`IN_MEMORY_MAX` octets, while the spool's :class:`MemoryBudget` lasts,
+    and then becomes a segment :meth:`record`, which the group committer appends from its
+    thread.  Creating a file is the most expensive step of accepting a message here
+    (DESIGN.md §3), so the common case creates none.  A larger message (or one that finds
+    the budget spent) is streamed into its own file in ``tmp/`` from then on, in writes of
+    :data:`_WRITE_BUFFER` octets, so it is never held whole in memory (DESIGN.md §2.3).
     """
 
     def __init__(self, spool: Spool, queue_id: str) -> None:
@@ -168,14 +198,21 @@ class MessageWriter:
         self.length = 0  # message octets written (after the header)
         self._pending: list[bytes] = [HEADER]
         self._pending_size = len(HEADER)
+        self._held = 0  # octets taken from the spool's memory budget
 
     def write(self, data: bytes) -> None:
         """Append message bytes; raises OSError (e.g. ENOSPC) for the caller to refuse."""
         self._pending.append(data)
         self._pending_size += len(data)
         self.length += len(data)
-        if self._pending_size >= _WRITE_BUFFER:
-            self._flush_buffer()
+        if self.created:
+            if self._pending_size >= _WRITE_BUFFER:
+                self._flush_buffer()
+        elif self._pending_size > IN_MEMORY_MAX or not self.spool.memory.take(len(data)):
+            self._flush_buffer()  # too big to hold: to a file of its own from now on
+            self._release()
+        else:
+            self._held += len(data)
 
     def finish(self, envelope: Envelope) -> None:
         """Append the envelope and the end marker; :meth:`persist` writes what is left."""
@@ -190,6 +227,7 @@ class MessageWriter:
         """The finished message as one segment record (prefix + message file bytes)."""
         payload = b"".join(self._pending)
         self._pending.clear()
+        self._release()
         return record_prefix(self.queue_id, len(payload)) + payload
 
     def persist(self, sync: bool = False) -> None:
@@ -197,6 +235,7 @@ class MessageWriter:
         and close.  The file is then complete in ``tmp/``.  Calling it again does nothing."""
         if self._pending or not self.created:
             self._flush_buffer()
+        self._release()
         if sync:
             os.fsync(self.fd)
         self.close()
@@ -205,11 +244,17 @@ class MessageWriter:
         """Throw the message away (refused, or the client went away)."""
         self.close()
         self._pending.clear()
+        self._release()
         if self.created:
             try:
                 os.unlink(self.tmp_path)
             except FileNotFoundError:
                 pass  # committed meanwhile, or removed by the queue manager's cleanup
+
+    def _release(self) -> None:
+        if self._held:
+            self.spool.memory.give(self._held)
+            self._held = 0
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -15,7 +15,7 @@ import pytest
 import uvloop
 
 from mta.queue.commit import GroupCommitter
-from mta.queue.spool import STATES, MessageWriter, Spool
+from mta.queue.spool import IN_MEMORY_MAX, MEMORY_BUDGET, STATES, MessageWriter, Spool
 from tests.queue.messages import finished_message
 
 T = TypeVar("T")
@@ -44,7 +44,7 @@ def in_segments(spool: Spool) -> list[str]:
 
 def large_message(spool: Spool) -> MessageWriter:
     """A finished message too large to stay in memory: it has its own file in tmp/."""
-    writer = finished_message(spool, b"x" * 200_000 + b"\r\n")
+    writer = finished_message(spool, b"x" * 1_200_000 + b"\r\n")
     assert not writer.in_memory
     return writer
 
@@ -136,7 +136,7 @@ def test_many_messages_are_committed_in_batches(spool: Spool) -> None:
     assert 1 <= batches < count  # one flush carried many messages
     large = writers.pop(100)
     assert names(spool, "incoming") == [large.queue_id]  # the large one has its own file
-    assert spool.read("incoming", large.queue_id).read_message() == b"x" * 200_000 + b"\r\n"
+    assert spool.read("incoming", large.queue_id).read_message() == b"x" * 1_200_000 + b"\r\n"
     assert in_segments(spool) == [w.queue_id for w in writers]  # the small ones, in order
     assert names(spool, "tmp") == []
     for i, writer in enumerate(writers):
@@ -240,3 +240,51 @@ def test_stop_flushes_what_is_queued(spool: Spool) -> None:
     assert in_segments(spool) == [w.queue_id for w in writers]
     assert names(spool, "tmp") == []
     assert results == [None] * 5
+
+
+def test_a_message_up_to_a_mebibyte_stays_in_memory_and_goes_into_a_segment(
+    spool: Spool,
+) -> None:
+    body = b"y" * (IN_MEMORY_MAX - 1000)
+    writer = finished_message(spool, body)
+    assert writer.in_memory and names(spool, "tmp") == []
+    assert spool.memory.free == MEMORY_BUDGET - len(body)
+    _commit_all(spool, [writer])
+    assert spool.memory.free == MEMORY_BUDGET  # given back once it is in the segment
+    [ref] = spool.segment_messages()
+    assert spool.read_segment_message(ref).read_message() == body
+
+
+def test_messages_go_to_files_once_the_memory_budget_is_spent(tmp_path: Path) -> None:
+    spool = Spool(str(tmp_path / "spool"), memory_budget=250_000)
+    spool.create()
+    held = [finished_message(spool, b"z" * 100_000) for _ in range(2)]
+    spilled = finished_message(spool, b"w" * 100_000)  # does not fit: streamed to a file
+    assert [w.in_memory for w in held] == [True, True]
+    assert not spilled.in_memory and names(spool, "tmp") == [spilled.queue_id]
+    assert spool.memory.free == 50_000
+    held[0].discard()  # a client that went away gives its share back
+    assert spool.memory.free == 150_000
+    later = finished_message(spool, b"v" * 100_000)
+    assert later.in_memory
+    _commit_all(spool, [held[1], spilled, later])
+    assert spool.memory.free == 250_000
+    assert names(spool, "incoming") == [spilled.queue_id]
+    assert [r.queue_id for r in spool.segment_messages()] == [held[1].queue_id, later.queue_id]
+
+
+def _commit_all(spool: Spool, writers: list[MessageWriter]) -> None:
+    async def main() -> list[OSError | None]:
+        loop = asyncio.get_running_loop()
+        committer = GroupCommitter(spool, loop)
+        futures = []
+        try:
+            for writer in writers:
+                future: asyncio.Future[OSError | None] = loop.create_future()
+                committer.submit(writer, future.set_result)
+                futures.append(future)
+            return list(await asyncio.wait_for(asyncio.gather(*futures), 10))
+        finally:
+            committer.stop()
+
+    assert run(main) == [None] * len(writers)
