@@ -42,7 +42,7 @@ from mta.queue.msgfile import CorruptMessageFile, parse_message_bytes
 from mta.queue.outcome import Outcome, apply_results
 from mta.queue.remover import Remover
 from mta.queue.segment import DONE_SUFFIX, RecordRef, SegmentTail, read_done
-from mta.queue.spool import SEGMENTS, STATES, Spool
+from mta.queue.spool import COPY_PREFIX, SEGMENTS, STATES, Spool
 from mta.queue.state import StateStore
 
 __all__ = ["QueueManager", "run_qmgr"]
@@ -137,7 +137,7 @@ class QueueManager:
     def recover(self) -> None:
         self._clean_tmp()
         for name in self.spool.list("tmp"):
-            if name.endswith(".copy"):  # a copy out of a segment we were making (spool.store)
+            if name.startswith(COPY_PREFIX):  # a copy out of a segment we were making
                 os.unlink(self.spool.file("tmp", name))
         for state in ("incoming", "active", "deferred", "hold"):
             for name in self.spool.list(state):

@@ -37,6 +37,7 @@ __all__ = ["SEGMENTS", "STATES", "MessageWriter", "Spool"]
 
 STATES = ("tmp", "incoming", "active", "deferred", "hold", "corrupt")
 SEGMENTS = "segments"  # small messages, many to a file (segment.py)
+COPY_PREFIX = ".copy-"  # in tmp/: a message being copied out of a segment (Spool.store)
 IN_MEMORY_MAX = 1 << 20  # octets: a larger message is streamed into a file of its own
 MEMORY_BUDGET = 128 << 20  # octets per process for all the messages held in memory at once
 _WRITE_BUFFER = 64 * 1024  # gather small chunks into few write(2) calls
@@ -102,7 +103,8 @@ class Spool:
         """Write a whole message file into ``state`` durably: write it to ``tmp/``, fsync,
         rename, fsync the directory.  For the rare copies (a segment message that must
         outlive its first attempt), not for accepting mail."""
-        tmp_path = self.file("tmp", queue_id + ".copy")  # not a writer's name: see qmgr cleanup
+        # a dot name: not a writer's file (the queue manager removes leftovers at start)
+        tmp_path = self.file("tmp", COPY_PREFIX + queue_id)
         fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             view = memoryview(data)

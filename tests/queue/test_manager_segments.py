@@ -178,3 +178,15 @@ def test_a_live_writers_damaged_segment_goes_to_corrupt_on_a_quiet_queue(
     assert claim(qmgr) == []
     qmgr._retire_segments(check_writers=True)  # a quiet queue: every round is a poll
     assert spool.list("corrupt") == [name]
+
+
+def test_a_copy_cut_short_by_a_crash_is_removed_at_start(qmgr: QueueManager) -> None:
+    spool = qmgr.spool
+    queue_id = new_queue_id()
+    copy = Path(spool.file("tmp", ".copy-" + queue_id))
+    copy.write_bytes(payload(queue_id)[:20])  # the copy into active/ was under way
+    name = write_segment(spool, [queue_id], closed=True)
+    qmgr.recover()
+    assert not copy.exists()
+    assert claim(qmgr) == [queue_id]  # the segment still has it: delivered from there
+    assert name in qmgr.segments
