@@ -41,7 +41,7 @@ from mta.queue.ipc import FrameReader, Job, Result, agent_address, encode_frame,
 from mta.queue.msgfile import CorruptMessageFile, parse_message_bytes
 from mta.queue.outcome import Outcome, apply_results
 from mta.queue.remover import Remover
-from mta.queue.segment import DONE_SUFFIX, RecordRef, SegmentTail, read_done
+from mta.queue.segment import DONE_SUFFIX, RecordRef, SegmentTail, read_payload
 from mta.queue.spool import COPY_PREFIX, SEGMENTS, STATES, Spool
 from mta.queue.state import StateStore
 
@@ -84,7 +84,6 @@ class QueueManager:
         self.segments: dict[str, SegmentTail] = {}  # by name, oldest first
         self.located: dict[str, RecordRef] = {}  # active messages that live in a segment
         self._extracted: set[str] = set()  # message files at start (see recover)
-        self._done_at_open: dict[str, set[int]] = {}  # done marks read from disk
         self._scan_segments = True  # look for new segment files in the next round
         self._scan_incoming = True  # look for new files in incoming/ in the next round
         self._last_segment_scan = 0.0
@@ -226,23 +225,20 @@ class QueueManager:
                 tail = SegmentTail.open(directory, name)
             except FileNotFoundError:
                 continue
-            tail_done = read_done(tail.path + DONE_SUFFIX)
             self.segments[name] = tail
-            self._done_at_open[name] = tail_done
 
     def _claim_segments(self) -> None:
         room = ACTIVE_WINDOW - len(self.active)
         for tail in self.segments.values():
             if room <= 0:
                 return
-            done = self._done_at_open.get(tail.name)
             try:
                 refs = tail.read_new(room)
             except OSError as exc:  # not damage in the segment: try again next round
                 log.error("segment %s: cannot read: %s", tail.name, exc)
                 continue
             for ref in refs:
-                if done and ref.offset in done:
+                if ref.offset in tail.done:
                     continue
                 if ref.queue_id in self._extracted:
                     self.remover.segment_done(ref, delivered=False)
@@ -275,7 +271,6 @@ class QueueManager:
                 continue
             tail.close()
             del self.segments[name]
-            self._done_at_open.pop(name, None)
             if tail.broken:
                 self._to_corrupt(SEGMENTS, name, tail.broken)
                 self.remover.drop_segment(name, keep=True)
@@ -432,11 +427,7 @@ class QueueManager:
         """Copy a segment message into ``active/`` (durably); False if it was unreadable
         and went to ``corrupt/`` instead.  Runs in the I/O thread."""
         path = self.spool.segment(ref.segment)
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            raw = os.pread(fd, ref.length, ref.offset)
-        finally:
-            os.close(fd)
+        raw = read_payload(path, ref.offset, ref.length)
         try:
             parse_message_bytes(f"{path}@{ref.offset}", raw)
         except CorruptMessageFile as exc:

@@ -44,6 +44,7 @@ __all__ = [
     "SegmentWriter",
     "encode_done",
     "read_done",
+    "read_payload",
     "read_record",
     "record_prefix",
 ]
@@ -74,14 +75,18 @@ class RecordRef:
     length: int
 
 
-def read_record(path: str, offset: int, length: int) -> MessageFile:
-    """The message at ``offset``; CorruptMessageFile if it is not a whole message file."""
+def read_payload(path: str, offset: int, length: int) -> bytes:
+    """The raw message-file bytes of the record at ``offset``, unchecked."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        data = os.pread(fd, length, offset)
+        return os.pread(fd, length, offset)
     finally:
         os.close(fd)
-    return parse_message_bytes(f"{path}@{offset}", data)
+
+
+def read_record(path: str, offset: int, length: int) -> MessageFile:
+    """The message at ``offset``; CorruptMessageFile if it is not a whole message file."""
+    return parse_message_bytes(f"{path}@{offset}", read_payload(path, offset, length))
 
 
 def read_done(path: str) -> set[int]:
@@ -191,12 +196,16 @@ class SegmentTail:
     caught_up: bool = False  # the last read found no complete record left to read
     writer_gone: bool = False  # its writer died without closing it (set by the reader)
     live: set[int] = field(default_factory=set)  # offsets of messages not yet done
+    done: set[int] = field(default_factory=set)  # offsets marked done when it was opened
 
     @classmethod
     def open(cls, directory: str, name: str) -> SegmentTail:
+        """Follow segment ``name`` from its start, with the done marks it has so far."""
         path = os.path.join(directory, name)
         fd = os.open(path, os.O_RDONLY)
-        return cls(name=name, path=path, fd=fd, writer_pid=int(name[13:], 16))
+        tail = cls(name=name, path=path, fd=fd, writer_pid=int(name[13:], 16))
+        tail.done = read_done(path + DONE_SUFFIX)
+        return tail
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -28,7 +28,6 @@ from mta.queue.segment import (
     DONE_SUFFIX,
     RecordRef,
     SegmentTail,
-    read_done,
     read_record,
     record_prefix,
 )
@@ -149,9 +148,8 @@ class Spool:
             except FileNotFoundError:
                 continue  # done and deleted meanwhile
             try:
-                done = read_done(tail.path + DONE_SUFFIX)
                 while refs := tail.read_new(4096):
-                    yield from (ref for ref in refs if ref.offset not in done)
+                    yield from (ref for ref in refs if ref.offset not in tail.done)
             finally:
                 tail.close()
 
