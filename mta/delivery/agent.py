@@ -22,12 +22,12 @@ from mta import metrics
 from mta.config import Config
 from mta.delivery.deliver import Deliverer
 from mta.delivery.dns import Resolver
-from mta.delivery.results import RecipientResult
 from mta.delivery.routing import Router
 from mta.delivery.smtp_client import Transaction
 from mta.queue.envelope import Envelope
 from mta.queue.ipc import FrameReader, Job, Result, agent_address, encode_frame
 from mta.queue.msgfile import CorruptMessageFile
+from mta.queue.results import RecipientResult
 from mta.queue.segment import read_record
 from mta.queue.spool import Spool
 

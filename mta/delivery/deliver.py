@@ -18,9 +18,10 @@ from collections import defaultdict
 from mta.config import Config
 from mta.delivery.dns import Resolver
 from mta.delivery.maildir import deliver_maildir
-from mta.delivery.results import DeliveryError, RecipientResult
+from mta.delivery.results import DeliveryError
 from mta.delivery.routing import NextHop
 from mta.delivery.smtp_client import OutboundConnection, Transaction
+from mta.queue.results import RecipientResult
 
 __all__ = ["Deliverer"]
 

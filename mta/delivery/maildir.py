@@ -12,7 +12,7 @@ import os
 import socket
 import time
 
-from mta.delivery.results import RecipientResult
+from mta.queue.results import RecipientResult
 
 __all__ = ["deliver_maildir"]
 

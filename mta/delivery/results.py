@@ -1,28 +1,11 @@
-"""Per-recipient delivery results, classified once at the boundary (as chasquid does).
-
-``sent`` — the next hop took responsibility (2xx); ``deferred`` — try again later (4xx,
-timeouts, refused connections, DNS trouble); ``failed`` — permanent (5xx, null MX,
-NXDOMAIN): the sender gets a bounce.
-"""
+"""Delivery errors: a destination that could not be reached or refused as a whole, classified
+once at the boundary as permanent or transient and turned into one result per recipient."""
 
 from __future__ import annotations
 
-from typing import Literal
+from mta.queue.results import RecipientResult
 
-import msgspec
-
-__all__ = ["DeliveryError", "RecipientResult", "Status"]
-
-Status = Literal["sent", "deferred", "failed"]
-
-
-class RecipientResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    address: str
-    status: Status
-    dsn: str  # enhanced status code, "2.0.0"
-    reply: str  # what the next hop said, or what went wrong, for logs and DSNs
-    relay: str = "none"  # "host[ip]:port" or "local"/"discard"
-    remote_mta: str = ""  # the host name that answered, for Remote-MTA in a DSN
+__all__ = ["DeliveryError"]
 
 
 class DeliveryError(Exception):

@@ -26,8 +26,9 @@ import ssl
 from collections import deque
 from dataclasses import dataclass
 
-from mta.delivery.results import DeliveryError, RecipientResult, Status
+from mta.delivery.results import DeliveryError
 from mta.protocol.client import ClientConnection, ProtocolError, Reply, ReplyParser
+from mta.queue.results import RecipientResult, Status
 
 __all__ = ["OutboundConnection", "Transaction"]
 

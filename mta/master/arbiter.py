@@ -43,8 +43,9 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from mta.config import Config, ConfigError, load_config
+from mta.exitcodes import EXIT_CONFIG
 from mta.master import metrics_dir
-from mta.master.children import EXIT_CONFIG, KINDS, spawn
+from mta.master.children import KINDS, spawn
 from mta.master.throttle import Throttle
 from mta.server.listen import bind_listeners
 

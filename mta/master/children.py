@@ -23,13 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mta.config import Config
+from mta.exitcodes import EXIT_CONFIG
 from mta.logs import flush_logs
 
 __all__ = ["EXIT_CONFIG", "KINDS", "spawn"]
 
 log = logging.getLogger("mta.master")
 
-EXIT_CONFIG = 78  # sysexits.h EX_CONFIG
 
 Heartbeat = Callable[[], None]
 
@@ -64,7 +64,7 @@ def _run_smtpd(config: Config, sockets: list[socket.socket], heartbeat: Heartbea
 
 
 def _run_qmgr(config: Config, sockets: list[socket.socket], heartbeat: Heartbeat) -> None:
-    from mta.queue.manager import run_qmgr
+    from mta.qmgr.manager import run_qmgr
 
     _close(sockets)
     run_qmgr(config, heartbeat)

@@ -1,1 +1,3 @@
-"""The queue directory: the source of truth for every accepted message (DESIGN.md §3)."""
+"""The queue directory: the storage library every process shares (DESIGN.md §3, §6): spool
+layout, segments, message files, envelopes, state, durable writes and the messages processes
+send each other."""

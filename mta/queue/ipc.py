@@ -19,7 +19,7 @@ import struct
 
 import msgspec
 
-from mta.delivery.results import RecipientResult
+from mta.queue.results import RecipientResult
 
 __all__ = [
     "FrameReader",

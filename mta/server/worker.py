@@ -8,7 +8,7 @@ the ``250`` is only sent after the flush.
 
 A parser backend that cannot be used (``MTA_PARSER=c`` without the compiled module, or a
 value that names no backend) is a configuration error: the worker exits with
-:data:`~mta.master.children.EXIT_CONFIG`, which stops the master instead of a restart loop.
+:data:`~mta.exitcodes.EXIT_CONFIG`, which stops the master instead of a restart loop.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import uvloop
 from mta import metrics
 from mta import parser_backend as parser
 from mta.config import Config
-from mta.master.children import EXIT_CONFIG
+from mta.exitcodes import EXIT_CONFIG
 from mta.queue.commit import GroupCommitter
 from mta.queue.spool import Spool
 from mta.server.context import WorkerContext

@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Sequence
 
-from mta.delivery.results import RecipientResult
+from mta.queue.results import RecipientResult
 
 __all__ = ["build_bounce"]
 

@@ -36,11 +36,11 @@ import uvloop
 
 from mta import metrics
 from mta.config import Config
+from mta.qmgr.outcome import Outcome, apply_results
+from mta.qmgr.remover import Remover
 from mta.queue.ids import is_queue_id, queue_id_time
 from mta.queue.ipc import FrameReader, Job, Result, agent_address, encode_frame, wake_address
 from mta.queue.msgfile import CorruptMessageFile, parse_message_bytes
-from mta.queue.outcome import Outcome, apply_results
-from mta.queue.remover import Remover
 from mta.queue.segment import DONE_SUFFIX, RecordRef, SegmentTail, read_payload
 from mta.queue.spool import COPY_PREFIX, SEGMENTS, STATES, Spool
 from mta.queue.state import StateStore

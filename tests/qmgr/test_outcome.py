@@ -1,4 +1,4 @@
-"""Applying delivery results to the queue (mta/queue/outcome.py), on a real spool directory.
+"""Applying delivery results to the queue (mta/qmgr/outcome.py), on a real spool directory.
 
 The queue manager's decisions, without the processes around them: a message in ``active/``
 gets one attempt's results and must end up removed, in ``deferred/`` with its next try as
@@ -15,11 +15,11 @@ import os
 import pytest
 
 from mta.config import Config, DeliveryConfig
-from mta.delivery.results import RecipientResult
+from mta.qmgr.outcome import apply_results, backoff
 from mta.queue.envelope import Envelope, Recipient
 from mta.queue.ids import new_queue_id, queue_id_time
 from mta.queue.msgfile import MessageFile
-from mta.queue.outcome import apply_results, backoff
+from mta.queue.results import RecipientResult
 from mta.queue.spool import Spool
 from mta.queue.state import StateStore
 

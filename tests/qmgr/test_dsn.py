@@ -1,4 +1,4 @@
-"""Bounces (mta/delivery/dsn.py): RFC 3464 ``multipart/report`` that mail readers can parse.
+"""Bounces (mta/qmgr/dsn.py): RFC 3464 ``multipart/report`` that mail readers can parse.
 
 Every bounce is read back with Python's ``email`` package, as a recipient's software would.
 """
@@ -12,8 +12,8 @@ from email.message import EmailMessage, Message
 
 import pytest
 
-from mta.delivery.dsn import build_bounce
-from mta.delivery.results import RecipientResult
+from mta.qmgr.dsn import build_bounce
+from mta.queue.results import RecipientResult
 
 ORIGINAL_HEADERS = (
     b"Received: from client.test ([127.0.0.1])\r\n\tby mx.test (mta) with ESMTP id X\r\n"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from mta.config import Config, QueueConfig
+from mta.qmgr.manager import QueueManager
 from mta.queue.ids import new_queue_id
-from mta.queue.manager import QueueManager
 from mta.queue.segment import DONE_SUFFIX, PREFIX_SIZE, encode_done, record_prefix
 from mta.queue.spool import Spool
 from tests.queue.messages import finished_message

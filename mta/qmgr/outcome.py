@@ -26,11 +26,11 @@ from dataclasses import dataclass
 
 from mta import metrics
 from mta.config import Config
-from mta.delivery.dsn import build_bounce
-from mta.delivery.results import RecipientResult
+from mta.qmgr.dsn import build_bounce
 from mta.queue.envelope import Envelope, Recipient
 from mta.queue.ids import new_queue_id, queue_id_time
 from mta.queue.msgfile import MessageFile
+from mta.queue.results import RecipientResult
 from mta.queue.spool import Spool
 from mta.queue.state import MessageState, RecipientState, StateStore
 

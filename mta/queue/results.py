@@ -1,0 +1,28 @@
+"""Per-recipient delivery results, classified once at the boundary (as chasquid does).
+
+``sent`` — the next hop took responsibility (2xx); ``deferred`` — try again later (4xx,
+timeouts, refused connections, DNS trouble); ``failed`` — permanent (5xx, null MX,
+NXDOMAIN): the sender gets a bounce.
+
+A delivery agent makes them, the queue manager applies them: the type both share lives here,
+in the library below both daemons.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+__all__ = ["RecipientResult", "Status"]
+
+Status = Literal["sent", "deferred", "failed"]
+
+
+class RecipientResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    address: str
+    status: Status
+    dsn: str  # enhanced status code, "2.0.0"
+    reply: str  # what the next hop said, or what went wrong, for logs and DSNs
+    relay: str = "none"  # "host[ip]:port" or "local"/"discard"
+    remote_mta: str = ""  # the host name that answered, for Remote-MTA in a DSN
