@@ -1,4 +1,5 @@
-"""What every connection of one smtpd worker shares: configuration, spool, committer, policy.
+"""What every connection of one smtpd worker shares: configuration, parser backend, spool,
+committer, policy.
 
 It also keeps the worker's bookkeeping (open connections, shutdown) and is the one place
 where the receive path reports to logs and metrics, so the protocol code stays about SMTP.
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mta.config import Config
-from mta.protocol.session import SessionLimits
+from mta.protocol.session import ParserBackend, SessionLimits
 from mta.queue.commit import GroupCommitter
 from mta.queue.envelope import Envelope
 from mta.queue.spool import Spool
@@ -29,6 +30,7 @@ log = logging.getLogger("mta.smtpd")
 
 
 def session_limits(config: Config) -> SessionLimits:
+    """The session's limits, all from the configuration (the one owner of their defaults)."""
     smtp = config.smtp
     return SessionLimits(
         starttls=bool(smtp.tls_cert),
@@ -47,6 +49,7 @@ class WorkerContext:
     spool: Spool
     committer: GroupCommitter
     loop: asyncio.AbstractEventLoop
+    parser: ParserBackend  # chosen once per process (mta.parser_backend.select)
     limits: SessionLimits = field(init=False)
     policy: RelayPolicy = field(init=False)
     connections: set[SMTPProtocol] = field(default_factory=set)

@@ -53,7 +53,7 @@ class SMTPProtocol(asyncio.Protocol):
         # per-connection state
         self.ctx = ctx
         self.transport: asyncio.Transport | None = None
-        self.session = ServerSession(ctx.limits)
+        self.session = ServerSession(ctx.limits, ctx.parser)
         self.client_ip = ""
         self.last_activity = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
