@@ -216,7 +216,7 @@ class SMTPProtocol(asyncio.Protocol):
             protocol=protocol_name(session.esmtp, session.tls, "SMTPUTF8" in session.mail_params),
             queue_id=queue_id,
             recipients=[address for address, _ in session.recipients],
-            now=self._received_at,
+            date=ctx.dates(self._received_at),
         )
         try:
             self.writer = ctx.spool.new_message(queue_id)

@@ -89,7 +89,7 @@ async def _serve(
     await _drain(ctx, config.master.graceful_timeout)
     committer.stop()
     beat.cancel()
-    _publish(ctx)
+    ctx.publish_stats()
 
 
 async def _housekeeping(ctx: WorkerContext, heartbeat: Heartbeat | None) -> None:
@@ -98,21 +98,8 @@ async def _housekeeping(ctx: WorkerContext, heartbeat: Heartbeat | None) -> None
     while True:
         if heartbeat is not None:
             heartbeat()
-        _publish(ctx)
+        ctx.publish_stats()
         await asyncio.sleep(1.0)
-
-
-_batches_published = 0  # the committer's flushes already added to COMMIT_BATCHES
-
-
-def _publish(ctx: WorkerContext) -> None:
-    """The hot path's counters and the committer's flush count, into Prometheus."""
-    global _batches_published
-    ctx.publish_stats()
-    batches = ctx.committer.batches
-    if batches > _batches_published:
-        metrics.COMMIT_BATCHES.inc(batches - _batches_published)
-        _batches_published = batches
 
 
 async def _drain(ctx: WorkerContext, timeout: float) -> None:
