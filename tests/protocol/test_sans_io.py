@@ -16,6 +16,11 @@ import textwrap
 from pathlib import Path
 
 import mta.protocol
+from mta.protocol import _parser_py
+from mta.protocol.session import ParserBackend
+
+# mypy checks here that the twin has every function the session uses of a backend
+PYTHON_TWIN: ParserBackend = _parser_py
 
 FORBIDDEN = ("asyncio", "socket", "os", "ssl", "time", "selectors", "mta.parser_backend")
 PACKAGE = Path(mta.protocol.__file__).parent
