@@ -264,8 +264,14 @@ def test_max_errors_counts_every_refusal(start: Factory) -> None:
 # ----- idle timeout ----------------------------------------------------------------------
 
 
-def test_idle_client_gets_421_and_is_disconnected(start: Factory) -> None:
-    server = start({"smtp": {"idle_timeout": 1}})
+@pytest.fixture(scope="module")
+def impatient(tmp_path_factory: pytest.TempPathFactory, dead_relay: str) -> Iterator[MtaProcess]:
+    """A relay that gives clients one second of silence (shared: no test queues mail)."""
+    yield from running_relay(tmp_path_factory, dead_relay, {"smtp": {"idle_timeout": 1}})
+
+
+def test_idle_client_gets_421_and_is_disconnected(impatient: MtaProcess) -> None:
+    server = impatient
     started = time.monotonic()
     client = RawClient(server.port)
     reply = client.reply()
@@ -275,8 +281,8 @@ def test_idle_client_gets_421_and_is_disconnected(start: Factory) -> None:
     client.close()
 
 
-def test_idle_timeout_mid_data_discards_the_message(start: Factory) -> None:
-    server = start({"smtp": {"idle_timeout": 1}})
+def test_idle_timeout_mid_data_discards_the_message(impatient: MtaProcess) -> None:
+    server = impatient
     client = RawClient(server.port)
     client.cmd(b"EHLO client.test")
     start_transaction(client)
@@ -288,8 +294,8 @@ def test_idle_timeout_mid_data_discards_the_message(start: Factory) -> None:
     assert server.files("tmp") == []
 
 
-def test_busy_client_is_not_timed_out(start: Factory) -> None:
-    server = start({"smtp": {"idle_timeout": 1}})
+def test_busy_client_is_not_timed_out(impatient: MtaProcess) -> None:
+    server = impatient
     client = RawClient(server.port)
     client.cmd(b"EHLO client.test")
     for _ in range(6):  # 2.4 s of activity, never 1 s of silence
