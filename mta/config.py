@@ -64,10 +64,15 @@ def parse_route(value: str) -> tuple[str, str]:
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    pass
+    """Base of every section: unknown keys are errors.
+
+    msgspec passes ``frozen`` on to subclasses, but type checkers follow PEP 681
+    (``dataclass_transform``), where a subclass must say ``frozen=True`` again or it is
+    taken for a non-frozen one (msgspec issue #657); so every section says it.
+    """
 
 
-class SmtpConfig(_Section):
+class SmtpConfig(_Section, frozen=True):
     listen: tuple[str, ...] = ("127.0.0.1:2525",)
     workers: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0 = one per CPU
     max_message_size: PositiveInt = 26_214_400
@@ -93,7 +98,7 @@ class SmtpConfig(_Section):
                 raise ValueError(f"listen: {exc}") from None
 
 
-class RelayConfig(_Section):
+class RelayConfig(_Section, frozen=True):
     networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     domains: tuple[str, ...] = ()
 
@@ -105,12 +110,12 @@ class RelayConfig(_Section):
                 raise ValueError(f"networks: {network!r} is not a network: {exc}") from None
 
 
-class QueueConfig(_Section):
+class QueueConfig(_Section, frozen=True):
     path: str = "spool"
     group_commit: bool = True  # false: one flush per message (for measurements)
 
 
-class DeliveryConfig(_Section):
+class DeliveryConfig(_Section, frozen=True):
     workers: PositiveInt = 2
     relayhost: str = ""
     smtp_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 25
@@ -142,13 +147,13 @@ class DeliveryConfig(_Section):
             raise ValueError("max_backoff: must not be smaller than min_backoff")
 
 
-class MasterConfig(_Section):
+class MasterConfig(_Section, frozen=True):
     graceful_timeout: Seconds = 30.0
     heartbeat_timeout: Seconds = 10.0
     pidfile: str = ""
 
 
-class MetricsConfig(_Section):
+class MetricsConfig(_Section, frozen=True):
     listen: str = "127.0.0.1:9125"
     top_domains: Annotated[int, msgspec.Meta(ge=0)] = 20
 
@@ -160,12 +165,12 @@ class MetricsConfig(_Section):
                 raise ValueError(f"listen: {exc}") from None
 
 
-class LogConfig(_Section):
+class LogConfig(_Section, frozen=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
 
 
-class Config(_Section):
+class Config(_Section, frozen=True):
     hostname: str = ""
     smtp: SmtpConfig = SmtpConfig()
     relay: RelayConfig = RelayConfig()

@@ -188,6 +188,16 @@ def test_config_is_frozen(tmp_path: Path) -> None:
         config.smtp.max_errors = 1  # type: ignore[misc]
 
 
+@pytest.mark.parametrize(
+    "section", ["smtp", "relay", "queue", "delivery", "master", "metrics", "log", None]
+)
+def test_every_section_is_frozen(section: str | None) -> None:
+    struct = Config() if section is None else getattr(Config(), section)
+    name = struct.__struct_fields__[0]
+    with pytest.raises(AttributeError):
+        setattr(struct, name, getattr(struct, name))
+
+
 # ----- errors name the key --------------------------------------------------------------------
 
 

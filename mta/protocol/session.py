@@ -14,7 +14,13 @@ Rules this module keeps:
 * Only ``CRLF.CRLF`` ends DATA; a bare CR or LF in a command rejects the command, in DATA it
   rejects the message after the real terminator (or is turned into CRLF when configured).
 * While a *decision* event waits for :meth:`accept` / :meth:`reject`, no further input is
-  processed, so replies stay in order and the server may take its time (fsync).
+  processed, so replies stay in order and the server may take its time (fsync).  Which
+  decision is waiting is a :class:`Decision`.
+
+The parser backend (the compiled ``_parser_c`` or its twin ``_parser_py``) is passed in by
+the caller, which chooses it once (``mta.parser_backend``); this package reads no
+environment and keeps no process-wide choice.  The limits come whole from the caller too
+(the server builds them from the configuration, which owns every default).
 """
 
 from __future__ import annotations
@@ -23,9 +29,8 @@ import enum
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
-from mta import parser_backend
 from mta.protocol import replies
 from mta.protocol.errors import CommandSyntaxError, SessionUsageError
 from mta.protocol.events import (
@@ -40,7 +45,15 @@ from mta.protocol.events import (
     TransactionReset,
 )
 
-__all__ = ["COMMANDS", "ServerSession", "SessionLimits", "State"]
+__all__ = [
+    "COMMANDS",
+    "DataScanner",
+    "Decision",
+    "ParserBackend",
+    "ServerSession",
+    "SessionLimits",
+    "State",
+]
 
 
 class State(enum.Enum):
@@ -51,17 +64,58 @@ class State(enum.Enum):
     DATA = "data"  # reading the message
 
 
+class Decision(enum.Enum):
+    """The decision event the session waits for (see events.py); no input is processed
+    until the server answers it with :meth:`ServerSession.accept` or ``reject``."""
+
+    MAIL = "mail"  # MailFrom: open the transaction with this sender?
+    RCPT = "rcpt"  # RcptTo: take this recipient (relay policy)?
+    DATA = "data"  # DataStart: ready to receive the message (354)?
+    END = "end"  # DataEnd: is the message durable (250 with its queue id)?
+    STARTTLS = "starttls"  # StartTls: will the server start TLS (220)?
+
+
 @dataclass(slots=True, frozen=True)
 class SessionLimits:
-    """What a session needs to know of the configuration."""
+    """What a session needs to know of the configuration.
+
+    No defaults here: the configuration owns them, and the server builds the limits from it
+    in one place (``mta.server.context.session_limits``).
+    """
 
     hostname: str
-    max_message_size: int = 26_214_400
-    max_recipients: int = 1000
-    max_line_length: int = 2048
-    max_errors: int = 10
-    normalize_bare_line_endings: bool = False
-    starttls: bool = False  # offer STARTTLS (RFC 3207)
+    max_message_size: int
+    max_recipients: int
+    max_line_length: int
+    max_errors: int
+    normalize_bare_line_endings: bool
+    starttls: bool  # offer STARTTLS (RFC 3207)
+
+
+class DataScanner(Protocol):
+    """The DATA scanner of a parser backend (see ``_parser_py.DataScanner``)."""
+
+    @property
+    def done(self) -> bool: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def bare_cr(self) -> int: ...
+    @property
+    def bare_lf(self) -> int: ...
+    def feed(self, chunk: bytes | bytearray | memoryview) -> tuple[bytes, int]: ...
+
+
+class ParserBackend(Protocol):
+    """A parser backend module, ``_parser_c`` or ``_parser_py`` (same API, see the twin)."""
+
+    __name__: str
+
+    def split_command(self, line: bytes) -> tuple[str, bytes]: ...
+    def parse_path_argument(
+        self, argument: bytes, keyword: bytes
+    ) -> tuple[str, dict[str, str | None]]: ...
+    def DataScanner(self, normalize: bool) -> DataScanner: ...  # noqa: N802  (a class)
 
 
 _ANY = frozenset(State) - {State.DATA}
@@ -113,7 +167,7 @@ _BODY_TYPES = frozenset({"7BIT", "8BITMIME"})
 class ServerSession:
     """One SMTP conversation, from greeting to close, with no I/O of its own."""
 
-    def __init__(self, limits: SessionLimits) -> None:
+    def __init__(self, limits: SessionLimits, parser: ParserBackend) -> None:
         # connection state
         self.limits = limits
         self.state = State.CONNECTED
@@ -125,19 +179,19 @@ class ServerSession:
         self.closing = False  # the last reply is queued; close after sending it
         self._shutdown_requested = False
         # input and output
-        self._parser = parser_backend.backend()
+        self._parser = parser
         self._buf = bytearray()
         self._discarding_long_line = False
         self._out: list[bytes] = [replies.greeting(limits.hostname)]
         self.reply_counts[2] += 1
         self._events: deque[Event] = deque()
-        self._pending: str | None = None  # the decision we wait for: mail|rcpt|data|end
+        self._pending: Decision | None = None  # the decision we wait for
         # transaction state
         self.sender: str | None = None
         self.mail_params: dict[str, str | None] = {}
         self.recipients: list[tuple[str, dict[str, str | None]]] = []
         self._pending_rcpt: tuple[str, dict[str, str | None]] = ("", {})
-        self._scanner: Any = None  # the backend's DataScanner while in DATA
+        self._scanner: DataScanner | None = None  # while in DATA
         self._oversize = False
 
     # ----- the I/O layer's API -------------------------------------------------------------
@@ -183,14 +237,14 @@ class ServerSession:
     def accept(self, reply: bytes | None = None) -> None:
         """Say yes to the pending decision; ``reply`` overrides the default text."""
         pending = self._take_pending()
-        if pending == "mail":
+        if pending is Decision.MAIL:
             self.state = State.MAIL
             self._reply(reply or replies.OK_SENDER)
-        elif pending == "rcpt":
+        elif pending is Decision.RCPT:
             self.recipients.append(self._pending_rcpt)
             self.state = State.RCPT
             self._reply(reply or replies.OK_RECIPIENT)
-        elif pending == "starttls":
+        elif pending is Decision.STARTTLS:
             self._reply(reply or replies.READY_FOR_TLS)
             # RFC 3207 §4.2: forget everything said before; commands the client pipelined
             # after STARTTLS were sent in the clear and must not be acted on (CVE-2011-0411).
@@ -199,7 +253,7 @@ class ServerSession:
             self.helo = ""
             self.esmtp = False
             self.state = State.CONNECTED
-        elif pending == "data":
+        elif pending is Decision.DATA:
             self.state = State.DATA
             self._scanner = self._parser.DataScanner(self.limits.normalize_bare_line_endings)
             self._oversize = False
@@ -213,11 +267,11 @@ class ServerSession:
     def reject(self, reply: bytes) -> None:
         """Say no to the pending decision with ``reply`` (a 4xx or 5xx line)."""
         pending = self._take_pending()
-        if pending == "mail":
+        if pending is Decision.MAIL:
             self.sender = None
             self.mail_params = {}
         self._reply(reply)
-        if pending == "end":
+        if pending is Decision.END:
             self._end_transaction()
 
     def timeout(self) -> None:
@@ -262,6 +316,8 @@ class ServerSession:
         if not self._buf:
             return False
         scanner = self._scanner
+        if scanner is None:
+            raise SessionUsageError("in DATA without a scanner")  # unreachable: accept() sets it
         decoded, used = scanner.feed(self._buf)
         del self._buf[:used]
         if scanner.size > self.limits.max_message_size:
@@ -269,19 +325,18 @@ class ServerSession:
         elif decoded:
             self._events.append(DataChunk(decoded))
         if scanner.done:
-            self._finish_data()
+            self._scanner = None
+            self._finish_data(scanner)
         return True
 
-    def _finish_data(self) -> None:
-        scanner = self._scanner
-        self._scanner = None
+    def _finish_data(self, scanner: DataScanner) -> None:
         bare = scanner.bare_cr + scanner.bare_lf
         if self._oversize:
             self._abort_data("too_big", replies.TOO_BIG)
         elif bare and not self.limits.normalize_bare_line_endings:
             self._abort_data("bare_line_ending", replies.BARE_LINE_ENDING_DATA)
         else:
-            self._pending = "end"
+            self._pending = Decision.END
             self._events.append(DataEnd(scanner.size))
 
     def _abort_data(self, reason: str, reply: bytes) -> None:
@@ -363,7 +418,7 @@ class ServerSession:
             return None
         self.sender = sender
         self.mail_params = params
-        self._pending = "mail"
+        self._pending = Decision.MAIL
         return MailFrom(sender, params)
 
     def _check_mail_params(self, params: dict[str, str | None]) -> bytes | None:
@@ -404,17 +459,17 @@ class ServerSession:
         elif (problem := self._check_utf8(recipient, self.mail_params)) is not None:
             self._reply(problem)
         else:
-            self._pending = "rcpt"
+            self._pending = Decision.RCPT
             self._pending_rcpt = (recipient, params)
             return RcptTo(recipient, params)
         return None
 
     def _do_data(self, argument: bytes) -> Event | None:
-        self._pending = "data"
+        self._pending = Decision.DATA
         return DataStart()
 
     def _do_starttls(self, argument: bytes) -> Event | None:
-        self._pending = "starttls"
+        self._pending = Decision.STARTTLS
         return StartTls()
 
     def _do_rset(self, argument: bytes) -> Event | None:
@@ -443,7 +498,7 @@ class ServerSession:
 
     # ----- helpers -------------------------------------------------------------------------
 
-    def _take_pending(self) -> str:
+    def _take_pending(self) -> Decision:
         pending = self._pending
         if pending is None:
             raise SessionUsageError("no decision is pending")

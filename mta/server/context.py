@@ -1,7 +1,9 @@
-"""What every connection of one smtpd worker shares: configuration, spool, committer, policy.
+"""What every connection of one smtpd worker shares: configuration, parser backend, spool,
+committer, policy.
 
-It also keeps the worker's bookkeeping (open connections, shutdown) and is the one place
-where the receive path reports to logs and metrics, so the protocol code stays about SMTP.
+It also keeps the worker's bookkeeping (open connections, shutdown, counters) and is the one
+place where the receive path reports to logs and metrics, so the protocol code stays about
+SMTP.  The worker makes one; a test can make one around a loop of its own.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mta.config import Config
-from mta.protocol.session import SessionLimits
+from mta.protocol.session import ParserBackend, SessionLimits
 from mta.queue.commit import GroupCommitter
 from mta.queue.envelope import Envelope
 from mta.queue.spool import Spool
 from mta.server.policy import RelayPolicy
 from mta.server.stats import SmtpdStats
+from mta.server.trace import DateCache
 
 if TYPE_CHECKING:
     from mta.server.smtpd import SMTPProtocol
@@ -29,6 +32,7 @@ log = logging.getLogger("mta.smtpd")
 
 
 def session_limits(config: Config) -> SessionLimits:
+    """The session's limits, all from the configuration (the one owner of their defaults)."""
     smtp = config.smtp
     return SessionLimits(
         starttls=bool(smtp.tls_cert),
@@ -47,10 +51,12 @@ class WorkerContext:
     spool: Spool
     committer: GroupCommitter
     loop: asyncio.AbstractEventLoop
+    parser: ParserBackend  # chosen once per process (mta.parser_backend.select)
     limits: SessionLimits = field(init=False)
     policy: RelayPolicy = field(init=False)
     connections: set[SMTPProtocol] = field(default_factory=set)
     stats: SmtpdStats = field(default_factory=lambda: SmtpdStats())
+    dates: DateCache = field(default_factory=DateCache)  # for Received: headers
     tls: ssl.SSLContext | None = None
     shutting_down: bool = False
 
@@ -88,8 +94,10 @@ class WorkerContext:
         self.stats.rejects[reason] = self.stats.rejects.get(reason, 0) + 1
 
     def publish_stats(self) -> None:
-        """Move the hot path's plain counters into Prometheus (called once a second)."""
-        self.stats.publish([p.session.reply_counts for p in self.connections])
+        """Move the hot path's plain counters and the committer's flush count into
+        Prometheus (called once a second)."""
+        live = [p.session.reply_counts for p in self.connections]
+        self.stats.publish(live, self.committer.batches)
 
     def begin_shutdown(self) -> None:
         self.shutting_down = True

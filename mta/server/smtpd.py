@@ -17,7 +17,7 @@ import asyncio
 import logging
 import ssl
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from mta.protocol import replies
 from mta.protocol.events import (
@@ -53,7 +53,7 @@ class SMTPProtocol(asyncio.Protocol):
         # per-connection state
         self.ctx = ctx
         self.transport: asyncio.Transport | None = None
-        self.session = ServerSession(ctx.limits)
+        self.session = ServerSession(ctx.limits, ctx.parser)
         self.client_ip = ""
         self.last_activity = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -67,7 +67,9 @@ class SMTPProtocol(asyncio.Protocol):
     # ----- transport callbacks ----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is duck-typed
+        # A stream server's transport reads and writes: an asyncio.Transport (uvloop's
+        # TCPTransport has that interface without subclassing it, hence no isinstance).
+        self.transport = transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else ""
         ctx = self.ctx
@@ -186,7 +188,7 @@ class SMTPProtocol(asyncio.Protocol):
             return
         if tls_transport is None:
             return
-        self.transport = tls_transport  # type: ignore[assignment]
+        self.transport = tls_transport
         self.ctx.stats.tls_sessions += 1
         self._drive()
 
@@ -214,7 +216,7 @@ class SMTPProtocol(asyncio.Protocol):
             protocol=protocol_name(session.esmtp, session.tls, "SMTPUTF8" in session.mail_params),
             queue_id=queue_id,
             recipients=[address for address, _ in session.recipients],
-            now=self._received_at,
+            date=ctx.dates(self._received_at),
         )
         try:
             self.writer = ctx.spool.new_message(queue_id)

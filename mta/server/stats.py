@@ -32,7 +32,10 @@ class SmtpdStats:
         for i, n in enumerate(reply_counts):
             self._closed_replies[i] += n
 
-    def publish(self, live_reply_counts: Iterable[list[int]]) -> None:
+    def publish(self, live_reply_counts: Iterable[list[int]], commit_batches: int) -> None:
+        """Add what changed since the last call; ``commit_batches`` is the committer's
+        running count of flushes."""
+        self._add(metrics.COMMIT_BATCHES, "commit_batches", commit_batches)
         self._add(metrics.CONNECTIONS_OPENED, "opened", self.opened)
         self._add(metrics.MESSAGES_RECEIVED, "received", self.received)
         self._add(metrics.BYTES_RECEIVED, "bytes", self.received_bytes)

@@ -5,8 +5,8 @@
             for <user@example.org>; Sat, 28 Nov 2026 12:00:00 +0000
 
 ``for`` is given only when the message has exactly one recipient, so that Bcc recipients
-are not disclosed to one another.  The date string is cached per second: it is formatted
-once, not once per message.
+are not disclosed to one another.  The date string is cached per second by a
+:class:`DateCache` that the worker keeps: it is formatted once a second, not once per message.
 """
 
 from __future__ import annotations
@@ -14,18 +14,26 @@ from __future__ import annotations
 import email.utils
 from datetime import UTC, datetime
 
-__all__ = ["received_header"]
-
-_date_cache: tuple[int, str] = (-1, "")
+__all__ = ["DateCache", "protocol_name", "received_header", "rfc5322_date"]
 
 
-def _rfc5322_date(now: float) -> str:
-    global _date_cache
-    second = int(now)
-    if _date_cache[0] != second:
-        when = datetime.fromtimestamp(second, UTC)
-        _date_cache = (second, email.utils.format_datetime(when))  # "... +0000"
-    return _date_cache[1]
+def rfc5322_date(now: float) -> str:
+    """``now`` (Unix time) as an RFC 5322 §3.3 date in UTC, to the second."""
+    return email.utils.format_datetime(datetime.fromtimestamp(int(now), UTC))  # "... +0000"
+
+
+class DateCache:
+    """:func:`rfc5322_date`, formatted again only when the second changes."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = ""
+
+    def __call__(self, now: float) -> str:
+        second = int(now)
+        if second != self._second:
+            self._second, self._text = second, rfc5322_date(second)
+        return self._text
 
 
 def _address_literal(ip: str) -> str:
@@ -40,9 +48,9 @@ def received_header(
     protocol: str,
     queue_id: str,
     recipients: list[str],
-    now: float,
+    date: str,
 ) -> bytes:
-    """The complete header field, folded, ending in CRLF."""
+    """The complete header field, folded, ending in CRLF; ``date`` as from a DateCache."""
     helo = helo.replace("\r", "").replace("\n", "") or "unknown"
     lines = [
         f"Received: from {helo} ({_address_literal(client_ip)})\r\n",
@@ -50,7 +58,7 @@ def received_header(
     ]
     if len(recipients) == 1:
         lines.append(f"\r\n\tfor <{recipients[0]}>")
-    lines.append(f"; {_rfc5322_date(now)}\r\n")
+    lines.append(f"; {date}\r\n")
     return "".join(lines).encode("utf-8", "replace")
 
 

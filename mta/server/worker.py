@@ -21,10 +21,10 @@ from collections.abc import Callable
 
 import uvloop
 
-from mta import metrics
-from mta import parser_backend as parser
+from mta import metrics, parser_backend
 from mta.config import Config
 from mta.exitcodes import EXIT_CONFIG
+from mta.protocol.session import ParserBackend
 from mta.queue.commit import GroupCommitter
 from mta.queue.spool import Spool
 from mta.server.context import WorkerContext
@@ -49,14 +49,14 @@ def run_smtpd(
 ) -> None:
     """Serve until SIGTERM; ``heartbeat`` is called from the loop once a second."""
     try:
-        parser.select()
+        parser = parser_backend.select()
     except (ValueError, ImportError) as exc:
         log.error("configuration error: parser backend (MTA_PARSER): %s", exc)
         raise SystemExit(EXIT_CONFIG) from None
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(_serve(config, sockets, loop, heartbeat))
+        loop.run_until_complete(_serve(config, sockets, loop, parser, heartbeat))
     finally:
         loop.close()
 
@@ -65,14 +65,15 @@ async def _serve(
     config: Config,
     sockets: list[socket.socket],
     loop: asyncio.AbstractEventLoop,
+    parser: ParserBackend,
     heartbeat: Heartbeat | None,
 ) -> None:
     spool = Spool(config.queue.path)
     spool.create()
-    metrics.PARSER_BACKEND.labels(parser.backend_name()).set(1)
+    metrics.PARSER_BACKEND.labels(parser_backend.backend_name(parser)).set(1)
     batch = 1024 if config.queue.group_commit else 1
     committer = GroupCommitter(spool, loop, max_batch=batch)
-    ctx = WorkerContext(config, spool, committer, loop)
+    ctx = WorkerContext(config, spool, committer, loop, parser)
     servers = [
         await loop.create_server(lambda: SMTPProtocol(ctx), sock=sock, backlog=BACKLOG)
         for sock in sockets
@@ -88,7 +89,7 @@ async def _serve(
     await _drain(ctx, config.master.graceful_timeout)
     committer.stop()
     beat.cancel()
-    _publish(ctx)
+    ctx.publish_stats()
 
 
 async def _housekeeping(ctx: WorkerContext, heartbeat: Heartbeat | None) -> None:
@@ -97,21 +98,8 @@ async def _housekeeping(ctx: WorkerContext, heartbeat: Heartbeat | None) -> None
     while True:
         if heartbeat is not None:
             heartbeat()
-        _publish(ctx)
+        ctx.publish_stats()
         await asyncio.sleep(1.0)
-
-
-_batches_published = 0  # the committer's flushes already added to COMMIT_BATCHES
-
-
-def _publish(ctx: WorkerContext) -> None:
-    """The hot path's counters and the committer's flush count, into Prometheus."""
-    global _batches_published
-    ctx.publish_stats()
-    batches = ctx.committer.batches
-    if batches > _batches_published:
-        metrics.COMMIT_BATCHES.inc(batches - _batches_published)
-        _batches_published = batches
 
 
 async def _drain(ctx: WorkerContext, timeout: float) -> None:

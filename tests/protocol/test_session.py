@@ -1,22 +1,18 @@
 """The sans-I/O ServerSession: transcripts in, events and replies out, no sockets.
 
-Every test runs against both parser backends, chosen through ``mta.parser_backend.select``
-as the server chooses them.  The helper :func:`run` plays the part of the I/O layer: it feeds
-the bytes, accepts every decision (a message end with ``250 ... queued as QID``) and checks
-that every reply carries an enhanced status code (RFC 2034 §3).
+Every test runs against both parser backends (the ``parser`` fixture), passed to the session
+as the server passes the one it chose.  The helper :func:`run` plays the part of the I/O
+layer: it feeds the bytes, accepts every decision (a message end with ``250 ... queued as
+QID``) and checks that every reply carries an enhanced status code (RFC 2034 §3).
 """
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from types import ModuleType
 
 import pytest
 
-import mta.parser_backend as parser_choice
 from mta.protocol import replies
 from mta.protocol.errors import SessionUsageError
 from mta.protocol.events import (
@@ -29,11 +25,10 @@ from mta.protocol.events import (
     RcptTo,
     TransactionReset,
 )
-from mta.protocol.session import ServerSession, SessionLimits
+from mta.protocol.session import ParserBackend, ServerSession
+from tests.protocol.sessions import HOST, new_session
 
-HOST = "mx.test"
 QID = "QID"
-BACKEND_NAMES = ["python"] if os.environ.get("MTA_NO_EXTENSIONS") == "1" else ["python", "c"]
 
 # RFC 2034 §3: every 2xx/4xx/5xx line carries "class.subject.detail" of the same class,
 # except the greeting and the replies to HELO/EHLO; 354 is not a completion reply.
@@ -41,33 +36,10 @@ _ENHANCED = re.compile(rb"^([245])\d\d[ -]\1\.\d{1,3}\.\d{1,3} \S")
 _REPLY_LINE = re.compile(rb"^\d{3}[ -][^\r\n]*\r\n$")
 
 
-@pytest.fixture(params=BACKEND_NAMES)
-def backend(request: pytest.FixtureRequest) -> Iterator[ModuleType]:
-    """Select one parser backend for the sessions of the test; restore the choice after."""
-    previous = parser_choice._selected
-    try:
-        try:
-            module = parser_choice.select(request.param)
-        except ImportError as exc:
-            pytest.fail(
-                f"parser backend {request.param!r} is not importable ({exc}); build it or "
-                "set MTA_NO_EXTENSIONS=1",
-                pytrace=False,
-            )
-        assert parser_choice.backend_name() == request.param  # no silent fallback
-        yield module
-    finally:
-        parser_choice._selected = previous
-
-
-def new_session(**limits: object) -> ServerSession:
-    return ServerSession(SessionLimits(hostname=HOST, **limits))  # type: ignore[arg-type]
-
-
 @pytest.fixture
-def session(backend: ModuleType) -> ServerSession:
-    s = new_session(max_message_size=1000, max_recipients=5, max_errors=10)
-    assert s._parser is backend
+def session(parser: ParserBackend) -> ServerSession:
+    s = new_session(parser, max_message_size=1000, max_recipients=5, max_errors=10)
+    assert s._parser is parser
     return s
 
 
@@ -168,8 +140,8 @@ def test_greeting_is_sent_first(session: ServerSession) -> None:
     assert session.next_event() is None
 
 
-def test_ehlo_advertises_exactly_our_extensions(backend: ModuleType) -> None:
-    session = new_session(max_message_size=12345)
+def test_ehlo_advertises_exactly_our_extensions(parser: ParserBackend) -> None:
+    session = new_session(parser, max_message_size=12345)
     t = run(session, b"EHLO client.test\r\n")
     ehlo = t.replies[1]
     lines = ehlo.split(b"\r\n")[:-1]
@@ -384,22 +356,22 @@ def test_bdat_payload_is_read_as_commands_not_as_data(session: ServerSession) ->
 # ----- line length ---------------------------------------------------------------------
 
 
-def test_line_too_long(backend: ModuleType) -> None:
-    session = greeted(new_session(max_line_length=512))
+def test_line_too_long(parser: ParserBackend) -> None:
+    session = greeted(new_session(parser, max_line_length=512))
     t = run(session, b"NOOP " + b"x" * 600 + b"\r\nNOOP\r\n")
     assert t.replies == [b"500 5.5.2 Error: line too long\r\n", b"250 2.0.0 Ok\r\n"]
 
 
-def test_line_at_the_limit_is_accepted(backend: ModuleType) -> None:
-    session = greeted(new_session(max_line_length=512))
+def test_line_at_the_limit_is_accepted(parser: ParserBackend) -> None:
+    session = greeted(new_session(parser, max_line_length=512))
     line = b"NOOP " + b"x" * (512 - 7) + b"\r\n"
     assert len(line) == 512
     t = run(session, line, b"NOOP " + b"x" * (512 - 6) + b"\r\n")
     assert [code_of(r) for r in t.replies] == [b"250 2.0.0", b"500 5.5.2"]
 
 
-def test_long_line_in_many_chunks_is_not_kept(backend: ModuleType) -> None:
-    session = greeted(new_session(max_line_length=512))
+def test_long_line_in_many_chunks_is_not_kept(parser: ParserBackend) -> None:
+    session = greeted(new_session(parser, max_line_length=512))
     transcript = Transcript()
     session.receive_data(b"MAIL FROM:<")
     for _ in range(2000):  # 2 MB without a line end
@@ -414,8 +386,8 @@ def test_long_line_in_many_chunks_is_not_kept(backend: ModuleType) -> None:
     assert session.errors == 1
 
 
-def test_long_line_byte_by_byte_stays_bounded(backend: ModuleType) -> None:
-    session = greeted(new_session(max_line_length=512))
+def test_long_line_byte_by_byte_stays_bounded(parser: ParserBackend) -> None:
+    session = greeted(new_session(parser, max_line_length=512))
     transcript = Transcript()
     for _ in range(3000):
         session.receive_data(b"z")
@@ -456,8 +428,8 @@ def test_bare_lf_quit_does_not_close(session: ServerSession) -> None:
 # ----- sizes -------------------------------------------------------------------------------
 
 
-def test_message_too_big_is_refused_after_the_terminator(backend: ModuleType) -> None:
-    session = greeted(new_session(max_message_size=100))
+def test_message_too_big_is_refused_after_the_terminator(parser: ParserBackend) -> None:
+    session = greeted(new_session(parser, max_message_size=100))
     t = run(session, TRANSACTION, b"x" * 80 + b"\r\n", b"y" * 80 + b"\r\n")
     assert t.codes == [250, 250, 354]  # no reply before the end of the data
     assert not session.closing
@@ -470,18 +442,18 @@ def test_message_too_big_is_refused_after_the_terminator(backend: ModuleType) ->
     assert kept <= 100  # nothing past the limit is handed out
 
 
-def test_message_exactly_at_the_limit_is_accepted(backend: ModuleType) -> None:
-    session = greeted(new_session(max_message_size=100))
+def test_message_exactly_at_the_limit_is_accepted(parser: ParserBackend) -> None:
+    session = greeted(new_session(parser, max_message_size=100))
     body = b"x" * 98 + b"\r\n"
     t = run(session, TRANSACTION, body + b".\r\n")
     assert t.of(DataEnd) == [DataEnd(100)]
     assert t.data == body
-    t = run(greeted(new_session(max_message_size=100)), TRANSACTION, b"x" + body + b".\r\n")
+    t = run(greeted(new_session(parser, max_message_size=100)), TRANSACTION, b"x" + body + b".\r\n")
     assert t.of(DataAborted) == [DataAborted("too_big")]
 
 
-def test_size_parameter_above_limit_is_552_at_mail(backend: ModuleType) -> None:
-    session = greeted(new_session(max_message_size=1000))
+def test_size_parameter_above_limit_is_552_at_mail(parser: ParserBackend) -> None:
+    session = greeted(new_session(parser, max_message_size=1000))
     t = run(session, b"MAIL FROM:<a@x.test> SIZE=1001\r\nMAIL FROM:<a@x.test> SIZE=1000\r\n")
     assert code_of(t.replies[0]) == b"552 5.3.4"
     assert t.of(MailFrom) == [MailFrom("a@x.test", {"SIZE": "1000"})]
@@ -494,8 +466,8 @@ def test_bad_size_and_body_params(session: ServerSession, param: bytes) -> None:
     assert t.of(MailFrom) == []
 
 
-def test_too_many_recipients_is_452(backend: ModuleType) -> None:
-    session = greeted(new_session(max_recipients=2))
+def test_too_many_recipients_is_452(parser: ParserBackend) -> None:
+    session = greeted(new_session(parser, max_recipients=2))
     rcpts = b"".join(b"RCPT TO:<r%d@y.test>\r\n" % i for i in range(3))
     t = run(session, b"MAIL FROM:<a@x.test>\r\n" + rcpts + b"DATA\r\n.\r\n")
     assert t.codes == [250, 250, 250, 452, 354, 250]
@@ -586,8 +558,8 @@ def test_invalid_utf8_address_is_501(session: ServerSession) -> None:
 # ----- error budget, timeout, shutdown, QUIT ------------------------------------------------
 
 
-def test_too_many_errors_close_the_session(backend: ModuleType) -> None:
-    session = greeted(new_session(max_errors=3))
+def test_too_many_errors_close_the_session(parser: ParserBackend) -> None:
+    session = greeted(new_session(parser, max_errors=3))
     t = run(session, b"FOO\r\nRCPT TO:<b@y.test>\r\nBAR\r\nNOOP\r\n")
     assert [code_of(r) for r in t.replies] == [
         b"500 5.5.2",
@@ -601,8 +573,8 @@ def test_too_many_errors_close_the_session(backend: ModuleType) -> None:
     assert session.buffered == 0
 
 
-def test_rejected_decisions_count_as_errors(backend: ModuleType) -> None:
-    session = greeted(new_session(max_errors=2))
+def test_rejected_decisions_count_as_errors(parser: ParserBackend) -> None:
+    session = greeted(new_session(parser, max_errors=2))
     session.receive_data(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<c@y.test>\r\n")
     while (event := session.next_event()) is not None:
         if isinstance(event, RcptTo):
@@ -832,36 +804,36 @@ def test_empty_message(session: ServerSession) -> None:
     assert t.of(DataEnd) == [DataEnd(0)]
 
 
-def test_every_split_gives_the_same_result(backend: ModuleType) -> None:
-    reference = run(new_session(), WHOLE)
+def test_every_split_gives_the_same_result(parser: ParserBackend) -> None:
+    reference = run(new_session(parser), WHOLE)
     assert reference.data == MESSAGE_DECODED
     for cut in range(1, len(WHOLE)):
-        t = run(new_session(), WHOLE[:cut], WHOLE[cut:])
+        t = run(new_session(parser), WHOLE[:cut], WHOLE[cut:])
         assert t.data == MESSAGE_DECODED, cut
         assert t.replies == reference.replies, cut
         assert without_chunks(t.events) == without_chunks(reference.events), cut
 
 
-def test_byte_by_byte_gives_the_same_result(backend: ModuleType) -> None:
-    reference = run(new_session(), WHOLE)
-    t = run(new_session(), *(WHOLE[i : i + 1] for i in range(len(WHOLE))))
+def test_byte_by_byte_gives_the_same_result(parser: ParserBackend) -> None:
+    reference = run(new_session(parser), WHOLE)
+    t = run(new_session(parser), *(WHOLE[i : i + 1] for i in range(len(WHOLE))))
     assert t.data == MESSAGE_DECODED
     assert t.replies == reference.replies
     assert without_chunks(t.events) == without_chunks(reference.events)
 
 
-def test_every_three_way_split_of_the_data(backend: ModuleType) -> None:
+def test_every_three_way_split_of_the_data(parser: ParserBackend) -> None:
     head = b"EHLO c\r\n" + TRANSACTION
     body = MESSAGE_WIRE
     for i in range(len(body)):
         for j in range(i, len(body), 7):
-            t = run(new_session(), head + body[:i], body[i:j], body[j:])
+            t = run(new_session(parser), head + body[:i], body[i:j], body[j:])
             assert t.data == MESSAGE_DECODED, (i, j)
             assert t.of(DataEnd) == [DataEnd(len(MESSAGE_DECODED))]
 
 
-def test_big_message_is_streamed_in_chunks(backend: ModuleType) -> None:
-    session = greeted(new_session(max_message_size=10_000_000))
+def test_big_message_is_streamed_in_chunks(parser: ParserBackend) -> None:
+    session = greeted(new_session(parser, max_message_size=10_000_000))
     run(session, TRANSACTION)
     line = b"x" * 998 + b"\r\n"
     transcript = Transcript()
@@ -909,10 +881,10 @@ def assert_one_transaction(t: Transcript) -> None:
 
 
 @pytest.mark.parametrize("ending", SMUGGLE_ENDINGS)
-def test_smuggling_is_refused_by_default(backend: ModuleType, ending: bytes) -> None:
+def test_smuggling_is_refused_by_default(parser: ParserBackend, ending: bytes) -> None:
     data = smuggling_input(ending)
     for chunks in ([data], [data[i : i + 1] for i in range(len(data))]):
-        session = new_session()
+        session = new_session(parser)
         t = run(session, *chunks)
         assert_one_transaction(t)
         assert t.of(DataAborted) == [DataAborted("bare_line_ending")]
@@ -923,11 +895,11 @@ def test_smuggling_is_refused_by_default(backend: ModuleType, ending: bytes) -> 
 
 
 @pytest.mark.parametrize("ending", SMUGGLE_ENDINGS)
-def test_smuggling_is_normalized_when_configured(backend: ModuleType, ending: bytes) -> None:
+def test_smuggling_is_normalized_when_configured(parser: ParserBackend, ending: bytes) -> None:
     data = smuggling_input(ending)
     expected = b"Subject: hi\r\n\r\nreal body" + NORMALIZED[ending] + SMUGGLED
     for chunks in ([data], [data[i : i + 1] for i in range(len(data))]):
-        session = new_session(normalize_bare_line_endings=True)
+        session = new_session(parser, normalize_bare_line_endings=True)
         t = run(session, *chunks)
         assert_one_transaction(t)
         assert t.data == expected
@@ -955,8 +927,8 @@ def test_bare_cr_in_data_is_refused(session: ServerSession) -> None:
 # ----- every reply has an enhanced status code ----------------------------------------------
 
 
-def test_every_reply_of_a_busy_session_has_an_enhanced_code(backend: ModuleType) -> None:
-    session = new_session(max_errors=100, max_recipients=1, max_message_size=10)
+def test_every_reply_of_a_busy_session_has_an_enhanced_code(parser: ParserBackend) -> None:
+    session = new_session(parser, max_errors=100, max_recipients=1, max_message_size=10)
     t = run(
         session,
         b"MAIL FROM:<a@x.test>\r\nEHLO c\r\nFOO\r\nSTARTTLS\r\nVRFY x\r\nHELP\r\nNOOP\r\n",

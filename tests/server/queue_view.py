@@ -40,11 +40,11 @@ def stored(server: MtaProcess, queue_id: str) -> tuple[Envelope, bytes]:
     for _ in range(100):
         try:
             found = spool.find(queue_id)
+            if found is not None:  # a large message is read lazily: it may move meanwhile
+                message_file = found[1]
+                return message_file.envelope, message_file.read_message()
         except FileNotFoundError:  # moved between looking and reading
             continue
-        if found is not None:
-            message_file = found[1]
-            return message_file.envelope, message_file.read_message()
     raise AssertionError(f"{queue_id} is not in the queue: {sorted(queued(server))}")
 
 

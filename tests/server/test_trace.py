@@ -10,7 +10,7 @@ from email.utils import parsedate_to_datetime
 
 import pytest
 
-from mta.server.trace import protocol_name, received_header
+from mta.server.trace import DateCache, protocol_name, received_header, rfc5322_date
 
 NOW = 1_790_000_000.75  # a fixed instant, not on a whole second
 QID = "0195F3A2B7C4100A3F1"
@@ -24,7 +24,7 @@ def header(**overrides: object) -> bytes:
         "protocol": "ESMTP",
         "queue_id": QID,
         "recipients": ["user@example.org"],
-        "now": NOW,
+        "date": rfc5322_date(NOW),
     }
     args.update(overrides)
     return received_header(**args)  # type: ignore[arg-type]
@@ -82,11 +82,12 @@ def test_date_is_rfc5322_and_correct() -> None:
     assert as_utc(date_of(raw)) == datetime.fromtimestamp(int(NOW), UTC)
 
 
-def test_date_follows_the_clock() -> None:
-    first = date_of(header(now=NOW))
-    same_second = date_of(header(now=NOW + 0.2))
-    next_second = date_of(header(now=NOW + 1))
-    much_later = date_of(header(now=NOW + 86_400 * 40))
+def test_cached_date_follows_the_clock() -> None:
+    dates = DateCache()
+    first = date_of(header(date=dates(NOW)))
+    same_second = date_of(header(date=dates(NOW + 0.2)))
+    next_second = date_of(header(date=dates(NOW + 1)))
+    much_later = date_of(header(date=dates(NOW + 86_400 * 40)))
     assert same_second == first
     assert (next_second - first).total_seconds() == 1
     assert (much_later - first).days == 40
