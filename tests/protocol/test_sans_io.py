@@ -8,7 +8,6 @@ drives a whole session with the pure-Python twin.
 
 from __future__ import annotations
 
-import ast
 import os
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 import mta.protocol
 from mta.protocol import _parser_py
 from mta.protocol.session import ParserBackend
+from tests.test_imports import imports_of
 
 # mypy checks here that the twin has every function the session uses of a backend
 PYTHON_TWIN: ParserBackend = _parser_py
@@ -27,21 +27,9 @@ PACKAGE = Path(mta.protocol.__file__).parent
 MODULES = ("session", "events", "replies", "errors", "client", "_parser_py")
 
 
-def imported_names(source: str) -> set[str]:
-    """Every module an ``import`` or ``from ... import`` statement names (with its names)."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return names
-
-
 def test_no_module_of_the_package_imports_io() -> None:
     for path in sorted(PACKAGE.glob("*.py")):
-        names = imported_names(path.read_text())
+        names = imports_of(path)
         bad = {n for n in names if n in FORBIDDEN or n.split(".")[0] in FORBIDDEN}
         assert not bad, f"{path.name} imports {sorted(bad)}"
 
