@@ -88,8 +88,9 @@ class FakeProcesses:
             self.exit(pid, 0)
 
     def reap(self) -> Iterator[tuple[int, int]]:
-        while self._exited:
-            pid = self._exited.pop(0)
+        # what exits while the arbiter handles these (a TERM it sends) is for the next reap
+        exited, self._exited = self._exited, []
+        for pid in exited:
             code = self.children[pid].exit_code
             assert code is not None
             yield pid, code
