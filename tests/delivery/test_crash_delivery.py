@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -32,12 +32,6 @@ TOTAL = 1000
 THREADS = 4
 SUBJECT = re.compile(rb"\r\nSubject: crash-test (\d+)\r\n")
 STATES = ("incoming", "active", "deferred", "hold", "corrupt")
-
-
-@pytest.fixture
-def sink() -> Iterator[CaptureSink]:
-    with CaptureSink() as server:
-        yield server
 
 
 def message(n: int) -> bytes:

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from email.message import Message
 from typing import Any
 
@@ -40,16 +40,9 @@ MESSAGE = (
 
 
 @pytest.fixture
-def sink() -> Iterator[CaptureSink]:
-    with CaptureSink() as server:
-        yield server
-
-
-@pytest.fixture
-def home() -> Iterator[CaptureSink]:
+def home(sink_factory: Callable[..., CaptureSink]) -> CaptureSink:
     """The sender's own mail server: bounces end up here."""
-    with CaptureSink() as server:
-        yield server
+    return sink_factory()
 
 
 def relay_config(sink: CaptureSink, home: CaptureSink, **delivery: Any) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import smtplib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,12 +24,6 @@ pytestmark = pytest.mark.timeout(120)
 Factory = Callable[..., MtaProcess]
 K = 7
 QUEUE_STATES = ("incoming", "active", "deferred", "hold", "corrupt")
-
-
-@pytest.fixture
-def sink() -> Iterator[CaptureSink]:
-    with CaptureSink() as sink:
-        yield sink
 
 
 def expected_backend() -> str:

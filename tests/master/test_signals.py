@@ -6,7 +6,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,12 +20,6 @@ pytestmark = pytest.mark.timeout(120)
 
 Factory = Callable[..., MtaProcess]
 _QUEUED = re.compile(rb"^250 2\.0\.0 Ok: queued as ([0-9A-F]{19})\r\n$")
-
-
-@pytest.fixture
-def sink() -> Iterator[CaptureSink]:
-    with CaptureSink() as sink:
-        yield sink
 
 
 def big_message(size: int) -> bytes:

@@ -12,7 +12,7 @@ import re
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -40,12 +40,6 @@ _DIED = re.compile(_MASTER_LINE + r"smtpd#0\[\d+\] died \(exit status 1\)", re.M
 
 def _when(match: re.Match[str]) -> datetime:
     return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
-
-
-@pytest.fixture
-def sink() -> Iterator[CaptureSink]:
-    with CaptureSink() as sink:
-        yield sink
 
 
 def relay_to(sink: CaptureSink) -> dict[str, str]:
