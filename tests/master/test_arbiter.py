@@ -185,8 +185,10 @@ def test_term_drains_then_kills_what_is_left_after_the_graceful_timeout(tree: Tr
     assert sorted(terms) == sorted(tree.processes.children)  # every child, at once
     assert all(s.fileno() == -1 for s in sockets)  # new clients are refused from now on
     # the others drained; the stubborn one gets until the graceful timeout (plus a margin)
-    deadline = GRACEFUL + _KILL_MARGIN
-    while tree.clock.monotonic() + _TICK - tree.arbiter.stopping_since <= deadline:
+    stopping_since = tree.arbiter.stopping_since
+    assert stopping_since is not None
+    deadline = stopping_since + GRACEFUL + _KILL_MARGIN
+    while tree.clock.monotonic() + _TICK <= deadline:
         assert tree.round() is False
         assert tree.running() == {"delivery": 1}
         assert ("KILL", "delivery", stubborn) not in tree.processes.events
