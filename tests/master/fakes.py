@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from mta.config import Config
@@ -51,7 +51,9 @@ class FakeProcesses:
 
     A child lives until the test ends it (:meth:`exit`) or the arbiter signals it: SIGTERM
     ends it with status 0 unless it is stubborn, SIGKILL always ends it.  An ended child is
-    handed to the arbiter by the next :meth:`reap`, as ``waitpid`` would.
+    handed to the arbiter by the next :meth:`reap`, as ``waitpid`` would, and ``on_exit``
+    (if set) is called, as the kernel would send SIGCHLD.  ``on_spawn`` (if set) is called
+    with the kind and pid of each new child, before it is handed to the arbiter.
     """
 
     def __init__(self, clock: FakeClock) -> None:
@@ -60,6 +62,8 @@ class FakeProcesses:
         self.events: list[tuple[str, str, int]] = []  # ("spawn"|"TERM"|"KILL"|"exit", kind, pid)
         self._next_pid = 4000
         self._exited: list[int] = []
+        self.on_spawn: Callable[[str, int], None] | None = None
+        self.on_exit: Callable[[], object] | None = None
 
     # ----- the seam ------------------------------------------------------------------------
 
@@ -75,6 +79,8 @@ class FakeProcesses:
         pid = self._next_pid
         self.children[pid] = FakeChild(kind, pid, heartbeat, config)
         self.events.append(("spawn", kind, pid))
+        if self.on_spawn is not None:
+            self.on_spawn(kind, pid)
         return pid
 
     def kill(self, pid: int, signum: int) -> None:
@@ -103,6 +109,8 @@ class FakeProcesses:
         child.exit_code = code
         self._exited.append(pid)
         self.events.append(("exit", child.kind, pid))
+        if self.on_exit is not None:
+            self.on_exit()
 
     def beat(self, pid: int) -> None:
         """The child proves it is alive: its heartbeat file gets the (fake) wall time."""

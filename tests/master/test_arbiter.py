@@ -20,7 +20,7 @@ import pytest
 
 from mta.config import load_config
 from mta.exitcodes import EXIT_CONFIG
-from mta.master.arbiter import _KILL_MARGIN, _TICK, Arbiter
+from mta.master.arbiter import _KILL_MARGIN, _SIGNALS, _TICK, Arbiter
 from tests.helpers import to_toml
 from tests.master.fakes import FakeClock, FakeProcesses
 
@@ -173,6 +173,41 @@ def test_a_configuration_error_in_a_child_stops_the_master(
     assert tree.arbiter.exit_code == EXIT_CONFIG == 78
     assert len(tree.processes.spawned("smtpd")) == 2  # never restarted
     assert f"smtpd#0[{pid}] exited with a configuration error" in caplog.text
+
+
+@pytest.fixture
+def restore_signals() -> Iterator[None]:
+    """run() installs the master's signal handlers: put pytest's back afterwards."""
+    saved = {signum: signal.getsignal(signum) for signum in _SIGNALS}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+def test_run_returns_78_when_a_child_has_a_configuration_error(
+    tmp_path: Path, restore_signals: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    config_path = tmp_path / "mta.toml"
+    write_config(config_path)
+    tree = Tree(config_path)
+    arbiter, processes = tree.arbiter, tree.processes
+
+    def smtpd_cannot_work(kind: str, pid: int) -> None:
+        if kind == "smtpd":
+            processes.exit(pid, EXIT_CONFIG)
+
+    caplog.set_level(logging.INFO, "mta.master")
+    processes.on_spawn = smtpd_cannot_work
+    processes.on_exit = lambda: os.write(arbiter._pipe_w, b"!")  # SIGCHLD wakes the loop
+    try:
+        assert arbiter.run() == EXIT_CONFIG
+    finally:
+        os.close(arbiter._pipe_r)
+        os.close(arbiter._pipe_w)
+    assert len(processes.spawned("smtpd")) == 2  # the first round started both; no more
+    assert processes.running() == []
+    assert not os.path.exists(arbiter.run_dir)  # cleaned up
+    assert "master exiting with status 78" in caplog.text
 
 
 def test_term_drains_then_kills_what_is_left_after_the_graceful_timeout(tree: Tree) -> None:
