@@ -21,6 +21,7 @@ import pytest
 from mta.config import load_config
 from mta.exitcodes import EXIT_CONFIG
 from mta.master.arbiter import _KILL_MARGIN, _SIGNALS, _TICK, Arbiter
+from mta.master.http import health
 from mta.master.throttle import Throttle
 from tests.helpers import to_toml
 from tests.master.fakes import FakeClock, FakeProcesses
@@ -371,3 +372,15 @@ def test_a_child_that_never_beats_is_killed_a_timeout_after_its_start(tree: Tree
     assert HEARTBEAT < tree.clock.monotonic() - started <= HEARTBEAT + _TICK
     killed = [pid for e, _, pid in tree.processes.events if e == "KILL"]
     assert sorted(killed) == sorted(tree.processes.children)  # none of them ever beat
+
+
+def test_health_follows_the_smtpd_heartbeats(tree: Tree) -> None:
+    """What /healthz answers (mta/master/http.py), read from the arbiter's own view."""
+    (Path(tree.arbiter.config.queue.path) / "tmp").mkdir(parents=True)
+    assert health(tree.arbiter) == (False, "no smtpd worker is alive")  # none beat yet
+    tree.processes.beat_all()
+    assert health(tree.arbiter) == (True, "ok: 2 smtpd workers alive")
+    tree.clock.advance(HEARTBEAT)
+    tree.processes.beat(tree.pid("smtpd", 0))
+    tree.clock.advance(_TICK)  # smtpd#1 last beat more than the heartbeat timeout ago
+    assert health(tree.arbiter) == (True, "ok: 1 smtpd workers alive")
