@@ -110,23 +110,30 @@ class GatheringHandler(logging.Handler):
         self._start_writer()
 
 
-_handler: GatheringHandler | None = None
+def _gathering_handler() -> GatheringHandler | None:
+    """The process's handler, kept where logging keeps handlers: on the root logger."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, GatheringHandler):
+            return handler
+    return None
 
 
 def flush_logs() -> None:
     """Write out the lines still gathered (before a process exits)."""
-    if _handler is not None:
-        _handler.flush()
+    handler = _gathering_handler()
+    if handler is not None:
+        handler.flush()
 
 
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
-    global _handler
+    """Log to stderr through one :class:`GatheringHandler` per process; calling it again
+    changes the format and level, and keeps the handler (and its writer thread)."""
     logging._srcfile = None  # type: ignore[attr-defined]  # no caller lookup: we never log it
     logging.logThreads = False
-    if _handler is None:
-        _handler = GatheringHandler()
-        atexit.register(flush_logs)  # children leave by os._exit and flush themselves
-    handler = _handler
+    handler = _gathering_handler()
+    if handler is None:
+        handler = GatheringHandler()
+        atexit.register(handler.flush)  # children leave by os._exit and flush themselves
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.delivery.sink import CaptureSink
 from tests.helpers import MtaProcess
 
 
@@ -35,3 +36,24 @@ def mta_factory(tmp_path: Path) -> Iterator[Callable[..., MtaProcess]]:
 def mta(mta_factory: Callable[..., MtaProcess]) -> MtaProcess:
     """One running relay with default settings (1 smtpd worker)."""
     return mta_factory()
+
+
+@pytest.fixture
+def sink_factory() -> Iterator[Callable[..., CaptureSink]]:
+    """Start CaptureSinks (with CaptureSink's arguments: tls=True, lmtp=True, ...); each is
+    stopped after the test."""
+    started: list[CaptureSink] = []
+
+    def start(*args: Any, **kwargs: Any) -> CaptureSink:
+        started.append(CaptureSink(*args, **kwargs).start())
+        return started[-1]
+
+    yield start
+    for server in reversed(started):
+        server.stop()
+
+
+@pytest.fixture
+def sink(sink_factory: Callable[..., CaptureSink]) -> CaptureSink:
+    """A capture sink (plain SMTP) on a free loopback port: the next hop of most relay tests."""
+    return sink_factory()

@@ -12,10 +12,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mta.logs import FLUSH_SECONDS
 from mta.queue.spool import Spool
 
 REPO = Path(__file__).resolve().parent.parent
-LOG_SETTLE = 0.2  # seconds without a new log line: what was logged before is written
+# A process writes the lines it logged at most FLUSH_SECONDS later (mta/logs.py).  So once
+# the log has not grown for a few of those, what was logged before is written (with room
+# for a writer thread that a loaded machine runs late); and a log that keeps growing for
+# LOG_BUSY shows that the writers run, so what was logged before is written too.
+LOG_SETTLE = 4 * FLUSH_SECONDS
+LOG_BUSY = 5 * LOG_SETTLE
 QUEUE_STATES = ("incoming", "active", "deferred", "hold", "corrupt")  # where messages wait
 
 
@@ -118,10 +124,11 @@ class MtaProcess:
 
     def log(self) -> str:
         """The log so far.  Each process writes its lines a moment after it logs them
-        (mta/logs.py), so read once the file has stopped growing for a little while."""
+        (mta/logs.py), so read once the file has stopped growing for a little while, or
+        has grown all along for a while (see LOG_SETTLE)."""
         if not self.log_path.exists():
             return ""
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + LOG_BUSY
         size = -1
         while (now := self.log_path.stat().st_size) != size and time.monotonic() < deadline:
             size = now

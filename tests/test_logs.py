@@ -3,14 +3,25 @@ warnings go out at once, and a forked child writes only its own lines."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import select
+import sys
+import termios
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from mta.logs import FLUSH_SECONDS, GatheringHandler, TextFormatter
+from mta.logs import (
+    FLUSH_SECONDS,
+    GatheringHandler,
+    JsonFormatter,
+    TextFormatter,
+    flush_logs,
+    setup_logging,
+)
 
 
 @pytest.fixture
@@ -56,8 +67,8 @@ def test_gathered_lines_are_written_soon_whole_and_in_order(pipe: tuple[int, int
         logger.info("line %d", n)
     deadline = time.monotonic() + 2
     got: list[str] = []
-    while len(got) < 500 and time.monotonic() < deadline:
-        time.sleep(FLUSH_SECONDS)
+    while len(got) < 500 and (left := deadline - time.monotonic()) > 0:
+        select.select([read_fd], [], [], left)  # until the writer thread has written
         got += drain(read_fd)
     assert messages(got) == [f"line {n}" for n in range(500)]
     assert all(f"mta[{os.getpid()}] test.gather: " in line for line in got)
@@ -82,19 +93,37 @@ def test_flush_writes_everything_now(pipe: tuple[int, int]) -> None:
     assert messages(drain(read_fd)) == ["one", "two"]
 
 
+def unread(read_fd: int) -> int:
+    """Octets waiting in the pipe (FIONREAD), without reading them."""
+    return int.from_bytes(fcntl.ioctl(read_fd, termios.FIONREAD, bytes(4)), sys.byteorder)
+
+
+def wait_written(read_fd: int, more_than: int, timeout: float = 2.0) -> bool:
+    """Until more than ``more_than`` octets wait in the pipe."""
+    deadline = time.monotonic() + timeout
+    while unread(read_fd) <= more_than:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(FLUSH_SECONDS / 10)
+    return True
+
+
 def test_a_forked_child_writes_its_own_lines_only(pipe: tuple[int, int]) -> None:
     read_fd, write_fd = pipe
     logger, handler = logger_for(write_fd, "test.fork")
     logger.info("parent before fork")  # gathered, not yet written
+    record = logger.makeRecord(logger.name, logging.INFO, "", 0, "parent before fork", (), None)
+    parents = len(handler.format(record)) + 1  # what the parent's writer thread will write
     pid = os.fork()
     if pid == 0:  # the child: log, write out, leave without running the parent's cleanup
         code = 1
         try:
             logger.info("from the child")
-            time.sleep(FLUSH_SECONDS * 4)  # its own writer thread runs too
+            # more than the parent's line: the child's own writer thread has written too
+            written = wait_written(read_fd, more_than=parents)
             logger.info("child, last")
             handler.flush()
-            code = 0
+            code = 0 if written else 2
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
@@ -103,3 +132,20 @@ def test_a_forked_child_writes_its_own_lines_only(pipe: tuple[int, int]) -> None
     got = messages(drain(read_fd))
     assert sorted(got) == sorted(["parent before fork", "from the child", "child, last"])
     assert got.index("from the child") < got.index("child, last")
+
+
+def test_setup_logging_keeps_one_handler_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logging, "_srcfile", logging._srcfile)  # type: ignore[attr-defined]
+    monkeypatch.setattr(logging, "logThreads", logging.logThreads)
+    monkeypatch.delenv("MTA_LOG_LEVEL", raising=False)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
+    setup_logging("info", "text")
+    [handler] = root.handlers
+    assert isinstance(handler, GatheringHandler)
+    setup_logging("debug", "json")  # again: the same handler, with the new format and level
+    assert root.handlers == [handler]
+    assert isinstance(handler.formatter, JsonFormatter)
+    assert root.level == logging.DEBUG
+    flush_logs()  # finds it there

@@ -24,6 +24,11 @@ SO_REUSEPORT it never strands queued connections in the accept queue of a worker
 (children.py); the master then binds each address only to check it can be had, and closes
 it, since a listening socket of its own would take a share of the connections and never
 accept them.  ``smtp.listen`` and ``smtp.reuse_port`` keep their values across a HUP.
+
+What the arbiter asks of the system goes through two small seams, so that tests can run it
+in their own process, one round at a time (tests/master/test_arbiter.py): a ``clock``
+(:class:`SystemClock`: monotonic time for ages and delays, wall time to compare with a
+heartbeat file's mtime) and ``processes`` (:class:`SystemProcesses`: spawn, kill, reap).
 """
 
 from __future__ import annotations
@@ -37,8 +42,9 @@ import shutil
 import signal
 import tempfile
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
@@ -50,14 +56,78 @@ from mta.master.throttle import Throttle
 from mta.server.listen import bind_listeners
 
 if TYPE_CHECKING:
+    import socket
     from http.server import ThreadingHTTPServer
 
-__all__ = ["Arbiter", "run_master"]
+__all__ = ["Arbiter", "Clock", "Processes", "SystemClock", "SystemProcesses", "run_master"]
 
 log = logging.getLogger("mta.master")
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 _TICK = 0.5  # seconds between rounds when nothing happens
+_KILL_MARGIN = 2.0  # seconds past the graceful timeout before a draining child is killed
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float: ...
+    def time(self) -> float: ...
+
+
+class Processes(Protocol):
+    def spawn(
+        self,
+        kind: str,
+        config: Config,
+        sockets: list[socket.socket],
+        heartbeat: str,
+        close_fds: list[int],
+    ) -> int: ...
+    def kill(self, pid: int, signum: int) -> None: ...
+    def reap(self) -> Iterator[tuple[int, int]]: ...
+
+
+class SystemClock:
+    """The real clocks: monotonic for ages and delays, wall time to compare with mtimes."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time(self) -> float:
+        return time.time()
+
+
+class SystemProcesses:
+    """How the arbiter starts, signals and reaps its children: the real system calls."""
+
+    def spawn(
+        self,
+        kind: str,
+        config: Config,
+        sockets: list[socket.socket],
+        heartbeat: str,
+        close_fds: list[int],
+    ) -> int:
+        """Fork a child of ``kind`` (:func:`mta.master.children.spawn`); its pid."""
+        return spawn(kind, config, sockets, heartbeat, close_fds)
+
+    def kill(self, pid: int, signum: int) -> None:
+        """Send ``signum`` to ``pid``; one that is already gone is no error."""
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def reap(self) -> Iterator[tuple[int, int]]:
+        """(pid, exit code) of each child that has exited, without blocking; the code is
+        ``os.waitstatus_to_exitcode``'s (negative: killed by that signal)."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            yield pid, os.waitstatus_to_exitcode(status)
 
 
 @dataclass(eq=False)
@@ -67,7 +137,7 @@ class Child:
     pid: int
     generation: int
     heartbeat: str  # file the child touches from its event loop
-    started: float = field(default_factory=time.monotonic)
+    started: float  # monotonic time
     stopping_since: float | None = None
 
     @property
@@ -83,16 +153,25 @@ class Child:
 
 
 class Arbiter:
-    def __init__(self, config: Config, config_path: str | None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        config_path: str | None,
+        *,
+        clock: Clock | None = None,
+        processes: Processes | None = None,
+    ) -> None:
         self.config = config
         self.config_path = config_path
+        self.clock = clock or SystemClock()
+        self.processes = processes or SystemProcesses()
         self.generation = 0
         self.children: dict[int, Child] = {}
         self.signals: list[int] = []
         self.stopping_since: float | None = None
         self.exit_code = 0
         self.run_dir = tempfile.mkdtemp(prefix="mta-master-")
-        self.throttle = Throttle()
+        self.throttle = Throttle(clock=self.clock.monotonic)
         self.sockets = bind_listeners(config.smtp.listen, config.smtp.reuse_port)
         if config.smtp.reuse_port:  # each smtpd binds its own (see the module docstring)
             for sock in self.sockets:
@@ -117,22 +196,29 @@ class Arbiter:
         log.info("master started (pid %d), listening on %s", os.getpid(), self._listen_names())
         try:
             self._start_missing()  # at once: the first tick would only delay the service
-            while True:
+            done = False
+            while not done:
                 self._wait()
-                self._dispatch_signals()
-                self._reap()
-                if self.stopping_since is not None:
-                    if not self.children:
-                        break
-                    self._escalate_stop()
-                    continue
-                self._check_heartbeats()
-                self._start_missing()
-                self._advance_reload()
+                done = self.one_round()
         finally:
             self._cleanup()
         log.info("master exiting with status %d", self.exit_code)
         return self.exit_code
+
+    def one_round(self) -> bool:
+        """Act on the signals received, then reap, check and start children; True once
+        the master is stopping and every child is gone."""
+        self._dispatch_signals()
+        self._reap()
+        if self.stopping_since is not None:
+            if not self.children:
+                return True
+            self._escalate_stop()
+            return False
+        self._check_heartbeats()
+        self._start_missing()
+        self._advance_reload()
+        return False
 
     def _wait(self) -> None:
         try:
@@ -167,7 +253,7 @@ class Arbiter:
     def handle_term(self) -> None:
         if self.stopping_since is None:
             log.info("stopping: draining children for up to %ss", self._graceful())
-            self.stopping_since = time.monotonic()
+            self.stopping_since = self.clock.monotonic()
             for child in self.children.values():
                 self._signal(child, signal.SIGTERM)
             # The smtpd workers close their copies as they drain; once ours is closed too,
@@ -221,8 +307,8 @@ class Arbiter:
         with open(heartbeat, "wb"):
             pass
         os.utime(heartbeat, (0, 0))  # not alive until the child says so
-        pid = spawn(kind, self.config, self.sockets, heartbeat, self._child_fds())
-        child = Child(kind, slot, pid, self.generation, heartbeat)
+        pid = self.processes.spawn(kind, self.config, self.sockets, heartbeat, self._child_fds())
+        child = Child(kind, slot, pid, self.generation, heartbeat, self.clock.monotonic())
         self.children[pid] = child
         log.info("started %s", child.name)
         return child
@@ -234,23 +320,16 @@ class Arbiter:
         return fds
 
     def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, code in self.processes.reap():
             child = self.children.pop(pid, None)
             if child is not None:
-                self._child_exited(child, status)
+                self._child_exited(child, code)
 
-    def _child_exited(self, child: Child, status: int) -> None:
+    def _child_exited(self, child: Child, code: int) -> None:
         from mta.master import http
 
         http.mark_dead(child.pid)
         _remove(child.heartbeat)
-        code = os.waitstatus_to_exitcode(status)
         how = f"exit status {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
         if self.stopping_since is not None or child.stopping_since is not None:
             log.info("%s stopped (%s)", child.name, how)
@@ -260,22 +339,22 @@ class Arbiter:
             self.exit_code = EXIT_CONFIG
             self.handle_term()
             return
-        lived = time.monotonic() - child.started
+        lived = self.clock.monotonic() - child.started
         log.warning("%s died (%s) after %.1fs; replacing it", child.name, how, lived)
         self.throttle.died((child.kind, child.slot), lived)
         http.count_restart(child.kind)
 
     def _check_heartbeats(self) -> None:
-        now = time.time()
+        now, monotonic = self.clock.time(), self.clock.monotonic()
         limit = self.config.master.heartbeat_timeout
         for child in list(self.children.values()):
             if child.stopping_since is not None:  # replaced by a reload and draining
-                if time.monotonic() - child.stopping_since > self._graceful() + 2.0:
+                if monotonic - child.stopping_since > self._graceful() + _KILL_MARGIN:
                     log.warning("%s did not stop in time; killing it", child.name)
                     self._signal(child, signal.SIGKILL)
                 continue
             last = child.alive_since()
-            started_wall = now - (time.monotonic() - child.started)
+            started_wall = now - (monotonic - child.started)
             if now - max(last, started_wall) > limit:
                 log.error("%s stopped heart-beating for %.0fs; killing it", child.name, limit)
                 self._signal(child, signal.SIGKILL)
@@ -294,7 +373,7 @@ class Arbiter:
                 return  # one replacement at a time
         old = outdated[0]
         if KINDS[old.kind].exclusive or (old.kind, old.slot) not in self.wanted():
-            old.stopping_since = time.monotonic()
+            old.stopping_since = self.clock.monotonic()
             self._signal(old, signal.SIGTERM)
             return
         successor = next(
@@ -309,12 +388,12 @@ class Arbiter:
             if self.throttle.may_start((old.kind, old.slot)):  # a successor that dies young
                 self._start(old.kind, old.slot)
         elif successor.alive_since() > 0:
-            old.stopping_since = time.monotonic()
+            old.stopping_since = self.clock.monotonic()
             self._signal(old, signal.SIGTERM)
 
     def _escalate_stop(self) -> None:
         assert self.stopping_since is not None
-        if time.monotonic() - self.stopping_since > self._graceful() + 2.0:
+        if self.clock.monotonic() - self.stopping_since > self._graceful() + _KILL_MARGIN:
             for child in self.children.values():
                 log.warning("%s did not stop in time; killing it", child.name)
                 self._signal(child, signal.SIGKILL)
@@ -323,10 +402,7 @@ class Arbiter:
         return self.config.master.graceful_timeout
 
     def _signal(self, child: Child, signum: int) -> None:
-        try:
-            os.kill(child.pid, signum)
-        except ProcessLookupError:
-            pass
+        self.processes.kill(child.pid, signum)
 
     # ----- setup and teardown ------------------------------------------------------------
 

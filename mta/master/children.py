@@ -26,12 +26,9 @@ from mta.config import Config
 from mta.exitcodes import EXIT_CONFIG
 from mta.logs import flush_logs
 
-__all__ = ["EXIT_CONFIG", "KINDS", "spawn"]
+__all__ = ["EXIT_CONFIG", "KINDS", "Heartbeat", "spawn"]
 
 log = logging.getLogger("mta.master")
-
-
-Heartbeat = Callable[[], None]
 
 
 @dataclass(frozen=True)
@@ -128,7 +125,7 @@ def spawn(
             # When CPU is short, a client waiting for its reply comes before a message
             # that is already safe on disk: the queue absorbs a burst and drains after.
             os.nice(config.delivery.nice)
-        _run_child(kind, config, sockets, lambda: _beat(heartbeat, master))
+        _run_child(kind, config, sockets, Heartbeat(heartbeat, master))
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
@@ -144,20 +141,38 @@ def spawn(
         os._exit(code)
 
 
-_last_beat = 0.0
+class Heartbeat:
+    """A child's proof of life, made in the child: the file its event loop touches.
 
+    The loop calls it (:meth:`beat`) as often as it likes; the file is touched at most once
+    per ``interval``, and on the way the child finds out whether the master (``master``,
+    its pid) is gone.
+    """
 
-def _beat(heartbeat: str, master: int) -> None:
-    """Touch the heartbeat file, at most twice a second however often the loop calls."""
-    global _last_beat
-    now = time.monotonic()
-    if now - _last_beat < 0.5:
-        return
-    _last_beat = now
-    if os.getppid() != master:  # orphaned: drain and exit, as if the master had said TERM
-        os.kill(os.getpid(), signal.SIGTERM)
-        return
-    os.utime(heartbeat)
+    def __init__(
+        self,
+        path: str,
+        master: int,
+        interval: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = path
+        self.master = master
+        self.interval = interval
+        self.clock = clock
+        self.last = float("-inf")  # the first call beats
+
+    def beat(self) -> None:
+        now = self.clock()
+        if now - self.last < self.interval:
+            return
+        self.last = now
+        if os.getppid() != self.master:  # orphaned: drain and exit, as on the master's TERM
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        os.utime(self.path)
+
+    __call__ = beat  # what the children's main functions take: a callable
 
 
 def _set_title(title: str) -> None:

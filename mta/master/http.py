@@ -15,7 +15,6 @@ import glob
 import logging
 import os
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
@@ -72,7 +71,7 @@ def _nonempty(path: str) -> bool:
 
 def health(arbiter: Arbiter) -> tuple[bool, str]:
     """Is the relay able to take mail now?  (ok, reason)"""
-    now = time.time()
+    now = arbiter.clock.time()
     limit = arbiter.config.master.heartbeat_timeout
     smtpd = [c for c in arbiter.children.values() if c.kind == "smtpd"]
     alive = [c for c in smtpd if now - c.alive_since() <= limit]

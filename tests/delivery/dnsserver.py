@@ -14,6 +14,9 @@ Rules it keeps (RFC 1034 §4.3.2, RFC 2308):
 - UDP and TCP are served on the same port; a UDP answer too big for the client's buffer
   (512 octets, or its EDNS size) is sent truncated, as is every UDP answer while
   :meth:`DnsServer.truncate_udp` is on.
+
+It runs in a thread and event loop of its own, started and stopped as every test server
+is (loop_server.py).
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import struct
 import threading
-from types import TracebackType
 from typing import cast
 
 import dns.exception
@@ -34,7 +36,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from tests.delivery.sink import LoopThread
+from tests.delivery.loop_server import LoopServer
 
 Rdatas = dict[dns.rdatatype.RdataType, list[dns.rdata.Rdata]]
 
@@ -51,7 +53,7 @@ def _rdata(rdtype: dns.rdatatype.RdataType, text: str) -> dns.rdata.Rdata:
     )
 
 
-class DnsServer:
+class DnsServer(LoopServer):
     """Authoritative answers from an in-memory zone, over UDP and TCP, in a background thread.
 
     Every method may be called from the test thread while the server runs; the zone and
@@ -59,7 +61,8 @@ class DnsServer:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, ttl: int = 300) -> None:
-        self.host, self.port, self.ttl = host, port, ttl
+        super().__init__(host, port)
+        self.ttl = ttl
         # zone and misbehaviour, written by the test thread
         self._lock = threading.Lock()
         self._records: dict[str, Rdatas] = {}
@@ -68,7 +71,6 @@ class DnsServer:
         self._truncate = False
         self._queries: list[tuple[str, str, str]] = []
         # machinery, owned by the loop thread once started
-        self._loop: LoopThread | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._clients: set[asyncio.Transport] = set()
@@ -115,36 +117,7 @@ class DnsServer:
         with self._lock:
             self._records.setdefault(_key(name), {}).setdefault(rdata.rdtype, []).append(rdata)
 
-    # -- lifecycle ----------------------------------------------------------------------
-
-    def start(self) -> DnsServer:
-        if self._loop is not None:
-            return self
-        self._loop = LoopThread(f"DnsServer:{self.host}:{self.port}")
-        try:
-            self._loop.run(self._listen())
-        except BaseException:
-            self._loop.close()
-            self._loop = None
-            raise
-        return self
-
-    def stop(self) -> None:
-        if self._loop is None:
-            return
-        loop, self._loop = self._loop, None
-        try:
-            loop.run(self._shutdown())
-        finally:
-            loop.close()
-
-    def __enter__(self) -> DnsServer:
-        return self.start()
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+    # -- lifecycle (loop thread) ----------------------------------------------------------
 
     async def _listen(self) -> None:
         """Bind TCP, then UDP on the same port; with port 0, retry if UDP's is taken."""
@@ -170,12 +143,7 @@ class DnsServer:
             self._tcp.close()
         if self._udp is not None:
             self._udp.close()
-        for transport in list(self._clients):
-            transport.abort()
-        for _ in range(100):  # let connection_lost close the sockets before the loop stops
-            if not self._clients:
-                break
-            await asyncio.sleep(0.001)
+        await self._abort_all(self._clients)
         await asyncio.sleep(0)
 
     # -- answering (loop thread) ----------------------------------------------------------

@@ -12,8 +12,9 @@ Invariants:
   recipients whose own reply was 2xx are recorded with it.
 - Commands are processed strictly in the order their lines arrive; only CRLF ends a line
   and only CRLF "." CRLF ends a message.
-- The server runs in its own thread and event loop; the test thread reads the results
-  through copies taken under a lock and changes behaviour by assigning attributes.
+- The server runs in its own thread and event loop (started and stopped as every test
+  server is: loop_server.py); the test thread reads the results through copies taken
+  under a lock and changes behaviour by assigning attributes.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
-T = TypeVar("T")
+from tests.delivery.loop_server import LoopServer, LoopThread
+
+__all__ = ["HOSTNAME", "CaptureSink", "Captured", "LoopThread", "Reply"]
+
 Reply = tuple[int, str]
 
 HOSTNAME = "sink.test"
@@ -51,36 +54,6 @@ class Captured:
     mail_params: dict[str, str | None]  # ESMTP keywords upper-cased: {"SIZE": "12"}
     peer: str  # client IP
     tls: bool = False  # whether the transaction ran over STARTTLS
-
-
-class LoopThread:
-    """An asyncio event loop running forever in a daemon thread.
-
-    The delivery tests are synchronous, yet the servers must keep answering while a test
-    blocks inside a client call; so each server owns a loop in its own thread and the
-    test thread touches it only through :meth:`run` (and :meth:`close`).
-    """
-
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
-        self._thread.start()
-
-    def _main(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_forever()
-        finally:
-            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
-            self.loop.close()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
-        """Run ``coro`` on the loop and return its result (or raise its exception) here."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
 
 
 class _SinkProtocol(asyncio.Protocol):
@@ -361,7 +334,7 @@ def _lookup(table: dict[str, Reply], address: str) -> Reply | None:
     return lowered.get(address.lower())
 
 
-class CaptureSink:
+class CaptureSink(LoopServer):
     """A recording SMTP (or LMTP) server in a background thread; see the module docstring.
 
     Behaviour knobs may be assigned at any time from the test thread; they apply to the
@@ -372,7 +345,8 @@ class CaptureSink:
         self, host: str = "127.0.0.1", port: int = 0, *, lmtp: bool = False, tls: bool = False
     ) -> None:
         # where and what it serves
-        self.host, self.port, self.lmtp, self.tls = host, port, lmtp, tls
+        super().__init__(host, port)
+        self.lmtp, self.tls = lmtp, tls
         # behaviour knobs
         self.rcpt_replies: dict[str, Reply] = {}
         self.mail_reply: Reply | None = None
@@ -386,7 +360,6 @@ class CaptureSink:
         self._messages: list[Captured] = []
         self._seen = threading.Condition()
         # machinery, owned by the loop thread once started
-        self._loop: LoopThread | None = None
         self._server: asyncio.Server | None = None
         self._clients: set[_SinkProtocol] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -395,47 +368,21 @@ class CaptureSink:
     # -- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> CaptureSink:
-        if self._loop is not None:
-            return self
-        if self.tls:
+        if self.tls and self._ssl is None:
             self._ssl = _server_context()
-        self._loop = LoopThread(f"CaptureSink:{self.host}:{self.port}")
-        try:
-            self._loop.run(self._listen())
-        except BaseException:
-            self._loop.close()
-            self._loop = None
-            raise
-        return self
-
-    def stop(self) -> None:
-        if self._loop is None:
-            return
-        loop, self._loop = self._loop, None
-        try:
-            loop.run(self._shutdown())
-        finally:
-            loop.close()
+        return super().start()
 
     def down(self) -> None:
         """Stop listening (new connections are refused); open connections carry on."""
-        self._require_loop().run(self._unlisten())
+        self._call(self._unlisten())
 
     def up(self) -> None:
         """Listen again on the same port after :meth:`down`."""
-        self._require_loop().run(self._listen())
+        self._call(self._listen())
 
     def drop_connections(self) -> None:
         """Abort every open connection (a peer that crashed mid-session)."""
-        self._require_loop().run(self._abort_clients())
-
-    def __enter__(self) -> CaptureSink:
-        return self.start()
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+        self._call(self._abort_clients())
 
     # -- results ------------------------------------------------------------------------
 
@@ -457,6 +404,13 @@ class CaptureSink:
                 raise TimeoutError(f"{got} message(s) captured, {n} expected in {timeout}s")
             return list(self._messages)
 
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Block until no client connection is open, so that whatever the clients sent
+        before they went away has been handled; raise TimeoutError if not."""
+        with self._seen:
+            if not self._seen.wait_for(lambda: not self._clients, timeout):
+                raise TimeoutError(f"{len(self._clients)} connection(s) still open")
+
     def clear(self) -> None:
         """Forget messages and counters; the behaviour knobs stay as they are."""
         with self._seen:
@@ -472,10 +426,13 @@ class CaptureSink:
 
     def _opened(self, client: _SinkProtocol) -> None:
         self.connections += 1
-        self._clients.add(client)
+        with self._seen:
+            self._clients.add(client)
 
     def _closed(self, client: _SinkProtocol) -> None:
-        self._clients.discard(client)
+        with self._seen:
+            self._clients.discard(client)
+            self._seen.notify_all()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -496,13 +453,7 @@ class CaptureSink:
             self._server = None
 
     async def _abort_clients(self) -> None:
-        for client in list(self._clients):
-            client.abort()
-        # Let connection_lost run (two hops for TLS) so no socket outlives the loop.
-        for _ in range(100):
-            if not self._clients:
-                return
-            await asyncio.sleep(0.001)
+        await self._abort_all(self._clients)
 
     async def _shutdown(self) -> None:
         await self._unlisten()
@@ -510,11 +461,6 @@ class CaptureSink:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._abort_clients()
-
-    def _require_loop(self) -> LoopThread:
-        if self._loop is None:
-            raise RuntimeError("CaptureSink is not started")
-        return self._loop
 
 
 def _server_context() -> ssl.SSLContext:

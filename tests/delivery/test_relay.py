@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import smtplib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -53,12 +53,6 @@ TRICKY = (
     + b"From the start of a line (mbox would mangle this)\r\n"
     b"last line without anything special\r\n"
 )
-
-
-@pytest.fixture
-def sink() -> Iterator[CaptureSink]:
-    with CaptureSink() as server:
-        yield server
 
 
 @pytest.fixture

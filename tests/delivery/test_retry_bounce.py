@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from email.message import Message
 from typing import Any
 
@@ -40,16 +40,9 @@ MESSAGE = (
 
 
 @pytest.fixture
-def sink() -> Iterator[CaptureSink]:
-    with CaptureSink() as server:
-        yield server
-
-
-@pytest.fixture
-def home() -> Iterator[CaptureSink]:
+def home(sink_factory: Callable[..., CaptureSink]) -> CaptureSink:
     """The sender's own mail server: bounces end up here."""
-    with CaptureSink() as server:
-        yield server
+    return sink_factory()
 
 
 def relay_config(sink: CaptureSink, home: CaptureSink, **delivery: Any) -> dict[str, Any]:
@@ -70,22 +63,31 @@ def queue_cli(server: MtaProcess, *args: str) -> subprocess.CompletedProcess[str
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=30)
 
 
+def parts(message: Message) -> list[Message]:
+    """The parts of a multipart (or message/delivery-status) entity."""
+    payload = message.get_payload()
+    assert isinstance(payload, list), payload
+    messages = [part for part in payload if isinstance(part, Message)]
+    assert len(messages) == len(payload), payload
+    return messages
+
+
 def dsn_blocks(bounce: Captured) -> list[Message]:
     """Check the DSN's structure; return its per-recipient status blocks."""
     assert (bounce.mail_from, bounce.rcpt_tos) == ("", [SENDER])
     message = email.message_from_bytes(bounce.data, policy=email.policy.default)
     assert message.get_content_type() == "multipart/report"
     assert message.get_param("report-type") == "delivery-status"
-    human, status, original = message.get_payload()
+    human, status, original = parts(message)
     assert human.get_content_type() == "text/plain"
     assert status.get_content_type() == "message/delivery-status"
     assert original.get_content_type() == "text/rfc822-headers"
-    headers = email.message_from_bytes(original.get_payload(decode=True))
+    headers = email.message_from_bytes(original.get_payload(decode=True))  # type: ignore[arg-type]
     assert headers["Subject"] == "retry and bounce"
     assert headers["Message-ID"] == "<retry-1@sender.test>"
     assert headers["Received"].startswith("from client.test")
     assert b"The body is not returned" not in bounce.data
-    per_message, *blocks = status.get_payload()
+    per_message, *blocks = parts(status)
     assert per_message["Reporting-MTA"] == "dns; mx.test"
     return blocks
 

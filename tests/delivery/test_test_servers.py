@@ -33,21 +33,13 @@ MESSAGE = b"Subject: hi\r\n\r\nHello.\r\n"
 
 
 @pytest.fixture
-def sink() -> Iterator[CaptureSink]:
-    with CaptureSink() as server:
-        yield server
+def tls_sink(sink_factory: Callable[..., CaptureSink]) -> CaptureSink:
+    return sink_factory(tls=True)
 
 
 @pytest.fixture
-def tls_sink() -> Iterator[CaptureSink]:
-    with CaptureSink(tls=True) as server:
-        yield server
-
-
-@pytest.fixture
-def lmtp_sink() -> Iterator[CaptureSink]:
-    with CaptureSink(lmtp=True) as server:
-        yield server
+def lmtp_sink(sink_factory: Callable[..., CaptureSink]) -> CaptureSink:
+    return sink_factory(lmtp=True)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ def test_prometheus_alert_rules_pass_promtool() -> None:
 def _metric_names() -> set[str]:
     from prometheus_client.metrics import MetricWrapperBase
 
-    names = set()
+    names: set[str] = set()
     for value in vars(metrics).values():
         if isinstance(value, MetricWrapperBase):
             names.update(family.name for family in value.describe())

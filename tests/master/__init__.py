@@ -1,4 +1,9 @@
-"""Tests of the master: supervision, signals, metrics, run as real process trees.
+"""Tests of the master: supervision, signals, metrics.
+
+Its decisions are tested in the test's own process with a fake clock and fake children
+(fakes.py, test_arbiter.py, test_throttle.py, test_heartbeat.py); what only a real process
+tree shows is tested on real ones (test_supervision.py, test_signals.py, test_metrics.py,
+test_prometheus.py).
 
 The helpers below are shared by the test modules of this package: who the children of a
 master are (each child names itself ``mta: <kind>`` in ``/proc/PID/comm``), a client that

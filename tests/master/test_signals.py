@@ -6,7 +6,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,12 +20,6 @@ pytestmark = pytest.mark.timeout(120)
 
 Factory = Callable[..., MtaProcess]
 _QUEUED = re.compile(rb"^250 2\.0\.0 Ok: queued as ([0-9A-F]{19})\r\n$")
-
-
-@pytest.fixture
-def sink() -> Iterator[CaptureSink]:
-    with CaptureSink() as sink:
-        yield sink
 
 
 def big_message(size: int) -> bytes:
@@ -128,16 +122,23 @@ BROKEN = [
 ]
 
 
-def test_hup_with_a_broken_file_keeps_the_running_config(mta_factory: Factory) -> None:
-    server = mta_factory({"smtp": {"workers": 2}})
+def test_hup_with_a_broken_file_keeps_the_running_config(
+    mta_factory: Factory, sink: CaptureSink
+) -> None:
+    # (delivered to a sink, so that the stop at the end has nothing in flight to wait for)
+    server = mta_factory(
+        {"smtp": {"workers": 2}, "delivery": {"relayhost": f"127.0.0.1:{sink.port}"}}
+    )
     pids = wait_until(lambda: len(_pids(server)) == 5 and set(_pids(server)), timeout=10)
     with ClientLoop(server.port, threads=1) as clients:
         for n, (text, key) in enumerate(BROKEN, start=1):
             server.config_path.write_text(text)
             server.signal(signal.SIGHUP)
-            wait_until(lambda n=n: server.log().count("reload failed") == n, timeout=10)
+            log = wait_until(
+                lambda n=n: (log := server.log()).count("reload failed") == n and log, timeout=10
+            )
             clients.wait_for(3)
-            [line] = [x for x in server.log().splitlines() if "reload failed" in x][n - 1 :]
+            [line] = [x for x in log.splitlines() if "reload failed" in x][n - 1 :]
             assert "keeping the running configuration" in line
             assert key in line
             assert str(server.config_path) in line

@@ -1,14 +1,16 @@
-"""Unit tests of respawn throttling: children that die young come back later and later."""
+"""Unit tests of respawn throttling: children that die young come back later and later.
+
+The throttle reads a fake clock: the delays are checked to the instant, without sleeping.
+"""
 
 from __future__ import annotations
-
-import time
 
 import pytest
 
 from mta.master.throttle import Throttle
+from tests.master.fakes import FakeClock
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(10)
 
 
 def test_a_new_slot_may_start_at_once() -> None:
@@ -27,17 +29,30 @@ def test_delay_doubles_from_first_delay_up_to_the_maximum() -> None:
 
 
 def test_a_young_death_blocks_the_slot_for_its_delay() -> None:
-    throttle = Throttle(first_delay=0.2, healthy_after=5.0)
+    # (steps in binary fractions of a second, so that the sums are exact)
+    clock = FakeClock()
+    throttle = Throttle(first_delay=0.5, healthy_after=5.0, clock=clock.monotonic)
     throttle.died("slot", lived=0.0)
     assert not throttle.may_start("slot")
-    time.sleep(0.1)
+    clock.advance(0.4375)
     assert not throttle.may_start("slot")
-    time.sleep(0.15)
-    assert throttle.may_start("slot")
+    clock.advance(0.0625)
+    assert throttle.may_start("slot")  # exactly the delay after the death
     throttle.died("slot", lived=0.0)  # second death: twice as long
-    time.sleep(0.25)
+    clock.advance(0.9375)
     assert not throttle.may_start("slot")
-    time.sleep(0.2)
+    clock.advance(0.0625)
+    assert throttle.may_start("slot")
+
+
+def test_the_delay_runs_from_the_death_not_from_the_question() -> None:
+    clock = FakeClock()
+    throttle = Throttle(first_delay=1.0, clock=clock.monotonic)
+    throttle.died("slot", lived=0.0)
+    for _ in range(7):  # asking often (every master round) does not push it back
+        clock.advance(0.125)
+        assert not throttle.may_start("slot")
+    clock.advance(0.125)
     assert throttle.may_start("slot")
 
 
