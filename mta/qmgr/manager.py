@@ -38,7 +38,7 @@ from mta import metrics
 from mta.config import Config
 from mta.qmgr.outcome import Outcome, apply_results
 from mta.qmgr.remover import Remover
-from mta.queue.ids import is_queue_id, queue_id_time
+from mta.queue.ids import is_queue_id, pid_alive, queue_id_time, writer_alive
 from mta.queue.ipc import FrameReader, Job, Result, agent_address, encode_frame, wake_address
 from mta.queue.msgfile import CorruptMessageFile, parse_message_bytes
 from mta.queue.segment import DONE_SUFFIX, RecordRef, SegmentTail, read_payload
@@ -267,7 +267,7 @@ class QueueManager:
             if not finished:
                 if check_writers and not tail.writer_gone:
                     # the next round reads it once more: it may have written before dying
-                    tail.writer_gone = not _pid_alive(tail.writer_pid)
+                    tail.writer_gone = not pid_alive(tail.writer_pid)
                 continue
             tail.close()
             del self.segments[name]
@@ -507,7 +507,7 @@ class QueueManager:
                 age = now - entry.stat().st_mtime
             except FileNotFoundError:
                 continue
-            if age > TMP_MAX_AGE or (is_queue_id(name) and not _pid_alive(int(name[13:], 16))):
+            if age > TMP_MAX_AGE or (is_queue_id(name) and not writer_alive(name)):
                 try:
                     os.unlink(entry.path)
                     log.info("removed leftover %s from tmp/", name)
@@ -532,15 +532,3 @@ class QueueManager:
             if ids and state != "corrupt":
                 oldest = max(oldest, now - queue_id_time(ids[0]))
         metrics.QUEUE_OLDEST_AGE.set(oldest)
-
-
-def _pid_alive(pid: int) -> bool:
-    """Is the process that wrote a tmp/ file still running?  A zombie is not."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return True
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"

@@ -204,9 +204,5 @@ def inject(
     except OSError:
         writer.discard()
         raise
-    dir_fd = os.open(spool.dir("incoming"), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    spool.sync("incoming")
     return queue_id

@@ -21,6 +21,7 @@ import os
 import threading
 from collections.abc import Iterator
 
+from mta.queue.durable import fsync_directory, replace_file, write_all
 from mta.queue.envelope import Envelope
 from mta.queue.ids import is_queue_id
 from mta.queue.msgfile import HEADER, MessageFile, read_message_file, trailer_for
@@ -99,28 +100,16 @@ class Spool:
         os.rename(self.file(source, queue_id), self.file(target, queue_id))
 
     def store(self, queue_id: str, state: str, data: bytes) -> None:
-        """Write a whole message file into ``state`` durably: write it to ``tmp/``, fsync,
-        rename, fsync the directory.  For the rare copies (a segment message that must
-        outlive its first attempt), not for accepting mail."""
+        """Write a whole message file into ``state`` durably (durable.py).  For the rare
+        copies (a segment message that must outlive its first attempt), not for accepting
+        mail."""
         # a dot name: not a writer's file (the queue manager removes leftovers at start)
         tmp_path = self.file("tmp", COPY_PREFIX + queue_id)
-        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        except OSError:
-            os.close(fd)
-            os.unlink(tmp_path)
-            raise
-        os.close(fd)
-        os.rename(tmp_path, self.file(state, queue_id))
-        dir_fd = os.open(self.dir(state), os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        replace_file(self.file(state, queue_id), data, tmp_path)
+
+    def sync(self, state: str) -> None:
+        """Make the renames into ``state`` durable (one fsync of its directory)."""
+        fsync_directory(self.dir(state))
 
     def read(self, state: str, queue_id: str) -> MessageFile:
         return read_message_file(self.file(state, queue_id))
@@ -268,7 +257,4 @@ class MessageWriter:
         data = b"".join(self._pending)
         self._pending.clear()
         self._pending_size = 0
-        view = memoryview(data)
-        while view:
-            written = os.write(self.fd, view)
-            view = view[written:]
+        write_all(self.fd, data)
