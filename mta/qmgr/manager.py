@@ -39,7 +39,19 @@ from mta.config import Config
 from mta.qmgr.outcome import Outcome, apply_results
 from mta.qmgr.remover import Remover
 from mta.queue.ids import is_queue_id, pid_alive, queue_id_time, writer_alive
-from mta.queue.ipc import FrameReader, Job, Result, agent_address, encode_frame, wake_address
+from mta.queue.ipc import (
+    FlushDeferred,
+    FrameReader,
+    Job,
+    Queued,
+    Rescan,
+    Result,
+    SegmentAppended,
+    agent_address,
+    decode_wakeup,
+    encode_frame,
+    wake_address,
+)
 from mta.queue.msgfile import CorruptMessageFile, parse_message_bytes
 from mta.queue.segment import DONE_SUFFIX, RecordRef, SegmentTail, read_payload
 from mta.queue.spool import COPY_PREFIX, SEGMENTS, STATES, Spool
@@ -470,18 +482,23 @@ class QueueManager:
         def readable() -> None:
             while True:
                 try:
-                    what = sock.recv(64)
+                    datagram = sock.recv(256)
                 except BlockingIOError:
                     break
-                # from a commit: b"segment " + the name of the segment it appended to
-                segment = what[8:].decode("ascii", "replace")
-                if what.startswith(b"segment ") and segment not in self.segments:
-                    self._scan_segments = True
-                if what in (b"queued", b"flush", b"rescan"):  # b"queued": in incoming/
+                message = decode_wakeup(datagram)
+                if message is None:
+                    log.debug("ignored a datagram that is no wake-up: %r", datagram[:64])
+                elif isinstance(message, SegmentAppended):
+                    if message.name not in self.segments:
+                        self._scan_segments = True
+                elif isinstance(message, Queued):
                     self._scan_incoming = True
-                if what == b"flush":
+                elif isinstance(message, FlushDeferred):
+                    self._scan_incoming = True
                     self._flush_deferred()
-                if what in (b"flush", b"rescan"):
+                    self._rescan_deferred = True
+                elif isinstance(message, Rescan):
+                    self._scan_incoming = True
                     self._rescan_deferred = True
             self.wake.set()
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from mta.queue.ids import is_queue_id, queue_id_time
-from mta.queue.ipc import send_wakeup
+from mta.queue.ipc import FlushDeferred, Rescan, Waker
 from mta.queue.msgfile import CorruptMessageFile, MessageFile, read_message_file
 from mta.queue.spool import Spool
 from mta.queue.state import StateStore
@@ -60,6 +60,7 @@ class QueueAdmin:
         if not os.path.isdir(self.spool.dir("incoming")):
             raise AdminError(f"{self.spool.path}: no queue here; is queue.path right?")
         self.states = StateStore(self.spool.path, create=False)
+        self.waker = Waker(self.spool.path)
 
     def entries(self) -> Iterator[QueueEntry]:
         now = time.time()
@@ -131,7 +132,7 @@ class QueueAdmin:
 
     def flush(self) -> None:
         """Every deferred message is due now (``postqueue -f``)."""
-        if not send_wakeup(self.spool.path, b"flush"):
+        if not self.waker.send(FlushDeferred()):  # the queue manager does it when it runs
             now = time.time()
             for name in self.spool.list("deferred"):
                 try:
@@ -176,4 +177,4 @@ class QueueAdmin:
         if due_now:
             now = time.time()
             os.utime(self.spool.file(target, queue_id), (now, now))
-        send_wakeup(self.spool.path, b"rescan")
+        self.waker.send(Rescan())
