@@ -91,7 +91,7 @@ class QueueAdmin:
         next_try = None
         if state == "deferred":
             try:
-                next_try = os.stat(self.spool.file(state, name)).st_mtime
+                next_try = self.spool.next_try(name)
             except FileNotFoundError:
                 pass
         try:
@@ -133,12 +133,7 @@ class QueueAdmin:
     def flush(self) -> None:
         """Every deferred message is due now (``postqueue -f``)."""
         if not self.waker.send(FlushDeferred()):  # the queue manager does it when it runs
-            now = time.time()
-            for name in self.spool.list("deferred"):
-                try:
-                    os.utime(self.spool.file("deferred", name), (now, now))
-                except FileNotFoundError:
-                    continue
+            self.spool.flush_deferred(time.time())
 
     def hold(self, queue_id: str) -> None:
         self._move(queue_id, ("incoming", "deferred"), "hold")
@@ -154,7 +149,7 @@ class QueueAdmin:
         if state == "active":
             raise AdminError(f"{queue_id}: being delivered now; try again in a moment")
         try:
-            os.unlink(self.spool.file(state, queue_id))
+            self.spool.remove(state, queue_id)
         except FileNotFoundError:
             raise AdminError(f"{queue_id}: moved meanwhile; try again") from None
         self.states.remove(queue_id)
@@ -175,6 +170,5 @@ class QueueAdmin:
         except FileNotFoundError:
             raise AdminError(f"{queue_id}: moved meanwhile; try again") from None
         if due_now:
-            now = time.time()
-            os.utime(self.spool.file(target, queue_id), (now, now))
+            self.spool.set_next_try(queue_id, time.time())
         self.waker.send(Rescan())
