@@ -13,11 +13,8 @@ import pytest
 from mta.config import Config, QueueConfig
 from mta.qmgr.manager import QueueManager
 from mta.queue.ids import new_queue_id
-from mta.queue.segment import DONE_SUFFIX, PREFIX_SIZE, encode_done, record_prefix
-from mta.queue.spool import Spool
-from tests.queue.messages import finished_message
-
-DEAD_PID = "FFFFFE"  # above any pid_max: a writer that is surely gone
+from mta.queue.segment import DONE_SUFFIX, encode_done, record_prefix
+from tests.qmgr.segments import claim, offsets, payload, write_segment
 
 
 @pytest.fixture
@@ -27,35 +24,6 @@ def qmgr(tmp_path: Path) -> Iterator[QueueManager]:
         yield manager
     finally:
         manager.close()
-
-
-def payload(queue_id: str, body: bytes = b"Subject: s\r\n\r\nbody\r\n") -> bytes:
-    """A whole message file for ``queue_id``, as a segment record carries it."""
-    writer = finished_message(Spool("/nonexistent"), body, queue_id)
-    return writer.record()[PREFIX_SIZE:]
-
-
-def write_segment(spool: Spool, ids: list[str], *, closed: bool, pid: str = DEAD_PID) -> str:
-    """A segment holding a message for each of ``ids``, written by process ``pid``."""
-    name = new_queue_id()[:13] + pid
-    data = b"".join(record_prefix(q, len(payload(q))) + payload(q) for q in ids)
-    if closed:
-        data += b"MTAZ" + bytes(23)
-    with open(spool.segment(name), "wb") as f:
-        f.write(data)
-    return name
-
-
-def offsets(spool: Spool, name: str) -> list[int]:
-    return [ref.offset for ref in spool.segment_messages() if ref.segment == name]
-
-
-def claim(qmgr: QueueManager) -> list[str]:
-    """One scheduling round's worth of segment work; the queue IDs that became jobs."""
-    qmgr.segments.open_new()
-    before = len(qmgr.schedule.pending)
-    qmgr.schedule.schedule_segment_messages(qmgr.segments.claim(qmgr.schedule.room()))
-    return [job.queue_id for job in list(qmgr.schedule.pending)[before:]]
 
 
 def test_recovery_schedules_what_is_neither_done_nor_copied_out(qmgr: QueueManager) -> None:
