@@ -85,11 +85,17 @@ def test_a_deferred_segment_message_is_copied_out_then_deferred(qmgr: QueueManag
     assert list(spool.segment_messages()) == []  # marked done: the file counts now
 
 
-def test_an_agents_internal_error_defers_the_message_for_min_backoff(qmgr: QueueManager) -> None:
+def claim_active_file(qmgr: QueueManager) -> Job:
+    """A message with a file in ``active/`` at start, claimed again: its job."""
     queue_id = new_queue_id()
     Path(qmgr.spool.file("active", queue_id)).write_bytes(payload(queue_id))
     qmgr.recover()
-    job = qmgr.schedule.pending.popleft()
+    return qmgr.schedule.pending.popleft()
+
+
+def test_an_agents_internal_error_defers_the_message_for_min_backoff(qmgr: QueueManager) -> None:
+    job = claim_active_file(qmgr)
+    queue_id = job.queue_id
     apply(qmgr, result(queue_id, problem="internal"), job)
     assert qmgr.spool.list("deferred") == [queue_id]
     assert qmgr.spool.next_try(queue_id) == NOW + MIN_BACKOFF
@@ -98,10 +104,8 @@ def test_an_agents_internal_error_defers_the_message_for_min_backoff(qmgr: Queue
 
 
 def test_a_message_an_agent_found_corrupt_goes_to_corrupt(qmgr: QueueManager) -> None:
-    queue_id = new_queue_id()
-    Path(qmgr.spool.file("active", queue_id)).write_bytes(payload(queue_id))
-    qmgr.recover()
-    job = qmgr.schedule.pending.popleft()
+    job = claim_active_file(qmgr)
+    queue_id = job.queue_id
     apply(qmgr, result(queue_id, problem="corrupt"), job)
     assert qmgr.spool.list("corrupt") == [queue_id]
     assert qmgr.schedule.deferred == [] and qmgr.schedule.active == set()
