@@ -10,6 +10,12 @@ accepting it: smtpd appends small messages to ``segments/`` instead (segment.py)
 queue manager treats a message there as active.  Only a message that must outlive its
 first delivery attempt gets a file of its own.
 
+A deferred message's next try is its file's mtime (Postfix's trick): :meth:`Spool.defer`,
+:meth:`Spool.set_next_try` and :meth:`Spool.flush_deferred` are the only writers of it.
+The daemons and the CLI name spool files through :class:`Spool` only and move, remove or
+quarantine them through its methods (state.py and segment.py keep the files of the
+directory they are handed).
+
 :class:`MessageWriter` holds a small message in memory (it becomes a segment record) and
 streams a large one into ``tmp/``; making either durable is the group committer's job
 (commit.py), because the flush is what costs.
