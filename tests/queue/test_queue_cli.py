@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,7 +58,7 @@ class Queued:
         assert done.returncode == 0, (args, done.stdout, done.stderr)
         return done.stdout
 
-    def listing(self) -> dict[str, dict[str, object]]:
+    def listing(self) -> dict[str, dict[str, Any]]:  # JSON
         return {e["id"]: e for e in json.loads(self.ok("list", "--json"))}
 
     def where(self, queue_id: str) -> list[str]:
