@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from mta.queue.ids import is_queue_id, queue_id_time
 from mta.queue.ipc import FlushDeferred, Rescan, Waker
 from mta.queue.msgfile import CorruptMessageFile, MessageFile, read_message_file
-from mta.queue.spool import Spool
+from mta.queue.spool import STATES, Spool
 from mta.queue.state import StateStore
 
 __all__ = ["QueueAdmin", "QueueEntry"]
 
-LISTED_STATES = ("incoming", "active", "deferred", "hold", "corrupt")
+LISTED_STATES = STATES[1:]  # every state but tmp/: ("incoming", ..., "corrupt")
 
 
 class AdminError(Exception):
