@@ -3,7 +3,8 @@
 The path template's ``{user}`` and ``{domain}`` come from the recipient; they are checked so
 that no address can climb out of the template (no ``/``, no leading dot).  Each delivered
 file starts with ``Return-Path`` and ``Delivered-To`` like Postfix's local(8), is fsynced,
-renamed into ``new/`` and the directory is fsynced before success is reported.
+renamed into ``new/`` and the directory is fsynced before success is reported (the queue's
+durable write, mta/queue/durable.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import socket
 import time
 
+from mta.queue.durable import replace_file
 from mta.queue.results import RecipientResult
 
 __all__ = ["deliver_maildir"]
@@ -57,18 +59,7 @@ def deliver_maildir(template: str, recipient: str, sender: str, message: bytes) 
         name = _unique_name()
         tmp = os.path.join(path, "tmp", name)
         header = f"Return-Path: <{sender}>\r\nDelivered-To: {recipient}\r\n".encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, header + message)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, os.path.join(path, "new", name))
-        dir_fd = os.open(os.path.join(path, "new"), os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        replace_file(os.path.join(path, "new", name), header + message, tmp)
     except OSError as exc:
         return RecipientResult(
             address=recipient,

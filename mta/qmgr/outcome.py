@@ -19,7 +19,6 @@ the queue, recipients still pending fail with 4.4.7 and are bounced.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -97,8 +96,7 @@ def apply_results(
     next_try = now + backoff(state.attempts, config)
     state.next_try = next_try
     states.save(state)
-    spool.move(queue_id, "active", "deferred")
-    os.utime(spool.file("deferred", queue_id), (next_try, next_try))
+    spool.defer(queue_id, "active", until=next_try)
     return Outcome(queue_id, removed=False, next_try=next_try, bounce_id=bounce_id)
 
 
@@ -127,7 +125,7 @@ def _expire(state: MessageState, queue_id: str) -> list[RecipientResult]:
 
 
 def _remove(spool: Spool, states: StateStore, queue_id: str) -> None:
-    os.unlink(spool.file("active", queue_id))
+    spool.remove("active", queue_id)
     states.remove(queue_id)
     metrics.MESSAGES_DELIVERED.inc()
     log.info("%s: removed", queue_id)
@@ -204,9 +202,5 @@ def inject(
     except OSError:
         writer.discard()
         raise
-    dir_fd = os.open(spool.dir("incoming"), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    spool.sync("incoming")
     return queue_id

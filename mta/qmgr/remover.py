@@ -15,18 +15,43 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from dataclasses import dataclass
 
 from mta import metrics
 from mta.queue.batches import BatchThread
-from mta.queue.segment import DONE_SUFFIX, RecordRef, encode_done
+from mta.queue.segment import RecordRef, encode_done
 from mta.queue.spool import Spool
 
-__all__ = ["Remover"]
+__all__ = ["DropSegment", "MarkDone", "RemoveFile", "Remover"]
 
 log = logging.getLogger("mta.qmgr")
 
-# what the thread is handed: ("file", queue_id) | ("mark", RecordRef, delivered) | ("drop", ...)
-_Item = tuple[str, object, bool]
+
+@dataclass(frozen=True, slots=True)
+class RemoveFile:
+    """Every recipient of ``queue_id`` is done: delete its file from ``active/``."""
+
+    queue_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class MarkDone:
+    """The segment message ``ref`` is done: ``delivered``, or copied out to a file."""
+
+    ref: RecordRef
+    delivered: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DropSegment:
+    """Everything in segment ``name`` is done: delete it (``keep``: it was moved to
+    ``corrupt/``; only its done marks go)."""
+
+    name: str
+    keep: bool = False
+
+
+Removal = RemoveFile | MarkDone | DropSegment
 
 
 class Remover:
@@ -34,23 +59,23 @@ class Remover:
         self.spool = spool
         self._done_files: dict[str, int] = {}  # segment name → open .done file (the thread's)
         self._delivered = 0  # removals in the batch at hand
-        self._pending: list[_Item] = []  # not yet handed to the thread
-        self._worker: BatchThread[_Item] = BatchThread(self._handle, "qmgr-remove")
+        self._pending: list[Removal] = []  # not yet handed to the thread
+        self._worker: BatchThread[Removal] = BatchThread(self._handle, "qmgr-remove")
 
     def remove(self, queue_id: str) -> None:
         """Every recipient of ``queue_id`` is done: delete its file from ``active/``."""
-        self._put(("file", queue_id, True))
+        self._put(RemoveFile(queue_id))
 
     def segment_done(self, ref: RecordRef, delivered: bool) -> None:
         """The segment message ``ref`` is done: delivered, or copied out to a file."""
-        self._put(("mark", ref, delivered))
+        self._put(MarkDone(ref, delivered))
 
     def drop_segment(self, name: str, keep: bool = False) -> None:
         """Everything in segment ``name`` is done: delete it (``keep``: it was moved to
         ``corrupt/``; only its done marks go)."""
-        self._put(("drop", name, keep))
+        self._put(DropSegment(name, keep))
 
-    def _put(self, item: _Item) -> None:
+    def _put(self, item: Removal) -> None:
         """Gather what one turn of the event loop hands over and wake the thread once:
         waking it per message costs the loop a GIL hand-over each time."""
         self._pending.append(item)
@@ -74,23 +99,20 @@ class Remover:
             os.close(fd)
         self._done_files.clear()
 
-    def _handle(self, batch: list[_Item]) -> None:
+    def _handle(self, batch: list[Removal]) -> None:
         marks: dict[str, list[int]] = {}
         delivered: list[str] = []  # logged once their marks are written
         self._delivered = 0
-        for kind, what, flag in batch:
-            if kind == "file":
-                assert isinstance(what, str)
-                self._unlink(what)
-            elif kind == "mark":
-                assert isinstance(what, RecordRef)
-                marks.setdefault(what.segment, []).append(what.offset)
-                if flag:
-                    delivered.append(what.queue_id)
-            else:
-                assert isinstance(what, str)
+        for item in batch:
+            if isinstance(item, MarkDone):  # the common case first
+                marks.setdefault(item.ref.segment, []).append(item.ref.offset)
+                if item.delivered:
+                    delivered.append(item.ref.queue_id)
+            elif isinstance(item, RemoveFile):
+                self._unlink(item.queue_id)
+            else:  # the marks first: a segment's marks go with it
                 self._write_marks(marks)
-                self._drop(what, keep=flag)
+                self._drop(item.name, keep=item.keep)
         self._write_marks(marks)
         for queue_id in delivered:
             self._removed(queue_id)
@@ -99,7 +121,7 @@ class Remover:
 
     def _unlink(self, queue_id: str) -> None:
         try:
-            os.unlink(self.spool.file("active", queue_id))
+            self.spool.remove("active", queue_id)
         except FileNotFoundError:
             pass
         except OSError as exc:
@@ -116,8 +138,7 @@ class Remover:
             fd = self._done_files.get(segment)
             try:
                 if fd is None:
-                    path = self.spool.segment(segment) + DONE_SUFFIX
-                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                    fd = self.spool.open_done_marks(segment)
                     self._done_files[segment] = fd
                 os.write(fd, encode_done(offsets))
             except OSError as exc:  # the marks are lost: those messages go out again later
@@ -128,13 +149,5 @@ class Remover:
         fd = self._done_files.pop(name, None)
         if fd is not None:
             os.close(fd)
-        paths = [self.spool.segment(name) + DONE_SUFFIX]
-        if not keep:
-            paths.append(self.spool.segment(name))
-        for path in paths:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.error("cannot remove %s: %s", path, exc)
+        for exc in self.spool.remove_segment(name, keep_data=keep):
+            log.error("cannot remove %s: %s", exc.filename, exc)

@@ -15,14 +15,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from mta.queue.ids import is_queue_id, queue_id_time
-from mta.queue.ipc import send_wakeup
+from mta.queue.ipc import FlushDeferred, Rescan, Waker
 from mta.queue.msgfile import CorruptMessageFile, MessageFile, read_message_file
-from mta.queue.spool import Spool
+from mta.queue.spool import STATES, Spool
 from mta.queue.state import StateStore
 
 __all__ = ["QueueAdmin", "QueueEntry"]
 
-LISTED_STATES = ("incoming", "active", "deferred", "hold", "corrupt")
+LISTED_STATES = STATES[1:]  # every state but tmp/: ("incoming", ..., "corrupt")
 
 
 class AdminError(Exception):
@@ -60,6 +60,7 @@ class QueueAdmin:
         if not os.path.isdir(self.spool.dir("incoming")):
             raise AdminError(f"{self.spool.path}: no queue here; is queue.path right?")
         self.states = StateStore(self.spool.path, create=False)
+        self.waker = Waker(self.spool.path)
 
     def entries(self) -> Iterator[QueueEntry]:
         now = time.time()
@@ -90,7 +91,7 @@ class QueueAdmin:
         next_try = None
         if state == "deferred":
             try:
-                next_try = os.stat(self.spool.file(state, name)).st_mtime
+                next_try = self.spool.next_try(name)
             except FileNotFoundError:
                 pass
         try:
@@ -131,13 +132,8 @@ class QueueAdmin:
 
     def flush(self) -> None:
         """Every deferred message is due now (``postqueue -f``)."""
-        if not send_wakeup(self.spool.path, b"flush"):
-            now = time.time()
-            for name in self.spool.list("deferred"):
-                try:
-                    os.utime(self.spool.file("deferred", name), (now, now))
-                except FileNotFoundError:
-                    continue
+        if not self.waker.send(FlushDeferred()):  # the queue manager does it when it runs
+            self.spool.flush_deferred(time.time())
 
     def hold(self, queue_id: str) -> None:
         self._move(queue_id, ("incoming", "deferred"), "hold")
@@ -153,7 +149,7 @@ class QueueAdmin:
         if state == "active":
             raise AdminError(f"{queue_id}: being delivered now; try again in a moment")
         try:
-            os.unlink(self.spool.file(state, queue_id))
+            self.spool.remove(state, queue_id)
         except FileNotFoundError:
             raise AdminError(f"{queue_id}: moved meanwhile; try again") from None
         self.states.remove(queue_id)
@@ -174,6 +170,5 @@ class QueueAdmin:
         except FileNotFoundError:
             raise AdminError(f"{queue_id}: moved meanwhile; try again") from None
         if due_now:
-            now = time.time()
-            os.utime(self.spool.file(target, queue_id), (now, now))
-        send_wakeup(self.spool.path, b"rescan")
+            self.spool.set_next_try(queue_id, time.time())
+        self.waker.send(Rescan())

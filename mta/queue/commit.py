@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 from mta import metrics
 from mta.queue.batches import BatchThread
-from mta.queue.ipc import send_wakeup
+from mta.queue.ipc import Queued, SegmentAppended, Waker
 from mta.queue.segment import SegmentWriter
 from mta.queue.spool import SEGMENTS, MessageWriter, Spool
 
@@ -54,7 +54,8 @@ class GroupCommitter:
         self.batches = 0  # flushes done (for metrics and tests)
         self.committed = 0  # messages made durable
         self._incoming_fd = os.open(spool.dir("incoming"), os.O_RDONLY | os.O_DIRECTORY)
-        self._segment = SegmentWriter(os.path.join(spool.path, SEGMENTS))
+        self._segment = SegmentWriter(spool.dir(SEGMENTS))
+        self._waker = Waker(spool.path)  # used from the thread only
         self._worker: BatchThread[tuple[MessageWriter, Done]] = BatchThread(
             self._commit, "group-commit", max_batch
         )
@@ -68,6 +69,7 @@ class GroupCommitter:
         self._worker.stop()
         os.close(self._incoming_fd)
         self._segment.close()
+        self._waker.close()
 
     def _commit(self, batch: list[tuple[MessageWriter, Done]]) -> bool:
         """One round in the thread: flush the batch and report to the loop."""
@@ -81,9 +83,9 @@ class GroupCommitter:
         queued = [writer for (writer, _), error in zip(batch, errors, strict=True) if error is None]
         # the queue manager picks them up at once (and opens a segment it did not know)
         if any(writer.in_memory for writer in queued):
-            send_wakeup(self.spool.path, b"segment " + self._segment.name.encode())
+            self._waker.send(SegmentAppended(self._segment.name))
         if any(not writer.in_memory for writer in queued):
-            send_wakeup(self.spool.path, b"queued")
+            self._waker.send(Queued())
         return True
 
     def _flush(self, batch: list[tuple[MessageWriter, Done]]) -> list[OSError | None]:

@@ -5,6 +5,11 @@ process id: ``0195F3A2B7C41`` + ``00A3F1``.  Within a process the time part is f
 grow strictly, so two IDs from one process never collide; two processes differ in the pid
 part.  Sorting IDs as strings sorts them by the time they were made.  The spool creates
 files with ``O_EXCL``, so even a clock stepping back cannot overwrite a message.
+
+The pid part names the process that made the ID, and with it the writer of a file named
+by it (a message being written in ``tmp/``, a segment): :func:`writer_alive` tells whether
+that process still runs, which is how the queue manager knows a leftover from a file
+still being written.
 """
 
 from __future__ import annotations
@@ -13,7 +18,15 @@ import os
 import re
 import time
 
-__all__ = ["QUEUE_ID_PATTERN", "is_queue_id", "new_queue_id", "queue_id_time"]
+__all__ = [
+    "QUEUE_ID_PATTERN",
+    "is_queue_id",
+    "new_queue_id",
+    "pid_alive",
+    "queue_id_pid",
+    "queue_id_time",
+    "writer_alive",
+]
 
 QUEUE_ID_PATTERN = re.compile(r"^[0-9A-F]{19}$")
 
@@ -40,3 +53,27 @@ def is_queue_id(name: str) -> bool:
 def queue_id_time(queue_id: str) -> float:
     """When the ID was made, in seconds since the epoch."""
     return int(queue_id[:13], 16) / 1e6
+
+
+def queue_id_pid(queue_id: str) -> int:
+    """The pid (its low 24 bits) of the process that made the ID."""
+    return int(queue_id[13:], 16)
+
+
+def pid_alive(pid: int) -> bool:
+    """Is process ``pid`` still running?  A zombie is not (it has stopped writing)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # cannot tell: assume it runs, so nothing is taken from under it
+    # "pid (comm) S ...": the state follows the last ")", as comm may hold one itself
+    state_at = stat.rfind(b")") + 2
+    return stat[state_at : state_at + 1] != b"Z"
+
+
+def writer_alive(queue_id: str) -> bool:
+    """Is the process that made ``queue_id`` (and writes the file it names) running?"""
+    return pid_alive(queue_id_pid(queue_id))

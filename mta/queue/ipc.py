@@ -3,7 +3,10 @@
 * Jobs and results travel over a Unix stream socket owned by the queue manager, framed as
   a 4-octet big-endian length plus a msgpack-encoded tagged Struct.
 * Wake-ups ("a message was queued", "flush the deferred queue") are single datagrams to a
-  Unix datagram socket of the queue manager; losing one only costs the fallback poll.
+  Unix datagram socket of the queue manager, each one msgpack-encoded tagged Struct
+  (:data:`WakeUp`); losing one only costs the fallback poll, and one that cannot be decoded
+  is ignored by the receiver.  A :class:`Waker` is the sending end, owned by its user
+  (smtpd's group committer, the queue CLI).
 
 Both sockets live in Linux's abstract namespace under a name derived from the spool path,
 so no socket file can go stale, the spool path may be long, and two relays with different
@@ -16,19 +19,28 @@ import hashlib
 import os
 import socket
 import struct
+from typing import Literal
 
 import msgspec
 
 from mta.queue.results import RecipientResult
 
 __all__ = [
+    "FlushDeferred",
     "FrameReader",
     "Job",
+    "Problem",
+    "Queued",
+    "Rescan",
     "Result",
+    "SegmentAppended",
+    "WakeUp",
+    "Waker",
     "agent_address",
     "decode_frame",
+    "decode_wakeup",
     "encode_frame",
-    "send_wakeup",
+    "encode_wakeup",
     "wake_address",
 ]
 
@@ -49,12 +61,23 @@ class Job(msgspec.Struct, tag="job", frozen=True, kw_only=True):
     length: int = 0
 
 
+Problem = Literal["", "corrupt", "missing", "internal"]
+"""Why a delivery agent made no attempt (then ``Result.results`` is empty):
+
+* ``""`` — none: the attempt was made, ``results`` holds one entry per recipient tried;
+* ``"corrupt"`` — the message cannot be read as a message file: it goes to ``corrupt/``;
+* ``"missing"`` — the message file (or its segment) is not there: nothing is recorded;
+* ``"internal"`` — the agent failed (a bug, a local error): tried again after
+  ``delivery.min_backoff``.
+"""
+
+
 class Result(msgspec.Struct, tag="result", frozen=True, kw_only=True):
-    """What one attempt did; ``problem`` is "corrupt" or "missing" when no attempt was made."""
+    """What one attempt at ``queue_id`` did (see :data:`Problem` when none was made)."""
 
     queue_id: str
     results: list[RecipientResult] = []
-    problem: str = ""
+    problem: Problem = ""
 
 
 Frame = Job | Result
@@ -113,16 +136,58 @@ class FrameReader:
         return frames
 
 
-_wake_socket: socket.socket | None = None
+class SegmentAppended(msgspec.Struct, tag="segment", frozen=True, array_like=True):
+    """Messages were appended to segment ``name`` (a new one, perhaps)."""
+
+    name: str
 
 
-def send_wakeup(spool_path: str, what: bytes = b"queued") -> bool:
-    """Poke the queue manager; False if it is not listening (it will poll anyway)."""
-    global _wake_socket
-    if _wake_socket is None:
-        _wake_socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+class Queued(msgspec.Struct, tag="queued", frozen=True, array_like=True):
+    """A message file was put into ``incoming/``."""
+
+
+class FlushDeferred(msgspec.Struct, tag="flush", frozen=True, array_like=True):
+    """``mta queue flush``: every deferred message is due now."""
+
+
+class Rescan(msgspec.Struct, tag="rescan", frozen=True, array_like=True):
+    """An operator moved messages between states: look at ``incoming/`` and ``deferred/``."""
+
+
+WakeUp = SegmentAppended | Queued | FlushDeferred | Rescan
+_wake_decoder = msgspec.msgpack.Decoder(WakeUp)
+
+
+def encode_wakeup(message: WakeUp) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode_wakeup(datagram: bytes) -> WakeUp | None:
+    """The wake-up in ``datagram``, or None if it is not one."""
     try:
-        _wake_socket.sendto(what, wake_address(spool_path))
-    except OSError:
-        return False
-    return True
+        return _wake_decoder.decode(datagram)
+    except msgspec.DecodeError:
+        return None
+
+
+class Waker:
+    """Pokes the queue manager of one spool; one socket, made when first needed."""
+
+    def __init__(self, spool_path: str) -> None:
+        self.address = wake_address(spool_path)
+        self._sock: socket.socket | None = None
+
+    def send(self, message: WakeUp) -> bool:
+        """False if the queue manager is not listening (it polls anyway)."""
+        if self._sock is None:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+        try:
+            self._sock.sendto(encode_wakeup(message), self.address)
+        except OSError:
+            return False
+        return True
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None

@@ -23,6 +23,7 @@ import msgspec
 from mta.queue.envelope import Envelope, decode_envelope, encode_envelope
 
 __all__ = [
+    "END",
     "HEADER",
     "CorruptMessageFile",
     "MessageFile",
@@ -34,7 +35,7 @@ __all__ = [
 VERSION = 1
 HEADER = b"MTAQ" + bytes([VERSION]) + b"\n"
 _TRAILER = struct.Struct(">IQ7s")
-_END = b"MTAEND\n"
+END = b"MTAEND\n"  # the last octets of every message file
 TRAILER_SIZE = _TRAILER.size
 
 
@@ -45,7 +46,7 @@ class CorruptMessageFile(ValueError):  # noqa: N818  (reads as a noun, like Post
 def trailer_for(envelope: Envelope, message_length: int) -> bytes:
     """Envelope plus trailer: what ends a message file after its message bytes."""
     encoded = encode_envelope(envelope)
-    return encoded + _TRAILER.pack(len(encoded), message_length, _END)
+    return encoded + _TRAILER.pack(len(encoded), message_length, END)
 
 
 class MessageFile:
@@ -116,7 +117,7 @@ def parse_message_bytes(path: str, whole: bytes) -> MessageFile:
 
 def _check_trailer(path: str, trailer: bytes, size: int) -> tuple[int, int]:
     env_len, msg_len, end = _TRAILER.unpack(trailer)
-    if end != _END or len(HEADER) + msg_len + env_len + TRAILER_SIZE != size:
+    if end != END or len(HEADER) + msg_len + env_len + TRAILER_SIZE != size:
         raise CorruptMessageFile(f"{path}: incomplete message file (no valid trailer)")
     return env_len, msg_len
 

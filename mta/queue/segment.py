@@ -32,8 +32,9 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from mta.queue.ids import new_queue_id
-from mta.queue.msgfile import HEADER, TRAILER_SIZE, MessageFile, parse_message_bytes
+from mta.queue.durable import write_all
+from mta.queue.ids import new_queue_id, queue_id_pid
+from mta.queue.msgfile import END, HEADER, TRAILER_SIZE, MessageFile, parse_message_bytes
 
 __all__ = [
     "DONE_SUFFIX",
@@ -52,7 +53,6 @@ __all__ = [
 _PREFIX = struct.Struct(">4sI19s")
 _RECORD = b"MTAR"
 _CLOSED = b"MTAZ"
-_END = b"MTAEND\n"  # the last octets of every message file (msgfile.py)
 _OFFSET = struct.Struct(">Q")
 PREFIX_SIZE = _PREFIX.size
 DONE_SUFFIX = ".done"
@@ -126,9 +126,7 @@ class SegmentWriter:
         if self.fd < 0 or self.size >= self.max_size:
             self._start()
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self.fd, view) :]
+            write_all(self.fd, data)
         except OSError:
             self._abandon(truncate_to=self.size)
             raise
@@ -203,7 +201,7 @@ class SegmentTail:
         """Follow segment ``name`` from its start, with the done marks it has so far."""
         path = os.path.join(directory, name)
         fd = os.open(path, os.O_RDONLY)
-        tail = cls(name=name, path=path, fd=fd, writer_pid=int(name[13:], 16))
+        tail = cls(name=name, path=path, fd=fd, writer_pid=queue_id_pid(name))
         tail.done = read_done(path + DONE_SUFFIX)
         return tail
 
@@ -261,7 +259,7 @@ class SegmentTail:
             if (
                 length < len(HEADER) + TRAILER_SIZE
                 or data[start : start + len(HEADER)] != HEADER
-                or data[start + length - len(_END) : start + length] != _END
+                or data[start + length - len(END) : start + length] != END
             ):
                 self.broken = f"damaged record at offset {self.offset + pos}"
                 return pos

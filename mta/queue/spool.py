@@ -10,6 +10,12 @@ accepting it: smtpd appends small messages to ``segments/`` instead (segment.py)
 queue manager treats a message there as active.  Only a message that must outlive its
 first delivery attempt gets a file of its own.
 
+A deferred message's next try is its file's mtime (Postfix's trick): :meth:`Spool.defer`,
+:meth:`Spool.set_next_try` and :meth:`Spool.flush_deferred` are the only writers of it.
+The daemons and the CLI name spool files through :class:`Spool` only and move, remove or
+quarantine them through its methods (state.py and segment.py keep the files of the
+directory they are handed).
+
 :class:`MessageWriter` holds a small message in memory (it becomes a segment record) and
 streams a large one into ``tmp/``; making either durable is the group committer's job
 (commit.py), because the flush is what costs.
@@ -21,6 +27,7 @@ import os
 import threading
 from collections.abc import Iterator
 
+from mta.queue.durable import fsync_directory, replace_file, write_all
 from mta.queue.envelope import Envelope
 from mta.queue.ids import is_queue_id
 from mta.queue.msgfile import HEADER, MessageFile, read_message_file, trailer_for
@@ -28,11 +35,12 @@ from mta.queue.segment import (
     DONE_SUFFIX,
     RecordRef,
     SegmentTail,
+    read_payload,
     read_record,
     record_prefix,
 )
 
-__all__ = ["SEGMENTS", "STATES", "MessageWriter", "Spool"]
+__all__ = ["COPY_PREFIX", "SEGMENTS", "STATES", "MessageWriter", "Spool"]
 
 STATES = ("tmp", "incoming", "active", "deferred", "hold", "corrupt")
 SEGMENTS = "segments"  # small messages, many to a file (segment.py)
@@ -40,6 +48,7 @@ COPY_PREFIX = ".copy-"  # in tmp/: a message being copied out of a segment (Spoo
 IN_MEMORY_MAX = 1 << 20  # octets: a larger message is streamed into a file of its own
 MEMORY_BUDGET = 128 << 20  # octets per process for all the messages held in memory at once
 _WRITE_BUFFER = 64 * 1024  # gather small chunks into few write(2) calls
+_Errors = list[OSError]  # (inside Spool, "list" is a method)
 
 
 class MemoryBudget:
@@ -99,28 +108,67 @@ class Spool:
         os.rename(self.file(source, queue_id), self.file(target, queue_id))
 
     def store(self, queue_id: str, state: str, data: bytes) -> None:
-        """Write a whole message file into ``state`` durably: write it to ``tmp/``, fsync,
-        rename, fsync the directory.  For the rare copies (a segment message that must
-        outlive its first attempt), not for accepting mail."""
+        """Write a whole message file into ``state`` durably (durable.py).  For the rare
+        copies (a segment message that must outlive its first attempt), not for accepting
+        mail."""
         # a dot name: not a writer's file (the queue manager removes leftovers at start)
         tmp_path = self.file("tmp", COPY_PREFIX + queue_id)
-        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        replace_file(self.file(state, queue_id), data, tmp_path)
+
+    def sync(self, state: str) -> None:
+        """Make the renames into ``state`` durable (one fsync of its directory)."""
+        fsync_directory(self.dir(state))
+
+    def remove(self, state: str, name: str) -> None:
+        """Delete a file from ``state``; FileNotFoundError if it is not there."""
+        os.unlink(self.file(state, name))
+
+    def to_corrupt(self, state: str, name: str) -> bool:
+        """Move ``name`` from ``state`` (or ``segments/``) to ``corrupt/``, where it is kept
+        for a person to look at; False if it was gone."""
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        except OSError:
-            os.close(fd)
-            os.unlink(tmp_path)
-            raise
-        os.close(fd)
-        os.rename(tmp_path, self.file(state, queue_id))
-        dir_fd = os.open(self.dir(state), os.O_RDONLY | os.O_DIRECTORY)
+            os.rename(self.file(state, name), self.file("corrupt", name))
+        except FileNotFoundError:
+            return False
+        return True
+
+    # ----- deferred/: a file's mtime is its next try (Postfix's trick) ------------------
+
+    def defer(self, queue_id: str, source: str, until: float) -> None:
+        """Move a message from ``source`` to ``deferred/``, due at ``until``."""
+        self.move(queue_id, source, "deferred")
+        self.set_next_try(queue_id, until)
+
+    def set_next_try(self, queue_id: str, when: float) -> None:
+        """FileNotFoundError if the message is not in ``deferred/`` (any more)."""
+        os.utime(self.file("deferred", queue_id), (when, when))
+
+    def next_try(self, queue_id: str) -> float:
+        """When a deferred message is due; FileNotFoundError if it is not deferred."""
+        return os.stat(self.file("deferred", queue_id)).st_mtime
+
+    def flush_deferred(self, now: float) -> None:
+        """Every deferred message is due at ``now`` (``mta queue flush``)."""
+        for queue_id in self.list("deferred"):
+            try:
+                self.set_next_try(queue_id, now)
+            except FileNotFoundError:
+                continue
+
+    def deferred_times(self) -> list[tuple[float, str]]:
+        """(next try, queue ID) of every deferred message, in no order."""
+        found = []
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            entries = list(self.scan("deferred"))
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            if is_queue_id(entry.name):
+                try:
+                    found.append((entry.stat().st_mtime, entry.name))
+                except FileNotFoundError:
+                    continue
+        return found
 
     def read(self, state: str, queue_id: str) -> MessageFile:
         return read_message_file(self.file(state, queue_id))
@@ -135,16 +183,11 @@ class Spool:
     def segment_messages(self) -> Iterator[RecordRef]:
         """Messages in segments that are not marked done, oldest first, read from disk
         (for the queue CLI; the queue manager keeps its own view as it goes)."""
-        directory = os.path.join(self.path, SEGMENTS)
-        try:
-            names = sorted(os.listdir(directory))
-        except FileNotFoundError:
-            return
-        for name in names:
+        for name in self.list(SEGMENTS):
             if name.endswith(DONE_SUFFIX) or not is_queue_id(name):
                 continue
             try:
-                tail = SegmentTail.open(directory, name)
+                tail = self.open_segment(name)
             except FileNotFoundError:
                 continue  # done and deleted meanwhile
             try:
@@ -152,6 +195,37 @@ class Spool:
                     yield from (ref for ref in refs if ref.offset not in tail.done)
             finally:
                 tail.close()
+
+    # ----- segments/ (segment.py) ------------------------------------------------------
+
+    def open_segment(self, name: str) -> SegmentTail:
+        """Follow segment ``name`` from its start; FileNotFoundError if it is gone."""
+        return SegmentTail.open(self.dir(SEGMENTS), name)
+
+    def read_segment_payload(self, ref: RecordRef) -> bytes:
+        """The raw message-file bytes of a segment message, unchecked."""
+        return read_payload(self.segment(ref.segment), ref.offset, ref.length)
+
+    def open_done_marks(self, name: str) -> int:
+        """A descriptor appending to the done marks of segment ``name``."""
+        path = self.segment(name) + DONE_SUFFIX
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+    def remove_segment(self, name: str, keep_data: bool = False) -> _Errors:
+        """Delete segment ``name`` and its done marks (``keep_data``: only the marks, it
+        was moved to ``corrupt/``); the errors, other than files already gone."""
+        paths = [self.segment(name) + DONE_SUFFIX]
+        if not keep_data:
+            paths.append(self.segment(name))
+        errors: _Errors = []
+        for path in paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                errors.append(exc)
+        return errors
 
     def read_segment_message(self, ref: RecordRef) -> MessageFile:
         return read_record(self.segment(ref.segment), ref.offset, ref.length)
@@ -268,7 +342,4 @@ class MessageWriter:
         data = b"".join(self._pending)
         self._pending.clear()
         self._pending_size = 0
-        view = memoryview(data)
-        while view:
-            written = os.write(self.fd, view)
-            view = view[written:]
+        write_all(self.fd, data)

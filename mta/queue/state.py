@@ -1,8 +1,9 @@
 """Per-message delivery state, kept beside the immutable message file once it was tried.
 
 ``state/<queue_id>`` records which recipients are done (sent, or failed and reported to the
-sender) and how many attempts were made; it is replaced atomically (write a temporary file,
-fsync, rename, fsync the directory) so a crash leaves the old or the new state, never a mix.
+sender) and how many attempts were made; it is replaced atomically (durable.py: write a
+temporary file, fsync, rename, fsync the directory) so a crash leaves the old or the new
+state, never a mix.
 Losing the newest state is safe: recipients it marked done are tried again (a duplicate,
 never a loss).
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 import os
 
 import msgspec
+
+from mta.queue.durable import replace_file
 
 __all__ = ["MessageState", "RecipientState", "StateStore"]
 
@@ -62,19 +65,8 @@ class StateStore:
 
     def save(self, state: MessageState) -> None:
         path = self.path(state.queue_id)
-        tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, _encoder.encode(state))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-        dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        # one queue manager writes states: a ".tmp" left by a crash is its own, reused
+        replace_file(path, _encoder.encode(state), path + ".tmp", exclusive=False)
 
     def remove(self, queue_id: str) -> None:
         try:

@@ -8,12 +8,13 @@ from __future__ import annotations
 import email
 import email.policy
 import email.utils
-from email.message import EmailMessage, Message
+from email.message import EmailMessage
 
 import pytest
 
 from mta.qmgr.dsn import build_bounce
 from mta.queue.results import RecipientResult
+from tests.qmgr.mime import decoded, subparts
 
 ORIGINAL_HEADERS = (
     b"Received: from client.test ([127.0.0.1])\r\n\tby mx.test (mta) with ESMTP id X\r\n"
@@ -54,18 +55,16 @@ def bounce(results: list[RecipientResult], headers: bytes = ORIGINAL_HEADERS) ->
     return message
 
 
-def parts(message: EmailMessage) -> tuple[Message, Message, Message]:
+def parts(message: EmailMessage) -> tuple[EmailMessage, EmailMessage, EmailMessage]:
     assert message.get_content_type() == "multipart/report"
     assert message.get_param("report-type") == "delivery-status"
-    human, status, original = message.get_payload()
+    human, status, original = subparts(message)
     return human, status, original
 
 
-def status_blocks(status: Message) -> list[Message]:
+def status_blocks(status: EmailMessage) -> list[EmailMessage]:
     assert status.get_content_type() == "message/delivery-status"
-    blocks = status.get_payload()
-    assert isinstance(blocks, list)
-    return blocks
+    return subparts(status)
 
 
 def test_bounce_headers() -> None:
@@ -108,7 +107,7 @@ def test_three_parts_with_report_per_recipient() -> None:
 def test_original_headers_are_returned_without_the_body() -> None:
     message = bounce([failed("bob@dest.test", "550 5.1.1 No such user", "5.1.1")])
     _, _, original = parts(message)
-    returned = original.get_payload(decode=True)
+    returned = decoded(original)
     assert (
         returned.replace(b"\r\n", b"\n")
         == ORIGINAL_HEADERS.rstrip(b"\r\n").replace(b"\r\n", b"\n") + b"\n"
@@ -153,4 +152,4 @@ def test_utf8_and_header_only_originals() -> None:
     assert "jürgen@dest.test" in human.get_content()
     [_, rcpt] = status_blocks(status)
     assert rcpt["Final-Recipient"] == "rfc822; jürgen@dest.test"
-    assert "Grüße".encode() in original.get_payload(decode=True)
+    assert "Grüße".encode() in decoded(original)

@@ -13,11 +13,8 @@ import pytest
 from mta.config import Config, QueueConfig
 from mta.qmgr.manager import QueueManager
 from mta.queue.ids import new_queue_id
-from mta.queue.segment import DONE_SUFFIX, PREFIX_SIZE, encode_done, record_prefix
-from mta.queue.spool import Spool
-from tests.queue.messages import finished_message
-
-DEAD_PID = "FFFFFE"  # above any pid_max: a writer that is surely gone
+from mta.queue.segment import DONE_SUFFIX, encode_done, record_prefix
+from tests.qmgr.segments import claim, offsets, payload, write_segment
 
 
 @pytest.fixture
@@ -26,37 +23,7 @@ def qmgr(tmp_path: Path) -> Iterator[QueueManager]:
     try:
         yield manager
     finally:
-        manager.remover.stop()
-        manager._io.shutdown()
-
-
-def payload(queue_id: str, body: bytes = b"Subject: s\r\n\r\nbody\r\n") -> bytes:
-    """A whole message file for ``queue_id``, as a segment record carries it."""
-    writer = finished_message(Spool("/nonexistent"), body, queue_id)
-    return writer.record()[PREFIX_SIZE:]
-
-
-def write_segment(spool: Spool, ids: list[str], *, closed: bool, pid: str = DEAD_PID) -> str:
-    """A segment holding a message for each of ``ids``, written by process ``pid``."""
-    name = new_queue_id()[:13] + pid
-    data = b"".join(record_prefix(q, len(payload(q))) + payload(q) for q in ids)
-    if closed:
-        data += b"MTAZ" + bytes(23)
-    with open(spool.segment(name), "wb") as f:
-        f.write(data)
-    return name
-
-
-def offsets(spool: Spool, name: str) -> list[int]:
-    return [ref.offset for ref in spool.segment_messages() if ref.segment == name]
-
-
-def claim(qmgr: QueueManager) -> list[str]:
-    """One scheduling round's worth of segment work; the queue IDs that became jobs."""
-    qmgr._open_segments()
-    before = len(qmgr.pending)
-    qmgr._claim_segments()
-    return [job.queue_id for job in list(qmgr.pending)[before:]]
+        manager.close()
 
 
 def test_recovery_schedules_what_is_neither_done_nor_copied_out(qmgr: QueueManager) -> None:
@@ -71,9 +38,9 @@ def test_recovery_schedules_what_is_neither_done_nor_copied_out(qmgr: QueueManag
 
     qmgr.recover()
     assert claim(qmgr) == ids[2:]
-    jobs = list(qmgr.pending)
+    jobs = list(qmgr.schedule.pending)
     assert all(job.segment == name and job.length > 0 for job in jobs)
-    assert set(ids[2:]) <= qmgr.active
+    assert set(ids[2:]) <= qmgr.schedule.active
     qmgr.remover.stop()  # writes what it was handed: the copied-out one is now marked done
     assert [ref.queue_id for ref in spool.segment_messages()] == ids[2:]
 
@@ -85,12 +52,12 @@ def test_a_closed_segment_is_deleted_once_everything_in_it_is_done(qmgr: QueueMa
     qmgr.recover()
     assert claim(qmgr) == ids
     for queue_id in ids[:2]:
-        qmgr._segment_done(qmgr.located[queue_id], delivered=True)
-    qmgr._retire_segments(check_writers=False)
-    assert name in qmgr.segments  # one message is still live
-    qmgr._segment_done(qmgr.located[ids[2]], delivered=True)
-    qmgr._retire_segments(check_writers=False)
-    assert name not in qmgr.segments
+        qmgr.segments.done(qmgr.segments.located[queue_id], delivered=True)
+    qmgr.segments.retire(check_writers=False)
+    assert name in qmgr.segments.tails  # one message is still live
+    qmgr.segments.done(qmgr.segments.located[ids[2]], delivered=True)
+    qmgr.segments.retire(check_writers=False)
+    assert name not in qmgr.segments.tails
     qmgr.remover.stop()
     assert os.listdir(os.path.join(spool.path, "segments")) == []
 
@@ -103,18 +70,18 @@ def test_a_dead_writers_segment_is_read_to_the_end_before_it_is_deleted(
     name = write_segment(spool, [first], closed=False)
     qmgr.recover()
     assert claim(qmgr) == [first]
-    qmgr._segment_done(qmgr.located[first], delivered=True)
+    qmgr.segments.done(qmgr.segments.located[first], delivered=True)
     late = new_queue_id()  # written just before the writer died, after our last read
     with open(spool.segment(name), "ab") as f:
         f.write(record_prefix(late, len(payload(late))) + payload(late))
-    qmgr._retire_segments(check_writers=True)  # notices the writer is gone
-    assert name in qmgr.segments
+    qmgr.segments.retire(check_writers=True)  # notices the writer is gone
+    assert name in qmgr.segments.tails
     assert claim(qmgr) == [late]  # the next round reads what is left
-    qmgr._retire_segments(check_writers=True)
-    assert name in qmgr.segments  # still live
-    qmgr._segment_done(qmgr.located[late], delivered=True)
-    qmgr._retire_segments(check_writers=True)
-    assert name not in qmgr.segments
+    qmgr.segments.retire(check_writers=True)
+    assert name in qmgr.segments.tails  # still live
+    qmgr.segments.done(qmgr.segments.located[late], delivered=True)
+    qmgr.segments.retire(check_writers=True)
+    assert name not in qmgr.segments.tails
     qmgr.remover.stop()
     assert os.listdir(os.path.join(spool.path, "segments")) == []
 
@@ -125,11 +92,11 @@ def test_a_live_writers_open_segment_is_kept(qmgr: QueueManager) -> None:
     name = write_segment(spool, ids, closed=False, pid=f"{os.getpid():06X}")
     qmgr.recover()
     assert claim(qmgr) == ids
-    qmgr._segment_done(qmgr.located[ids[0]], delivered=True)
+    qmgr.segments.done(qmgr.segments.located[ids[0]], delivered=True)
     for _ in range(3):
-        qmgr._retire_segments(check_writers=True)
+        qmgr.segments.retire(check_writers=True)
         claim(qmgr)
-    assert name in qmgr.segments  # its writer may append more at any moment
+    assert name in qmgr.segments.tails  # its writer may append more at any moment
 
 
 def test_a_damaged_segment_goes_to_corrupt_after_what_preceded_the_damage(
@@ -142,8 +109,8 @@ def test_a_damaged_segment_goes_to_corrupt_after_what_preceded_the_damage(
         f.write(b"garbage that is no record" * 3)
     qmgr.recover()
     assert claim(qmgr) == [good]
-    qmgr._segment_done(qmgr.located[good], delivered=True)
-    qmgr._retire_segments(check_writers=False)
+    qmgr.segments.done(qmgr.segments.located[good], delivered=True)
+    qmgr.segments.retire(check_writers=False)
     assert spool.list("corrupt") == [name]  # kept for a person to look at, never deleted
     assert os.listdir(os.path.join(spool.path, "segments")) in ([], [name + DONE_SUFFIX])
     qmgr.remover.stop()
@@ -155,12 +122,12 @@ def test_a_read_error_is_no_damage_the_segment_is_read_again(qmgr: QueueManager)
     first = new_queue_id()
     name = write_segment(spool, [first], closed=False)
     qmgr.recover()
-    qmgr._open_segments()
-    tail = qmgr.segments[name]
+    qmgr.segments.open_new()
+    tail = qmgr.segments.tails[name]
     good_fd = tail.fd
     tail.fd = os.open(os.devnull, os.O_WRONLY)  # reading it fails (EBADF), as on an I/O error
     assert claim(qmgr) == []
-    qmgr._retire_segments(check_writers=False)
+    qmgr.segments.retire(check_writers=False)
     assert not tail.broken and spool.list("corrupt") == []  # nothing is declared damaged
     os.close(tail.fd)
     tail.fd = good_fd
@@ -176,7 +143,7 @@ def test_a_live_writers_damaged_segment_goes_to_corrupt_on_a_quiet_queue(
         f.write(b"garbage that is no record" * 2)
     qmgr.recover()
     assert claim(qmgr) == []
-    qmgr._retire_segments(check_writers=True)  # a quiet queue: every round is a poll
+    qmgr.segments.retire(check_writers=True)  # a quiet queue: every round is a poll
     assert spool.list("corrupt") == [name]
 
 
@@ -189,4 +156,4 @@ def test_a_copy_cut_short_by_a_crash_is_removed_at_start(qmgr: QueueManager) -> 
     qmgr.recover()
     assert not copy.exists()
     assert claim(qmgr) == [queue_id]  # the segment still has it: delivered from there
-    assert name in qmgr.segments
+    assert name in qmgr.segments.tails

@@ -22,6 +22,7 @@ from mta.queue.msgfile import MessageFile
 from mta.queue.results import RecipientResult
 from mta.queue.spool import Spool
 from mta.queue.state import StateStore
+from tests.qmgr.mime import decoded, subparts
 
 MIN_BACKOFF, MAX_BACKOFF, LIFETIME = 10.0, 35.0, 1000.0
 MESSAGE = (
@@ -190,11 +191,11 @@ def test_failed_recipient_is_bounced_to_the_sender_with_null_sender(
     assert envelope.size == len(bounce.read_message())
     dsn = email.message_from_bytes(bounce.read_message(), policy=email.policy.default)
     assert dsn.get_content_type() == "multipart/report"
-    _, status, original = dsn.get_payload()
-    [_, carol] = status.get_payload()
+    _, status, original = subparts(dsn)
+    [_, carol] = subparts(status)
     assert carol["Final-Recipient"] == "rfc822; carol@dest.test"
     assert carol["Status"] == "5.1.1"
-    assert b"Subject: outcome test" in original.get_payload(decode=True)
+    assert b"Subject: outcome test" in decoded(original)
     assert "bob@dest.test" not in dsn.as_string()  # only the failed recipient is reported
 
 
@@ -301,8 +302,8 @@ def test_expiry_bounces_what_is_still_pending(
     dsn = email.message_from_bytes(
         spool.read("incoming", outcome.bounce_id).read_message(), policy=email.policy.default
     )
-    _, status, _ = dsn.get_payload()
-    [_, carol] = status.get_payload()
+    _, status, _ = subparts(dsn)
+    [_, carol] = subparts(status)
     assert carol["Final-Recipient"] == "rfc822; carol@dest.test"
     assert carol["Action"] == "failed"
     assert carol["Status"] == "4.4.7"

@@ -7,7 +7,15 @@ import os
 import time
 from pathlib import Path
 
-from mta.queue.ids import QUEUE_ID_PATTERN, is_queue_id, new_queue_id, queue_id_time
+from mta.queue.ids import (
+    QUEUE_ID_PATTERN,
+    is_queue_id,
+    new_queue_id,
+    pid_alive,
+    queue_id_pid,
+    queue_id_time,
+    writer_alive,
+)
 
 CHILDREN = 4
 PER_CHILD = 2000
@@ -95,3 +103,31 @@ def test_ids_are_unique_across_forked_processes(tmp_path: Path) -> None:
     # string order is time order, whichever process made the ID
     times = [queue_id_time(i) for i in sorted(everything)]
     assert times == sorted(times)
+
+
+def test_the_writer_pid_is_read_back_from_an_id() -> None:
+    assert queue_id_pid(new_queue_id()) == os.getpid() & 0xFFFFFF
+    assert queue_id_pid("0195F3A2B7C4100A3F1") == 0x00A3F1
+
+
+def test_liveness_of_running_dead_and_zombie_processes() -> None:
+    assert pid_alive(os.getpid())
+    assert pid_alive(1)  # init: it is there, whether we may look or not
+    assert not pid_alive(0xFFFFFE)  # above any pid_max
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    try:
+        deadline = time.monotonic() + 10
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)  # it exits at once; until reaped it is a zombie
+        assert not pid_alive(pid)
+        assert os.path.exists(f"/proc/{pid}")  # not reaped yet: a zombie, not gone
+    finally:
+        os.waitpid(pid, 0)
+    assert not pid_alive(pid)
+
+
+def test_writer_alive_asks_about_the_pid_in_the_id() -> None:
+    assert writer_alive(new_queue_id())
+    assert not writer_alive(new_queue_id()[:13] + "FFFFFE")

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,6 +30,12 @@ pytestmark = pytest.mark.timeout(120)
 Factory = Callable[..., MtaProcess]
 SUBJECTS = ("first", "second", "third")
 QUEUE_ID = re.compile(r"^[0-9A-F]{19}$")
+
+
+def submit(relay: MtaProcess, subject: str) -> None:
+    with smtplib.SMTP("127.0.0.1", relay.port, local_hostname="client.test") as client:
+        data = f"Subject: {subject}\r\nMessage-ID: <{subject}@sender.test>\r\n\r\nhi\r\n"
+        client.sendmail("alice@sender.test", [f"{subject}@dest.test"], data.encode())
 
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -51,7 +58,7 @@ class Queued:
         assert done.returncode == 0, (args, done.stdout, done.stderr)
         return done.stdout
 
-    def listing(self) -> dict[str, dict[str, object]]:
+    def listing(self) -> dict[str, dict[str, Any]]:  # JSON
         return {e["id"]: e for e in json.loads(self.ok("list", "--json"))}
 
     def where(self, queue_id: str) -> list[str]:
@@ -77,10 +84,8 @@ def queued(mta_factory: Factory) -> Iterator[Queued]:
     with CaptureSink() as sink:
         sink.down()
         relay = mta_factory({"delivery": {"relayhost": f"127.0.0.1:{sink.port}"}})
-        with smtplib.SMTP("127.0.0.1", relay.port, local_hostname="client.test") as client:
-            for subject in SUBJECTS:
-                data = f"Subject: {subject}\r\nMessage-ID: <{subject}@sender.test>\r\n\r\nhi\r\n"
-                client.sendmail("alice@sender.test", [f"{subject}@dest.test"], data.encode())
+        for subject in SUBJECTS:
+            submit(relay, subject)
         files = wait_until(lambda: len(relay.files("deferred")) == 3 and relay.files("deferred"))
         wait_until(lambda: relay.log().count("status=deferred") == 3)
         names = [f.name for f in files]  # queue IDs sort by arrival
@@ -176,12 +181,16 @@ def test_held_message_is_not_delivered_until_released(queued: Queued) -> None:
     wait_until(lambda: queued.relay.files("deferred") == [])
     assert sorted(queued.delivered()) == ["first", "third"]
     queued.ok("flush")  # a flush does not touch held mail
-    time.sleep(1.5)  # more than the queue manager's poll interval
-    assert queued.where(held) == ["hold"] and len(queued.sink.messages) == 2
+    # A message sent after the flush and delivered shows the queue manager has handled
+    # the flush (wake-ups are read in the order they were sent) and acted since.
+    submit(queued.relay, "probe")
+    queued.sink.wait_for(3)
+    assert queued.where(held) == ["hold"] and len(queued.sink.messages) == 3
+    assert queued.delivered()[2] == "probe"
 
     assert queued.ok("release", held) == ""
-    queued.sink.wait_for(3)
-    assert queued.delivered()[2] == "second"
+    queued.sink.wait_for(4)
+    assert queued.delivered()[3] == "second"
     wait_until(queued.empty)
 
 

@@ -128,8 +128,8 @@ def test_writer_starts_a_new_segment_past_its_size_and_closes_the_old(spool: Spo
 def test_a_damaged_record_stops_reading_there(spool: Spool, damage: str) -> None:
     writer = SegmentWriter(segments_dir(spool))
     good_id, good = record(spool, b"good\r\n")
-    _, bad = record(spool, b"bad\r\n")
-    bad = bytearray(bad)
+    _, intact = record(spool, b"bad\r\n")
+    bad = bytearray(intact)
     position = {"magic": 0, "header": 27, "end": len(bad) - 1}[damage]
     bad[position] ^= 0xFF
     writer.append(good + bytes(bad) + record(spool, b"after\r\n")[1])
