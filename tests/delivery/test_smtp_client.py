@@ -341,11 +341,12 @@ def test_a_reply_nobody_asked_for_makes_the_connection_unfit_for_reuse(
     scripted: Callable[[Script], ScriptedServer],
 ) -> None:
     """Otherwise the stray reply would be taken for the answer to the next MAIL."""
+    sent = threading.Event()  # the client has its result: the connection is idle
 
     def script(peer: Peer) -> None:
         peer.up_to_the_message()
         peer.send(b"250 2.0.0 Ok\r\n")
-        time.sleep(0.05)
+        assert sent.wait(10), "the client did not take the reply"
         peer.send(b"421 4.3.2 shutting down\r\n")
         peer.wait_for_close()
 
@@ -354,6 +355,8 @@ def test_a_reply_nobody_asked_for_makes_the_connection_unfit_for_reuse(
     async def scenario() -> None:
         conn = await connect(server.port)
         await conn.send(TX)
+        assert conn.reusable
+        sent.set()
         await wait_until(lambda: not conn.reusable)
         assert conn.usable  # nothing broke: it is just not safe to carry on
         await conn.quit()
