@@ -297,19 +297,28 @@ class OutboundConnection:
                 self.relay,
             ) from None
         assert isinstance(event, TransactionDone)
+        outcomes = event.outcomes
+        if len(outcomes) == 1:  # the common case: no comprehension
+            return [self._result(outcomes[0].recipient, outcomes[0].reply)]
         result = self._result
-        return [result(o.recipient, o.reply) for o in event.outcomes]
+        return [result(o.recipient, o.reply) for o in outcomes]
 
     async def _run(self) -> ClientEvent:
         """Write what the session says and wait for the replies it needs, until it
-        decides something."""
+        decides something.  One wait (one wake-up) per phase, no coroutine in between."""
         session = self.session
-        while (event := session.next_event()) is None:
+        stream = self.stream
+        while True:  # every caller has just asked the session for something: no event yet
             data = session.data_to_send()
             if data:
                 self._write(data)
-            await self._expect()
-        return event
+            try:
+                await stream.wait(self.command_timeout)
+            except (OSError, TimeoutError, ProtocolError) as exc:
+                raise self._no_reply(exc) from None
+            event = session.next_event()
+            if event is not None:
+                return event
 
     def _result(self, recipient: str, reply: Reply) -> RecipientResult:
         if reply.is_positive:
@@ -356,20 +365,16 @@ class OutboundConnection:
             )
         self.transport.write(data)
 
-    async def _expect(self) -> None:
-        """Wait until the session has the replies it needs; DeliveryError if they do not
-        come in time."""
-        try:
-            await self.stream.wait(self.command_timeout)
-        except (OSError, TimeoutError, ProtocolError) as exc:
-            self.session.connection_lost()
-            if isinstance(exc, TimeoutError):
-                raise DeliveryError(
-                    False, "4.4.2", f"timeout waiting for a reply from {self.relay}", self.relay
-                ) from None
-            raise DeliveryError(
-                False, "4.4.2", f"lost connection with {self.relay}: {exc}", self.relay
-            ) from None
+    def _no_reply(self, exc: Exception) -> DeliveryError:
+        """Why the replies the session waits for did not come (in time)."""
+        self.session.connection_lost()
+        if isinstance(exc, TimeoutError):
+            return DeliveryError(
+                False, "4.4.2", f"timeout waiting for a reply from {self.relay}", self.relay
+            )
+        return DeliveryError(
+            False, "4.4.2", f"lost connection with {self.relay}: {exc}", self.relay
+        )
 
     async def quit(self) -> None:
         """Polite close: QUIT, then close without waiting for the 221.  Waits (briefly) until

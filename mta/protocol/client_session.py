@@ -58,7 +58,7 @@ import enum
 from collections import deque
 from collections.abc import Callable
 
-from mta.protocol.client import ClientConnection, Reply
+from mta.protocol.client import ClientConnection, Reply, dot_stuff
 from mta.protocol.client_events import (
     ClientEvent,
     HandshakeRefused,
@@ -99,26 +99,42 @@ class State(enum.Enum):
     __hash__ = object.__hash__
 
 
-S = State
+# The members by their bare names: looking up State.READY costs ten times a global name,
+# and a transaction moves through a few states per message.
+(
+    GREETING,
+    EHLO,
+    HELO,
+    STARTTLS,
+    TLS,
+    READY,
+    BATCH,
+    MAIL,
+    RCPT,
+    DATA,
+    MESSAGE,
+    ABANDON,
+    RSET,
+    CLOSED,
+) = State
+
 # What may follow what.  quit() and connection_lost() lead from any state to CLOSED.
 TRANSITIONS: dict[State, frozenset[State]] = {
-    S.GREETING: frozenset({S.EHLO, S.CLOSED}),
-    S.EHLO: frozenset({S.HELO, S.STARTTLS, S.READY, S.CLOSED}),
-    S.HELO: frozenset({S.READY, S.CLOSED}),
-    S.STARTTLS: frozenset({S.TLS, S.READY}),
-    S.TLS: frozenset({S.EHLO}),  # tls_started()
-    S.READY: frozenset({S.BATCH, S.MAIL}),  # start_transaction()
-    S.BATCH: frozenset({S.MESSAGE, S.ABANDON, S.RSET}),
-    S.MAIL: frozenset({S.RCPT, S.READY}),
-    S.RCPT: frozenset({S.RCPT, S.DATA, S.RSET}),
-    S.DATA: frozenset({S.MESSAGE, S.ABANDON, S.RSET}),
-    S.MESSAGE: frozenset({S.READY}),
-    S.ABANDON: frozenset({S.READY, S.RSET}),
-    S.RSET: frozenset({S.READY, S.CLOSED}),
-    S.CLOSED: frozenset(),
+    GREETING: frozenset({EHLO, CLOSED}),
+    EHLO: frozenset({HELO, STARTTLS, READY, CLOSED}),
+    HELO: frozenset({READY, CLOSED}),
+    STARTTLS: frozenset({TLS, READY}),
+    TLS: frozenset({EHLO}),  # tls_started()
+    READY: frozenset({BATCH, MAIL}),  # start_transaction()
+    BATCH: frozenset({MESSAGE, ABANDON, RSET}),
+    MAIL: frozenset({RCPT, READY}),
+    RCPT: frozenset({RCPT, DATA, RSET}),
+    DATA: frozenset({MESSAGE, ABANDON, RSET}),
+    MESSAGE: frozenset({READY}),
+    ABANDON: frozenset({READY, RSET}),
+    RSET: frozenset({READY, CLOSED}),
+    CLOSED: frozenset(),
 }
-# States that wait for the caller, not for a reply.
-_CALLER_STATES = frozenset({S.TLS, S.READY, S.CLOSED})
 
 
 class ClientSession:
@@ -137,6 +153,7 @@ class ClientSession:
         self._replies: deque[Reply] = deque()  # received, not yet taken by a handler
         self._wanted = 1  # replies the current state needs before it can move on
         self._out: list[bytes] = []
+        self._parse = self.client.parser.feed
         # the transaction in progress
         self._tx: Transaction | None = None
         self._rcpt_replies: list[Reply] = []
@@ -145,17 +162,17 @@ class ClientSession:
         self._decided: list[RecipientReply] = []  # in RSET and ABANDON: every outcome
         self._then_rset = False  # in ABANDON: RSET after the reply
         self._handlers: dict[State, Callable[[], ClientEvent | None]] = {
-            S.GREETING: self._on_greeting,
-            S.EHLO: self._on_ehlo,
-            S.HELO: self._on_helo,
-            S.STARTTLS: self._on_starttls,
-            S.BATCH: self._on_batch,
-            S.MAIL: self._on_mail,
-            S.RCPT: self._on_rcpt,
-            S.DATA: self._on_data,
-            S.MESSAGE: self._on_message,
-            S.ABANDON: self._on_abandon,
-            S.RSET: self._on_rset,
+            GREETING: self._on_greeting,
+            EHLO: self._on_ehlo,
+            HELO: self._on_helo,
+            STARTTLS: self._on_starttls,
+            BATCH: self._on_batch,
+            MAIL: self._on_mail,
+            RCPT: self._on_rcpt,
+            DATA: self._on_data,
+            MESSAGE: self._on_message,
+            ABANDON: self._on_abandon,
+            RSET: self._on_rset,
         }
 
     # ----- the I/O layer's API -------------------------------------------------------------
@@ -165,7 +182,7 @@ class ClientSession:
 
         Raises :class:`~mta.protocol.client.ProtocolError` if they are not SMTP replies."""
         replies = self._replies
-        replies.extend(self.client.parser.feed(data))
+        replies.extend(self._parse(data))
         return len(replies) >= self._wanted
 
     @property
@@ -202,36 +219,42 @@ class ClientSession:
         """Begin ``tx`` (READY only): its commands are queued for :meth:`data_to_send` and
         :meth:`next_event` gives its outcome.  Returns why not, without sending anything,
         when the server cannot take it."""
-        self._expect_state(S.READY, "start a transaction")
+        if self.state is not READY:
+            raise ClientUsageError(f"cannot start a transaction in state {self.state.value}")
         client = self.client
         size = len(tx.message)
         limit = client.size_limit
         if limit is not None and size > limit:
             return TransactionNotSent("size", size, limit)
-        if tx.smtputf8 and not client.supports("SMTPUTF8"):
+        extensions = client.extensions
+        if tx.smtputf8 and "SMTPUTF8" not in extensions:
             return TransactionNotSent("smtputf8", size, limit)
         self._tx = tx
         mail = client.mail(tx.sender, size=size, eight_bit=tx.eight_bit, smtputf8=tx.smtputf8)
-        if client.supports("PIPELINING"):  # RFC 2920: MAIL, every RCPT and DATA at once
-            rcpts = [client.rcpt(r) for r in tx.recipients]
-            self._out.append(b"".join([mail, *rcpts, client.data()]))
-            self._go(S.BATCH, len(rcpts) + 2)
+        if "PIPELINING" in extensions:  # RFC 2920: MAIL, every RCPT and DATA at once
+            recipients = tx.recipients
+            if len(recipients) == 1:  # the common case: no comprehension
+                batch = [mail, client.rcpt(recipients[0]), b"DATA\r\n"]
+            else:
+                batch = [mail, *[client.rcpt(r) for r in recipients], b"DATA\r\n"]
+            self._out.append(b"".join(batch))
+            self._go(BATCH, len(batch))
         else:
             self._out.append(mail)
             self._rcpt_replies = []
-            self._go(S.MAIL)
+            self._go(MAIL)
         return None
 
     def tls_started(self) -> None:
         """The TLS handshake the session asked for is done: say EHLO again (RFC 3207 §4.2)."""
-        self._expect_state(S.TLS, "report a TLS handshake")
+        self._expect_state(TLS, "report a TLS handshake")
         self.tls = True
         self._out.append(self.client.ehlo())
-        self._go(S.EHLO)
+        self._go(EHLO)
 
     def quit(self) -> bytes:
         """QUIT, to be sent as the last command; the session is closed."""
-        if self.state is S.CLOSED:
+        if self.state is CLOSED:
             raise ClientUsageError("the session is closed already")
         self._close()
         return self.client.quit()
@@ -243,13 +266,13 @@ class ClientSession:
     @property
     def usable(self) -> bool:
         """Not closed: refused, broken, RSET refused or QUIT said."""
-        return self.state is not S.CLOSED
+        return self.state is not CLOSED
 
     @property
     def reusable(self) -> bool:
         """Idle, and no stray reply queued that would be taken for the answer to the next
         command."""
-        return self.state is S.READY and not self._replies
+        return self.state is READY and not self._replies
 
     # ----- the greeting and EHLO ------------------------------------------------------------
 
@@ -259,7 +282,7 @@ class ClientSession:
             self._close()
             return HandshakeRefused("greeting", reply)
         self._out.append(self.client.ehlo())
-        self._go(S.EHLO)
+        self._go(EHLO)
         return None
 
     def _on_ehlo(self) -> ClientEvent | None:
@@ -271,7 +294,7 @@ class ClientSession:
             self._close()
             return HandshakeRefused("lhlo", reply)
         self._out.append(self.client.helo())
-        self._go(S.HELO)
+        self._go(HELO)
         return None
 
     def _on_helo(self) -> ClientEvent | None:
@@ -285,18 +308,18 @@ class ClientSession:
         if self.want_tls and not self._tls_tried and self.client.supports("STARTTLS"):
             self._tls_tried = True  # once per connection, offered again after TLS or not
             self._out.append(self.client.starttls())
-            self._go(S.STARTTLS)
+            self._go(STARTTLS)
             return None
         return self._ready()
 
     def _on_starttls(self) -> ClientEvent | None:
         if self._replies.popleft().code == 220:
-            self._go(S.TLS, 0)
+            self._go(TLS, 0)
             return StartTlsNow()
         return self._ready()  # opportunistic: carry on in clear text
 
     def _ready(self) -> Ready:
-        self._go(S.READY, 0)
+        self._go(READY, 0)
         return Ready(self.tls, self.client.esmtp)
 
     # ----- transactions ---------------------------------------------------------------------
@@ -305,7 +328,8 @@ class ClientSession:
         """The replies to a pipelined MAIL, RCPTs and DATA, all in."""
         take = self._replies.popleft
         mail_reply = take()
-        rcpt_replies = [take() for _ in self._tx_recipients()]
+        n = self._wanted - 2  # replies wanted: MAIL, every RCPT, DATA
+        rcpt_replies = [take()] if n == 1 else [take() for _ in range(n)]
         data_reply = take()
         if not mail_reply.is_positive:
             return self._refused_mail(mail_reply, data_reply)
@@ -326,14 +350,14 @@ class ClientSession:
         sent = len(self._rcpt_replies)
         if sent < len(recipients):
             self._out.append(self.client.rcpt(recipients[sent]))
-            self._go(S.RCPT)
+            self._go(RCPT)
             return None
         if not any(r.is_positive for r in self._rcpt_replies):  # no DATA for nobody
             replies = zip(recipients, self._rcpt_replies, strict=True)
             self._reset([RecipientReply(r, reply) for r, reply in replies])
             return None
         self._out.append(self.client.data())
-        self._go(S.DATA)
+        self._go(DATA)
         return None
 
     def _on_data(self) -> ClientEvent | None:
@@ -347,8 +371,8 @@ class ClientSession:
         if len(recipients) == 1 and rcpt_replies[0].is_positive and data_reply.code == 354:
             # the common case, one accepted recipient: no bookkeeping per recipient
             self._accepted = recipients  # and self._outcomes is empty
-            self._out.append(self.client.message(tx.message))
-            self._go(S.MESSAGE)
+            self._out.append(dot_stuff(tx.message))
+            self._go(MESSAGE)
             return None
         pairs = list(zip(recipients, rcpt_replies, strict=True))
         accepted = [r for r, reply in pairs if reply.is_positive]
@@ -357,14 +381,14 @@ class ClientSession:
             outcomes.update((r, data_reply) for r in accepted)
             self._reset([RecipientReply(r, outcomes[r]) for r in recipients])
             return None
-        self._out.append(self.client.message(tx.message))
+        self._out.append(dot_stuff(tx.message))
         if not accepted:  # a server that said 354 with no recipient: end it, empty
             decided = [RecipientReply(r, outcomes[r]) for r in recipients]
             self._abandon(decided, then_rset=False)
             return None
         self._accepted = accepted
         self._outcomes = outcomes
-        self._go(S.MESSAGE, len(accepted) if self.lmtp else 1)
+        self._go(MESSAGE, len(accepted) if self.lmtp else 1)
         return None
 
     def _on_message(self) -> ClientEvent | None:
@@ -393,7 +417,7 @@ class ClientSession:
         """A 354 nobody wanted: the message (or "." alone) is sent, its reply is read."""
         self._decided = decided
         self._then_rset = then_rset
-        self._go(S.ABANDON)
+        self._go(ABANDON)
 
     def _on_abandon(self) -> ClientEvent | None:
         self._replies.popleft()  # the reply to a message nobody wanted decides nothing
@@ -406,12 +430,12 @@ class ClientSession:
         """RSET after a refused transaction whose outcomes are ``decided`` already."""
         self._decided = decided
         self._out.append(self.client.rset())
-        self._go(S.RSET)
+        self._go(RSET)
 
     def _on_rset(self) -> ClientEvent | None:
         if self._replies.popleft().code != 250:
             self._close()  # we cannot tell what state the server is in: do not reuse
-            return self._finish(self._decided)
+            return self._done(self._decided, closed=True)
         return self._done(self._decided)
 
     # ----- helpers --------------------------------------------------------------------------
@@ -423,16 +447,13 @@ class ClientSession:
     def _done_with(self, recipients: list[str], reply: Reply) -> TransactionDone:
         return self._done([RecipientReply(r, reply) for r in recipients])
 
-    def _done(self, outcomes: list[RecipientReply]) -> TransactionDone:
-        self._go(S.READY, 0)
-        return self._finish(outcomes)
-
-    def _finish(self, outcomes: list[RecipientReply]) -> TransactionDone:
-        self._tx = None
-        self._outcomes = {}
-        self._accepted = []
-        self._rcpt_replies = []
-        self._decided = []
+    def _done(self, outcomes: list[RecipientReply], *, closed: bool = False) -> TransactionDone:
+        """The transaction is over: back to READY, unless the connection was closed."""
+        if not closed:
+            self._go(READY, 0)
+        self._tx = None  # the other transaction fields are set afresh before they are read
+        if self._outcomes:
+            self._outcomes = {}
         return TransactionDone(outcomes)
 
     def _go(self, state: State, wanted: int = 1) -> None:
@@ -442,7 +463,7 @@ class ClientSession:
         self._wanted = wanted
 
     def _close(self) -> None:
-        self.state = S.CLOSED
+        self.state = CLOSED
         self._wanted = 0
 
     def _expect_state(self, state: State, what: str) -> None:
