@@ -321,15 +321,20 @@ class OutboundConnection:
                 return event
 
     def _result(self, recipient: str, reply: Reply) -> RecipientResult:
-        if reply.is_positive:
+        """The recipient's result from the reply that decided it: 2xx/3xx sent, 4xx
+        deferred, anything else failed (Reply.is_positive and is_transient, spelled out:
+        this runs once per recipient)."""
+        code = reply.code
+        status: Status
+        if 200 <= code < 400:
             status = "sent"
-        elif reply.is_transient:
+        elif 400 <= code < 500:
             status = "deferred"
         else:
             status = "failed"
         return RecipientResult(
             address=recipient,
-            status=status,  # type: ignore[arg-type]
+            status=status,
             dsn=reply.enhanced,
             reply=reply.text,
             relay=self.relay,

@@ -392,14 +392,17 @@ class ClientSession:
         return None
 
     def _on_message(self) -> ClientEvent | None:
+        accepted = self._accepted
         take = self._replies.popleft
+        if len(accepted) == 1 and not self._outcomes:  # the common case, LMTP or not
+            return self._done([RecipientReply(accepted[0], take())])
         if self.lmtp:  # RFC 2033 §4.2: one reply per accepted recipient, in RCPT order
-            self._outcomes.update((r, take()) for r in self._accepted)
+            self._outcomes.update((r, take()) for r in accepted)
         else:
             final = take()
-            if len(self._accepted) == 1 and not self._outcomes:  # the common case
-                return self._done([RecipientReply(self._accepted[0], final)])
-            self._outcomes.update((r, final) for r in self._accepted)
+            if not self._outcomes:  # every recipient was accepted
+                return self._done([RecipientReply(r, final) for r in accepted])
+            self._outcomes.update((r, final) for r in accepted)
         outcomes = self._outcomes
         return self._done([RecipientReply(r, outcomes[r]) for r in self._tx_recipients()])
 
