@@ -1,9 +1,10 @@
-"""The client side of SMTP and LMTP, sans-I/O: commands out, replies in.
+"""The client side of SMTP and LMTP on the wire, sans-I/O: command formats and replies.
 
 :class:`ClientConnection` keeps what a client must remember about a server (its EHLO
-extensions, whether it speaks LMTP) and turns intentions into bytes (``mail()``, ``rcpt()``,
-``message()`` with dot-stuffing) and received bytes into :class:`Reply` objects.  The
-delivery code drives it over a real connection and decides what each reply means.
+extensions, its SIZE limit, whether it speaks LMTP) and turns intentions into bytes
+(``mail()``, ``rcpt()``, ``message()`` with dot-stuffing); :class:`ReplyParser` turns
+received bytes into :class:`Reply` objects.  What each reply means, and what is said next,
+is decided by :class:`~mta.protocol.client_session.ClientSession`, which uses both.
 """
 
 from __future__ import annotations

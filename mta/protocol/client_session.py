@@ -11,15 +11,16 @@ does the TLS handshake when told.
 The states and what may follow what (:data:`TRANSITIONS`; a reply moves the session on,
 except where an API call is named)::
 
-    GREETING --220--> EHLO (LHLO for LMTP) --250--> [STARTTLS] --> READY
-                      EHLO --other--> HELO (not LMTP) --250--> READY
+    GREETING --220--> EHLO (LHLO for LMTP) --250--> [STARTTLS] --> READY   (event Ready)
+                      EHLO --not 250--> HELO (not LMTP) --250--> READY
     GREETING / LHLO / HELO refused --> CLOSED               (event HandshakeRefused)
     STARTTLS --220--> TLS --tls_started()--> EHLO           (event StartTlsNow)
     STARTTLS --other--> READY                               (carry on in clear text)
     READY --start_transaction()--> BATCH (PIPELINING: MAIL, RCPTs, DATA in one write)
                                \\-> MAIL --> RCPT ... --> DATA (one command at a time)
     BATCH / DATA --354--> MESSAGE --> READY                 (event TransactionDone)
-    refused transaction --> RSET --250--> READY, --other--> CLOSED (unusable)
+    refused transaction --> [ABANDON: end a 354 nobody wanted] --> RSET (or READY)
+    RSET --250--> READY, --other--> CLOSED (unusable)       (event TransactionDone)
     any state --quit() or connection_lost()--> CLOSED
 
 Rules this module keeps (they are the behaviour the delivery layer had before it moved
@@ -40,6 +41,16 @@ here, and its logs and tests depend on them):
   :class:`~mta.protocol.client_events.TransactionNotSent` instead.
 * A reply that arrives while nothing was asked is kept, not dropped: it would be taken for
   the answer to the next command, so :attr:`~ClientSession.reusable` turns false.
+
+Outcomes are protocol-level: :class:`~mta.protocol.client_events.RecipientReply` (a
+recipient and the reply that decided it), not the queue's ``RecipientResult``, because
+``mta.protocol`` imports nothing from ``mta.delivery`` or ``mta.queue``.  The delivery
+layer adds what only it knows (the relay's name) and reads the status from the reply class.
+
+Kept exactly as the delivery code had it, to be decided in their own issues: replies the
+server sent before the TLS handshake are not dropped (RFC 3207 §4.2 asks a client to
+discard what it learned in clear text), and when the EHLO after TLS is refused, HELO
+keeps the extensions of the clear-text EHLO.
 
 Errors, as in :mod:`mta.protocol.errors`: :class:`ClientUsageError` (a
 ``SessionUsageError``) when the caller uses the API out of order — a local bug;
