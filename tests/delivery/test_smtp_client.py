@@ -397,18 +397,21 @@ def test_slow_replies_each_within_the_timeout_do_not_time_out(
     """The timeout is per reply, not per connection: a conversation longer than the
     timeout is fine as long as no single reply is late."""
 
+    def slow_reply(peer: Peer, reply: bytes) -> None:
+        """Answer after 0.2 s (the delay is the point), in which the client, waiting for
+        this reply, must send nothing."""
+        assert peer.nothing_more(0.2), "the client did not wait for the reply"
+        peer.send(reply)
+
     def script(peer: Peer) -> None:
         peer.send(b"220 scripted.test ESMTP\r\n")
         peer.line()
-        time.sleep(0.2)
-        peer.send(b"250 scripted.test\r\n")  # no PIPELINING: one round trip per command
+        slow_reply(peer, b"250 scripted.test\r\n")  # no PIPELINING: one command at a time
         for reply in (b"250 2.1.0 Ok\r\n", b"250 2.1.5 Ok\r\n", b"354 go on\r\n"):
             peer.line()
-            time.sleep(0.2)
-            peer.send(reply)
+            slow_reply(peer, reply)
         peer.message()
-        time.sleep(0.2)
-        peer.send(b"250 2.0.0 Ok\r\n")
+        slow_reply(peer, b"250 2.0.0 Ok\r\n")
         peer.wait_for_close()
 
     server = scripted(script)

@@ -9,9 +9,11 @@ and the events out must be the same every time, as h11's tests require of its pa
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Callable, Iterator
 from itertools import pairwise
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -637,3 +639,21 @@ def test_any_split_gives_the_same_conversation(cuts: list[int]) -> None:
     expected = play(LMTP_TRANSCRIPT, per_reply, txs, lmtp=True)[1]
     chunks = [c for c in cut(b"".join(a for _, a in LMTP_TRANSCRIPT), cuts) if c]
     assert play(LMTP_TRANSCRIPT, lambda _: chunks, txs, lmtp=True)[1] == expected
+
+
+# -- what the client modules may import -----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["client", "client_events", "client_session"])
+def test_the_client_modules_do_no_io_and_stay_below_delivery_and_queue(name: str) -> None:
+    """DESIGN.md §2 and §6: mta.protocol is sans-I/O and imports run downhill."""
+    source = (Path(__file__).parents[2] / "mta" / "protocol" / f"{name}.py").read_text()
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+    roots = {module.split(".")[0] for module in imported}
+    assert not roots & {"asyncio", "socket", "ssl", "os", "time", "select", "selectors"}
+    assert not {m for m in imported if m.startswith(("mta.delivery", "mta.queue"))}
