@@ -308,7 +308,9 @@ class OutboundConnection:
         decides something.  One wait (one wake-up) per phase, no coroutine in between."""
         session = self.session
         stream = self.stream
-        while True:  # every caller has just asked the session for something: no event yet
+        # Every caller has just begun a phase (connected, TLS done, a transaction queued):
+        # the session can only move on with replies, so send and wait first.
+        while True:
             data = session.data_to_send()
             if data:
                 self._write(data)
