@@ -648,7 +648,7 @@ def test_any_split_gives_the_same_conversation(cuts: list[int]) -> None:
 def test_the_client_modules_do_no_io_and_stay_below_delivery_and_queue(name: str) -> None:
     """DESIGN.md §2 and §6: mta.protocol is sans-I/O and imports run downhill."""
     source = (Path(__file__).parents[2] / "mta" / "protocol" / f"{name}.py").read_text()
-    imported = set()
+    imported: set[str] = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             imported.update(alias.name for alias in node.names)
