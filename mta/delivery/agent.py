@@ -60,6 +60,7 @@ class DeliveryAgent:
         self.writer: asyncio.StreamWriter | None = None
         self.large_jobs = asyncio.Semaphore(LARGE_JOBS)
         self.attempts: dict[tuple[str, str], int] = {}  # (domain label, status) → count
+        self.domain_labels = DomainLabels(config.metrics.top_domains)
         self._results: list[bytes] = []  # encoded, to go out together
         self.stopping = False
 
@@ -189,7 +190,7 @@ class DeliveryAgent:
     def _log(self, envelope: Envelope, results: list[RecipientResult]) -> None:
         now = time.time()
         delay = now - envelope.received_at
-        top = self.config.metrics.top_domains
+        label = self.domain_labels.label
         for r in results:
             log.info(
                 "%s: to=<%s>, relay=%s, delay=%.2f, dsn=%s, status=%s (%s)",
@@ -201,7 +202,7 @@ class DeliveryAgent:
                 _LOGGED_STATUS.get(r.status, r.status),
                 r.reply,
             )
-            key = (_domain_label(r.address, top), r.status)
+            key = (label(r.address), r.status)
             self.attempts[key] = self.attempts.get(key, 0) + 1
             if r.status == "sent":
                 metrics.DELIVERY_LATENCY.observe(delay)
@@ -222,15 +223,21 @@ class DeliveryAgent:
 # is "bounced" (whether the sender gets the bounce is the queue manager's business).
 _LOGGED_STATUS = {"failed": "bounced"}
 
-_seen_domains: dict[str, None] = {}
 
+class DomainLabels:
+    """The domain label of the per-domain delivery metrics, with bounded cardinality: the
+    first ``top`` domains this process sees are named, all later ones are 'other'."""
 
-def _domain_label(address: str, top: int) -> str:
-    """Bounded label cardinality: the first ``top`` domains seen are named, others 'other'."""
-    domain = address.rpartition("@")[2].lower()
-    if domain in _seen_domains:
-        return domain
-    if len(_seen_domains) < top:
-        _seen_domains[domain] = None
-        return domain
-    return "other"
+    def __init__(self, top: int) -> None:
+        self.top = top
+        self._seen: set[str] = set()
+
+    def label(self, address: str) -> str:
+        domain = address.rpartition("@")[2].lower()
+        seen = self._seen
+        if domain in seen:
+            return domain
+        if len(seen) < self.top:
+            seen.add(domain)
+            return domain
+        return "other"

@@ -1,45 +1,47 @@
-"""One outbound SMTP or LMTP connection, driven by a lean asyncio protocol.
+"""One outbound SMTP or LMTP connection: the transport around a sans-I/O client session.
 
-It opens (connect timeout), reads the greeting, says EHLO/LHLO (HELO if EHLO is refused),
-upgrades with STARTTLS when offered (opportunistic: no certificate check, like Postfix's
-``smtp_tls_security_level = may``), and then carries any number of transactions, so the
-next message to the same server reuses it.  With PIPELINING, MAIL, every RCPT and DATA go
-out in one write (RFC 2920), and the message with its final ``.`` in another.  Each
-recipient gets its own result.
+What is said, and what each reply means, is decided by
+:class:`~mta.protocol.client_session.ClientSession` (EHLO/LHLO, HELO when EHLO is refused,
+STARTTLS, PIPELINING, RSET after a refusal, LMTP's reply per recipient, the SIZE and
+SMTPUTF8 checks).  This module does the I/O around it: it connects (connect timeout),
+writes what the session says, waits until the replies the session needs are in (command
+timeout), does the TLS handshake when the session says so (opportunistic: no certificate
+check, like Postfix's ``smtp_tls_security_level = may``), and turns the session's outcomes
+into one :class:`RecipientResult` per recipient, named with this connection's relay.  A
+connection carries any number of transactions, so the next message to the same server
+reuses it.
 
 Why a Protocol and not StreamReader/StreamWriter: delivery is CPU-bound, and the streams
 cost a buffer copy, a reader wake-up per chunk and an ``asyncio.timeout`` (a timer created
 and cancelled) per reply.  Here :class:`_ReplyStream` feeds every chunk straight into the
-sans-I/O reply parser and wakes the one waiting coroutine only when as many replies as it
-asked for are in: one wake-up per phase of a transaction.  The command timeout is one timer
-per connection that is re-armed only when it fires early (see :meth:`_ReplyStream.wait`).
+session and wakes the one waiting coroutine only when the replies the session waits for
+are in: one wake-up per phase of a transaction.  The command timeout is one timer per
+connection that is re-armed only when it fires early (see :meth:`_ReplyStream.wait`).
 
-Errors are classified here: a failure to connect, a 4xx/5xx greeting or a broken
-connection before the server took the message raise :class:`DeliveryError` (temporary),
-so the caller tries the next mail exchanger.
+Errors are classified here: a failure to connect, a refused greeting, LHLO or HELO, a
+failed TLS handshake, or a broken or silent connection before the server took the message
+raise :class:`DeliveryError` (temporary), so the caller tries the next mail exchanger.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from collections import deque
-from dataclasses import dataclass
 
 from mta.delivery.results import DeliveryError
-from mta.protocol.client import ClientConnection, ProtocolError, Reply, ReplyParser
+from mta.protocol.client import ClientConnection, ProtocolError, Reply
+from mta.protocol.client_events import (
+    ClientEvent,
+    HandshakeRefused,
+    StartTlsNow,
+    Transaction,
+    TransactionDone,
+    TransactionNotSent,
+)
+from mta.protocol.client_session import ClientSession
 from mta.queue.results import RecipientResult, Status
 
 __all__ = ["OutboundConnection", "Transaction"]
-
-
-@dataclass(frozen=True, slots=True)
-class Transaction:
-    sender: str
-    recipients: list[str]
-    message: bytes
-    eight_bit: bool = False
-    smtputf8: bool = False
 
 
 def _tls_context() -> ssl.SSLContext:
@@ -61,25 +63,24 @@ def _closed_by_server() -> ConnectionResetError:
 
 
 class _ReplyStream(asyncio.Protocol):
-    """The receiving half of one connection: bytes in, complete replies queued.
+    """The receiving half of one connection: bytes into the session, one wake-up when the
+    replies it waits for are in.
 
     At most one coroutine waits at a time (a connection carries one transaction at a
-    time); it is woken when the replies it asked for are in, when the connection is lost
+    time); it is woken when the session has its replies, when the connection is lost
     or broken by a bad reply, or when its deadline passes.
     """
 
-    def __init__(self, parser: ReplyParser, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, session: ClientSession, loop: asyncio.AbstractEventLoop) -> None:
         # the connection
         self.loop = loop
-        self.parser = parser
+        self.session = session
         self.transport: asyncio.Transport | None = None
-        # what was received and not yet taken, or why nothing more will come
-        self.replies: deque[Reply] = deque()
+        # why nothing more will come
         self.lost: Exception | None = None
         self.closed: asyncio.Future[None] = loop.create_future()  # set by connection_lost
         # the one waiting coroutine
         self._waiter: asyncio.Future[None] | None = None
-        self._wanted = 0
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
 
@@ -88,13 +89,13 @@ class _ReplyStream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            self.replies.extend(self.parser.feed(data))
+            replies_in = self.session.receive_data(data)
         except ProtocolError as exc:
             self._lose(exc)
             if self.transport is not None:
                 self.transport.abort()
             return
-        if self._waiter is not None and len(self.replies) >= self._wanted:
+        if replies_in and self._waiter is not None:
             self._wake(None)
 
     def eof_received(self) -> bool:
@@ -109,14 +110,14 @@ class _ReplyStream(asyncio.Protocol):
         if not self.closed.done():
             self.closed.set_result(None)
 
-    async def wait(self, wanted: int, timeout: float) -> None:
-        """Return once ``wanted`` replies are queued; raise why the connection is lost, or
-        TimeoutError after ``timeout`` seconds.
+    async def wait(self, timeout: float) -> None:
+        """Return once the replies the session waits for are in; raise why the connection
+        is lost, or TimeoutError after ``timeout`` seconds.
 
         The timer is not created per call: it stays armed at the first deadline, and when
         it fires before the current (later) deadline it re-arms itself for that one.  The
         timeout is fixed per connection, so deadlines only move later."""
-        if len(self.replies) >= wanted:
+        if self.session.replies_in:
             return
         if self.lost is not None:
             raise self.lost
@@ -124,7 +125,6 @@ class _ReplyStream(asyncio.Protocol):
         self._deadline = loop.time() + timeout
         if self._timer is None:
             self._timer = loop.call_at(self._deadline, self._on_timer)
-        self._wanted = wanted
         self._waiter = loop.create_future()
         try:
             await self._waiter
@@ -156,11 +156,13 @@ class _ReplyStream(asyncio.Protocol):
 
 
 class OutboundConnection:
+    """One connection to one server: transactions in, one result per recipient out."""
+
     def __init__(
         self,
         transport: asyncio.Transport,
         stream: _ReplyStream,
-        client: ClientConnection,
+        session: ClientSession,
         *,
         host: str,
         ip: str,
@@ -169,21 +171,30 @@ class OutboundConnection:
     ) -> None:
         self.transport = transport
         self.stream = stream
-        self.client = client
+        self.session = session
         self.host = host
         self.ip = ip
         self.port = port
         self.relay = f"{host}[{ip}]:{port}"
         self.command_timeout = command_timeout
-        self.usable = True
         self.tls = False
         self.transactions = 0
+
+    @property
+    def client(self) -> ClientConnection:
+        """What the server told us about itself (its EHLO extensions)."""
+        return self.session.client
+
+    @property
+    def usable(self) -> bool:
+        """Not aborted, broken, or left unusable by a refused RSET."""
+        return self.session.usable
 
     @property
     def reusable(self) -> bool:
         """Fit for the next transaction: not broken, still open, and no stray reply
         queued that would be taken for the answer to the next command."""
-        return self.usable and self.stream.lost is None and not self.stream.replies
+        return self.stream.lost is None and self.session.reusable
 
     @classmethod
     async def open(
@@ -200,8 +211,8 @@ class OutboundConnection:
     ) -> OutboundConnection:
         relay = f"{host}[{ip}]:{port}"
         loop = asyncio.get_running_loop()
-        client = ClientConnection(helo_name, lmtp=lmtp)
-        stream = _ReplyStream(client.parser, loop)
+        session = ClientSession(helo_name, lmtp=lmtp, starttls=starttls)
+        stream = _ReplyStream(session, loop)
         try:
             async with asyncio.timeout(connect_timeout):
                 transport, _ = await loop.create_connection(lambda: stream, ip, port)
@@ -211,34 +222,38 @@ class OutboundConnection:
         conn = cls(
             transport,
             stream,
-            client,
+            session,
             host=host,
             ip=ip,
             port=port,
             command_timeout=command_timeout,
         )
         try:
-            await conn._handshake(starttls)
+            await conn._handshake()
         except DeliveryError:
             conn.abort()
             raise
         return conn
 
-    async def _handshake(self, starttls: bool) -> None:
-        greeting = await self._reply()
-        if greeting.code != 220:
-            raise DeliveryError(
-                False,
-                greeting.enhanced,
-                f"host {self.relay} refused to talk: {greeting.text}",
-                self.relay,
-            )
-        await self._hello()
-        if starttls and self.client.supports("STARTTLS"):
-            reply = await self._command(self.client.starttls())
-            if reply.code == 220:
+    async def _handshake(self) -> None:
+        """Greeting, EHLO (or HELO) and STARTTLS, as the session decides."""
+        while True:
+            event = await self._run()
+            if isinstance(event, StartTlsNow):
                 await self._start_tls()
-                await self._hello()
+                self.session.tls_started()
+            elif isinstance(event, HandshakeRefused):
+                raise self._refused(event)
+            else:
+                return
+
+    def _refused(self, event: HandshakeRefused) -> DeliveryError:
+        reply = event.reply
+        if event.stage == "greeting":
+            text = f"host {self.relay} refused to talk: {reply.text}"
+        else:
+            text = f"{event.stage.upper()} refused: {reply.text}"
+        return DeliveryError(False, reply.enhanced, text, self.relay)
 
     async def _start_tls(self) -> None:
         loop = asyncio.get_running_loop()
@@ -261,34 +276,14 @@ class OutboundConnection:
         self.transport = self.stream.transport = transport
         self.tls = True
 
-    async def _hello(self) -> None:
-        client = self.client
-        reply = await self._command(client.ehlo())
-        if reply.code == 250:
-            client.handle_ehlo(reply)
-            return
-        if client.lmtp:
-            raise DeliveryError(False, reply.enhanced, f"LHLO refused: {reply.text}", self.relay)
-        reply = await self._command(client.helo())
-        if reply.code != 250:
-            raise DeliveryError(False, reply.enhanced, f"HELO refused: {reply.text}", self.relay)
-
     async def send(self, tx: Transaction) -> list[RecipientResult]:
         """One transaction; results for every recipient of ``tx``."""
-        client = self.client
-        limit = client.size_limit
-        if limit is not None and len(tx.message) > limit:
-            return self._all(
-                tx,
-                "failed",
-                "5.3.4",
-                f"message size {len(tx.message)} exceeds size limit {limit} of server {self.relay}",
-            )
-        if tx.smtputf8 and not client.supports("SMTPUTF8"):
-            return self._all(tx, "failed", "5.6.7", f"{self.relay} does not support SMTPUTF8")
+        not_sent = self.session.start_transaction(tx)
+        if not_sent is not None:
+            return self._not_sent(tx, not_sent)
         self.transactions += 1
         try:
-            return await self._transaction(tx)
+            event = await self._run()
         except DeliveryError:  # no reply in time, or the server hung up: close our side too
             self.abort()
             raise
@@ -301,101 +296,58 @@ class OutboundConnection:
                 f"lost connection with {self.relay} while sending: {what}",
                 self.relay,
             ) from None
+        assert isinstance(event, TransactionDone)
+        outcomes = event.outcomes
+        if len(outcomes) == 1:  # the common case: no comprehension
+            return [self._result(outcomes[0].recipient, outcomes[0].reply)]
+        result = self._result
+        return [result(o.recipient, o.reply) for o in outcomes]
 
-    async def _transaction(self, tx: Transaction) -> list[RecipientResult]:
-        client = self.client
-        mail = client.mail(
-            tx.sender, size=len(tx.message), eight_bit=tx.eight_bit, smtputf8=tx.smtputf8
-        )
-        rcpts = [client.rcpt(r) for r in tx.recipients]
-        if client.supports("PIPELINING"):
-            self._write(b"".join([mail, *rcpts, client.data()]))
-            await self._expect(len(rcpts) + 2)
-            take = self.stream.replies.popleft
-            mail_reply = take()
-            rcpt_replies = [take() for _ in rcpts]
-            data_reply = take()
-        else:
-            mail_reply = await self._command(mail)
-            if not mail_reply.is_positive:
-                return self._from_reply(tx.recipients, mail_reply)
-            rcpt_replies = [await self._command(r) for r in rcpts]
-            if not any(r.is_positive for r in rcpt_replies):
-                await self._reset()
-                return self._pair(tx.recipients, rcpt_replies)
-            data_reply = await self._command(client.data())
-        if not mail_reply.is_positive:
-            await self._after_refusal(data_reply)
-            return self._from_reply(tx.recipients, mail_reply)
-        return await self._data(tx, rcpt_replies, data_reply)
-
-    async def _data(
-        self, tx: Transaction, rcpt_replies: list[Reply], data_reply: Reply
-    ) -> list[RecipientResult]:
-        """The data phase, once MAIL was accepted: results for every recipient."""
-        recipients = tx.recipients
-        if len(recipients) == 1 and rcpt_replies[0].is_positive and data_reply.code == 354:
-            # the common case, one accepted recipient: no bookkeeping per recipient
-            self._write(self.client.message(tx.message))
-            return [self._result(recipients[0], await self._reply())]
-        accepted = [
-            r for r, reply in zip(recipients, rcpt_replies, strict=True) if reply.is_positive
-        ]
-        results = {
-            r: self._result(r, reply)
-            for r, reply in zip(recipients, rcpt_replies, strict=True)
-            if not reply.is_positive
-        }
-        if data_reply.code != 354:
-            await self._after_refusal(data_reply)
-            results.update((r, self._result(r, data_reply)) for r in accepted)
-            return [results[r] for r in recipients]
-        self._write(self.client.message(tx.message))
-        if not accepted:  # a server that said 354 with no recipient: end the empty message
-            await self._reply()
-            return [results[r] for r in recipients]
-        if self.client.lmtp:  # RFC 2033 §4.2: one reply per accepted recipient
-            await self._expect(len(accepted))
-            take = self.stream.replies.popleft
-            results.update((r, self._result(r, take())) for r in accepted)
-        else:
-            final = await self._reply()
-            results.update((r, self._result(r, final)) for r in accepted)
-        return [results[r] for r in recipients]
-
-    async def _after_refusal(self, data_reply: Reply) -> None:
-        """After a refused transaction, RSET so the connection can carry the next one."""
-        if data_reply.code == 354:  # should not happen; end the data phase cleanly
-            self._write(b".\r\n")
-            await self._reply()
-        await self._reset()
-
-    async def _reset(self) -> None:
-        reply = await self._command(self.client.rset())
-        if reply.code != 250:
-            self.usable = False
+    async def _run(self) -> ClientEvent:
+        """Write what the session says and wait for the replies it needs, until it
+        decides something.  One wait (one wake-up) per phase, no coroutine in between."""
+        session = self.session
+        stream = self.stream
+        # Every caller has just begun a phase (connected, TLS done, a transaction queued):
+        # the session can only move on with replies, so send and wait first.
+        while True:
+            data = session.data_to_send()
+            if data:
+                self._write(data)
+            try:
+                await stream.wait(self.command_timeout)
+            except (OSError, TimeoutError, ProtocolError) as exc:
+                raise self._no_reply(exc) from None
+            event = session.next_event()
+            if event is not None:
+                return event
 
     def _result(self, recipient: str, reply: Reply) -> RecipientResult:
-        if reply.is_positive:
+        """The recipient's result from the reply that decided it: 2xx/3xx sent, 4xx
+        deferred, anything else failed (Reply.is_positive and is_transient, spelled out:
+        this runs once per recipient)."""
+        code = reply.code
+        status: Status
+        if 200 <= code < 400:
             status = "sent"
-        elif reply.is_transient:
+        elif 400 <= code < 500:
             status = "deferred"
         else:
             status = "failed"
         return RecipientResult(
             address=recipient,
-            status=status,  # type: ignore[arg-type]
+            status=status,
             dsn=reply.enhanced,
             reply=reply.text,
             relay=self.relay,
             remote_mta=self.host,
         )
 
-    def _from_reply(self, recipients: list[str], reply: Reply) -> list[RecipientResult]:
-        return [self._result(r, reply) for r in recipients]
-
-    def _pair(self, recipients: list[str], replies: list[Reply]) -> list[RecipientResult]:
-        return [self._result(r, reply) for r, reply in zip(recipients, replies, strict=True)]
+    def _not_sent(self, tx: Transaction, why: TransactionNotSent) -> list[RecipientResult]:
+        if why.reason == "size":
+            text = f"message size {why.size} exceeds size limit {why.limit} of server {self.relay}"
+            return self._all(tx, "failed", "5.3.4", text)
+        return self._all(tx, "failed", "5.6.7", f"{self.relay} does not support SMTPUTF8")
 
     def _all(self, tx: Transaction, status: Status, dsn: str, text: str) -> list[RecipientResult]:
         return [
@@ -414,45 +366,32 @@ class OutboundConnection:
         """Queue ``data`` for sending; a connection already lost fails here, not later."""
         lost = self.stream.lost
         if lost is not None:
-            self.usable = False
+            self.session.connection_lost()
             raise DeliveryError(
                 False, "4.4.2", f"lost connection with {self.relay}: {lost}", self.relay
             )
         self.transport.write(data)
 
-    async def _command(self, line: bytes) -> Reply:
-        self._write(line)
-        return await self._reply()
-
-    async def _reply(self) -> Reply:
-        stream = self.stream
-        if not stream.replies:  # pipelined replies often arrive together: no wait then
-            await self._expect(1)
-        return stream.replies.popleft()
-
-    async def _expect(self, n: int) -> None:
-        """Wait until ``n`` replies are queued; DeliveryError if they do not come in time."""
-        try:
-            await self.stream.wait(n, self.command_timeout)
-        except (OSError, TimeoutError, ProtocolError) as exc:
-            self.usable = False
-            if isinstance(exc, TimeoutError):
-                raise DeliveryError(
-                    False, "4.4.2", f"timeout waiting for a reply from {self.relay}", self.relay
-                ) from None
-            raise DeliveryError(
-                False, "4.4.2", f"lost connection with {self.relay}: {exc}", self.relay
-            ) from None
+    def _no_reply(self, exc: Exception) -> DeliveryError:
+        """Why the replies the session waits for did not come (in time)."""
+        self.session.connection_lost()
+        if isinstance(exc, TimeoutError):
+            return DeliveryError(
+                False, "4.4.2", f"timeout waiting for a reply from {self.relay}", self.relay
+            )
+        return DeliveryError(
+            False, "4.4.2", f"lost connection with {self.relay}: {exc}", self.relay
+        )
 
     async def quit(self) -> None:
         """Polite close: QUIT, then close without waiting for the 221.  Waits (briefly) until
         the socket is closed, so that what the transport still holds, and over TLS the
         close_notify exchange, is done before the event loop may stop."""
-        if self.usable and self.stream.lost is None:
-            self.transport.write(self.client.quit())
+        if self.session.usable and self.stream.lost is None:
+            self.transport.write(self.session.quit())
         self.abort()
         await asyncio.wait([self.stream.closed], timeout=QUIT_SECONDS)
 
     def abort(self) -> None:
-        self.usable = False
+        self.session.connection_lost()
         self.transport.close()

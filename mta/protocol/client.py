@@ -1,9 +1,10 @@
-"""The client side of SMTP and LMTP, sans-I/O: commands out, replies in.
+"""The client side of SMTP and LMTP on the wire, sans-I/O: command formats and replies.
 
 :class:`ClientConnection` keeps what a client must remember about a server (its EHLO
-extensions, whether it speaks LMTP) and turns intentions into bytes (``mail()``, ``rcpt()``,
-``message()`` with dot-stuffing) and received bytes into :class:`Reply` objects.  The
-delivery code drives it over a real connection and decides what each reply means.
+extensions, its SIZE limit, whether it speaks LMTP) and turns intentions into bytes
+(``mail()``, ``rcpt()``, ``message()`` with dot-stuffing); :class:`ReplyParser` turns
+received bytes into :class:`Reply` objects.  What each reply means, and what is said next,
+is decided by :class:`~mta.protocol.client_session.ClientSession`, which uses both.
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ class ClientConnection:
         self.lmtp = lmtp
         self.extensions: dict[str, str] = {}
         self.esmtp = False
+        self.size_limit: int | None = None  # the server's SIZE (RFC 1870), if it names one
         self.parser = ReplyParser()
 
     def receive_data(self, data: bytes) -> list[Reply]:
@@ -144,22 +146,21 @@ class ClientConnection:
         for line in reply.lines[1:]:
             keyword, _, params = line.partition(" ")
             self.extensions[keyword.upper()] = params
+        # parsed once here, not per message: SIZE without a usable number means no limit
+        value = self.extensions.get("SIZE", "")
+        self.size_limit = int(value) if value.isdigit() and int(value) > 0 else None
 
     def supports(self, extension: str) -> bool:
         return extension in self.extensions
 
-    @property
-    def size_limit(self) -> int | None:
-        value = self.extensions.get("SIZE", "")
-        return int(value) if value.isdigit() and int(value) > 0 else None
-
     def mail(self, sender: str, *, size: int, eight_bit: bool, smtputf8: bool) -> bytes:
         params = []
-        if self.supports("SIZE"):
+        extensions = self.extensions
+        if "SIZE" in extensions:
             params.append(f"SIZE={size}")
-        if eight_bit and self.supports("8BITMIME"):
+        if eight_bit and "8BITMIME" in extensions:
             params.append("BODY=8BITMIME")
-        if smtputf8 and self.supports("SMTPUTF8"):
+        if smtputf8 and "SMTPUTF8" in extensions:
             params.append("SMTPUTF8")
         tail = (" " + " ".join(params)) if params else ""
         return f"MAIL FROM:<{sender}>{tail}\r\n".encode()

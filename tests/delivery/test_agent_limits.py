@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mta.config import ConfigError, load_config
+from mta.delivery.agent import DomainLabels
 from tests.delivery.sink import CaptureSink
 from tests.helpers import MtaProcess, wait_until
 
@@ -40,3 +41,12 @@ def test_maildir_route_with_an_unknown_placeholder_is_a_config_error(tmp_path: P
     path.write_text('[routes]\n"local.test" = "maildir:/var/mail/{domain}/{mailbox}"\n')
     with pytest.raises(ConfigError, match=r"routes\.local\.test.*\{user\} and \{domain\}"):
         load_config(str(path))
+
+
+def test_domain_labels_name_the_first_domains_and_call_the_rest_other() -> None:
+    labels = DomainLabels(top=2)
+    assert labels.label("a@One.test") == "one.test"
+    assert labels.label("b@two.test") == "two.test"
+    assert labels.label("c@three.test") == "other"
+    assert labels.label("d@ONE.TEST") == "one.test"  # seen before: still named
+    assert DomainLabels(top=2).label("c@three.test") == "three.test"  # no shared state

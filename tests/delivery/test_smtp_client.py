@@ -341,11 +341,12 @@ def test_a_reply_nobody_asked_for_makes_the_connection_unfit_for_reuse(
     scripted: Callable[[Script], ScriptedServer],
 ) -> None:
     """Otherwise the stray reply would be taken for the answer to the next MAIL."""
+    sent = threading.Event()  # the client has its result: the connection is idle
 
     def script(peer: Peer) -> None:
         peer.up_to_the_message()
         peer.send(b"250 2.0.0 Ok\r\n")
-        time.sleep(0.05)
+        assert sent.wait(10), "the client did not take the reply"
         peer.send(b"421 4.3.2 shutting down\r\n")
         peer.wait_for_close()
 
@@ -354,6 +355,8 @@ def test_a_reply_nobody_asked_for_makes_the_connection_unfit_for_reuse(
     async def scenario() -> None:
         conn = await connect(server.port)
         await conn.send(TX)
+        assert conn.reusable
+        sent.set()
         await wait_until(lambda: not conn.reusable)
         assert conn.usable  # nothing broke: it is just not safe to carry on
         await conn.quit()
@@ -394,18 +397,21 @@ def test_slow_replies_each_within_the_timeout_do_not_time_out(
     """The timeout is per reply, not per connection: a conversation longer than the
     timeout is fine as long as no single reply is late."""
 
+    def slow_reply(peer: Peer, reply: bytes) -> None:
+        """Answer after 0.2 s (the delay is the point), in which the client, waiting for
+        this reply, must send nothing."""
+        assert peer.nothing_more(0.2), "the client did not wait for the reply"
+        peer.send(reply)
+
     def script(peer: Peer) -> None:
         peer.send(b"220 scripted.test ESMTP\r\n")
         peer.line()
-        time.sleep(0.2)
-        peer.send(b"250 scripted.test\r\n")  # no PIPELINING: one round trip per command
+        slow_reply(peer, b"250 scripted.test\r\n")  # no PIPELINING: one command at a time
         for reply in (b"250 2.1.0 Ok\r\n", b"250 2.1.5 Ok\r\n", b"354 go on\r\n"):
             peer.line()
-            time.sleep(0.2)
-            peer.send(reply)
+            slow_reply(peer, reply)
         peer.message()
-        time.sleep(0.2)
-        peer.send(b"250 2.0.0 Ok\r\n")
+        slow_reply(peer, b"250 2.0.0 Ok\r\n")
         peer.wait_for_close()
 
     server = scripted(script)

@@ -1,0 +1,94 @@
+"""Events the client session hands to the I/O layer, and what a transaction carries.
+
+The client twin of :mod:`mta.protocol.events`.  Every event is something the session has
+decided from the server's replies; the I/O layer acts on it (start TLS, give up on this
+server, report per-recipient outcomes) and never looks at a reply code itself.
+
+These are msgspec Structs rather than dataclasses, like :class:`~mta.protocol.client.Reply`:
+a transaction makes a few of them, and a Struct is built in C several times faster.
+
+The per-recipient outcome is :class:`RecipientReply` (a recipient and the reply that decided
+it), a protocol-level fact.  ``mta.protocol`` imports nothing from ``mta.delivery`` or
+``mta.queue``: the delivery layer turns each one into a ``RecipientResult`` with its relay
+name and the status the reply class means, as it turns the other events into
+``DeliveryError`` with the texts operators know from the logs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import msgspec
+
+from mta.protocol.client import Reply
+
+__all__ = [
+    "ClientEvent",
+    "HandshakeRefused",
+    "Ready",
+    "RecipientReply",
+    "StartTlsNow",
+    "Transaction",
+    "TransactionDone",
+    "TransactionNotSent",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """One message for one server: the envelope and the message as it is to be sent
+    (not yet dot-stuffed)."""
+
+    sender: str
+    recipients: list[str]
+    message: bytes
+    eight_bit: bool = False  # the body is 8BITMIME (RFC 6152)
+    smtputf8: bool = False  # the envelope or header needs SMTPUTF8 (RFC 6531)
+
+
+class RecipientReply(msgspec.Struct, frozen=True, gc=False):
+    """One recipient's outcome: the reply that decided it (to RCPT, MAIL, DATA or the
+    message; for LMTP the recipient's own reply after the message, RFC 2033 §4.2)."""
+
+    recipient: str
+    reply: Reply
+
+
+class Ready(msgspec.Struct, frozen=True, gc=False):
+    """The greeting and EHLO/HELO (and STARTTLS, if it happened) are done: the connection
+    can carry transactions."""
+
+    tls: bool
+    esmtp: bool
+
+
+class StartTlsNow(msgspec.Struct, frozen=True, gc=False):
+    """The server said ``220`` to STARTTLS: do the TLS handshake now, then call
+    :meth:`ClientSession.tls_started` (which says EHLO again, RFC 3207 §4.2)."""
+
+
+class HandshakeRefused(msgspec.Struct, frozen=True, gc=False):
+    """The server will not talk to us: a greeting other than ``220``, or a refused LHLO
+    or HELO.  The session is closed; try another server."""
+
+    stage: Literal["greeting", "lhlo", "helo"]
+    reply: Reply
+
+
+class TransactionDone(msgspec.Struct, frozen=True, gc=False):
+    """Every recipient of the transaction, in order, with the reply that decided it."""
+
+    outcomes: list[RecipientReply]
+
+
+class TransactionNotSent(msgspec.Struct, frozen=True, gc=False):
+    """The transaction was not started: the server cannot take it as it is (its SIZE
+    limit, RFC 1870 §6; no SMTPUTF8, RFC 6531 §3.4).  Both are permanent."""
+
+    reason: Literal["size", "smtputf8"]
+    size: int  # octets of the message
+    limit: int | None  # the server's SIZE limit, for reason "size"
+
+
+ClientEvent = Ready | StartTlsNow | HandshakeRefused | TransactionDone
