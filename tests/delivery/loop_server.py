@@ -26,6 +26,7 @@ __all__ = ["LoopServer", "LoopThread"]
 
 T = TypeVar("T")
 START_SECONDS = 10.0  # for the thread to run its loop, and for a coroutine sent to it
+ACCEPT_TURNS = 3  # loop turns from accept(2) to connection_made (TLS: the handshake later)
 
 
 class LoopThread:
@@ -120,7 +121,12 @@ class LoopServer:
     @staticmethod
     async def _abort_all(connections: AbstractSet[_Abortable]) -> None:
         """Abort every connection in ``connections`` (which their ``connection_lost``
-        empties), and let those callbacks run so that no socket outlives the loop."""
+        empties), and let those callbacks run so that no socket outlives the loop.
+
+        A connection accepted just before the listener closed is still being made (a task
+        of the loop's own): a few turns of the loop first let it reach ``connections``."""
+        for _ in range(ACCEPT_TURNS):
+            await asyncio.sleep(0)
         for connection in list(connections):
             connection.abort()
         for _ in range(100):  # (two hops of the loop for TLS)
