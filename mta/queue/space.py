@@ -6,9 +6,9 @@ processes that act on it: smtpd refuses ``MAIL`` with ``452 4.3.1`` while there 
 master's readiness probe fails meanwhile (so a load balancer sends clients elsewhere).
 
 The rule.  Accepting a transaction that declared ``SIZE=n`` (RFC 1870; 0 when it did not)
-needs ``max(queue.min_free + n, 1.5 × smtp.max_message_size)`` free octets:
+needs ``max(queue.min_free + n, 1.5 x smtp.max_message_size)`` free octets:
 
-* ``1.5 × smtp.max_message_size`` is Postfix's floor (since 2.1): the largest message we
+* ``1.5 x smtp.max_message_size`` is Postfix's floor (since 2.1): the largest message we
   allow fits, with half as much again to spare.  It applies with or without ``SIZE``,
   because ``SIZE`` is the client's estimate and DATA is bounded by the limit, not by it.
 * ``queue.min_free`` is what must stay free *after* the declared message is stored: room
@@ -21,8 +21,8 @@ The check is not a reservation: sessions that passed ``MAIL`` together may still
 disk (Postfix has the same gap); they then get ``451`` at the end of DATA, and nothing that
 got ``250`` is lost.
 
-Cost.  ``os.statvfs`` took 3–5.5 µs here (ext4 in this VM, the machine loaded; tmpfs no
-less), a cached answer 0.3 µs.  Per ``MAIL`` that would be 2–3 % of a core at the 5,000
+Cost.  ``os.statvfs`` took 3-5.5 µs here (ext4 in this VM, the machine loaded; tmpfs no
+less), a cached answer 0.3 µs.  Per ``MAIL`` that would be 2-3 % of a core at the 5,000
 messages a second one worker takes, spent on a figure that changes slowly; so
 :class:`SpoolSpace` measures at most once per ``max_age`` seconds (:data:`MAX_AGE` = 0.5:
 two calls a second, ~10 µs, and a refusal starts, or ends, at most half a second after the
@@ -42,7 +42,7 @@ from mta.config import Config
 __all__ = ["MAX_AGE", "SpoolSpace"]
 
 MAX_AGE = 0.5  # seconds a measurement is reused; the longest a refusal (or its end) lags
-_SPARE = 1.5  # Postfix's smtpd_space_multf: free space ≥ 1.5 × message_size_limit
+_SPARE = 1.5  # Postfix's smtpd_space_multf: free space ≥ 1.5 x message_size_limit
 
 
 class SpoolSpace:

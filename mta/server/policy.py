@@ -40,6 +40,7 @@ def storage_refusal(space: SpoolSpace, declared: int) -> bytes | None:
     """
     return None if space.has_room(declared) else replies.INSUFFICIENT_STORAGE
 
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 

@@ -30,7 +30,7 @@ from tests.helpers import child_pids
 
 __all__ = [
     "Ballast",
-    "MountFailed",
+    "MountFailedError",
     "Sender",
     "delivered_tags",
     "free_bytes",
@@ -45,7 +45,7 @@ __all__ = [
 _TAG = re.compile(rb"^X-Fault-Tag: (\d+)\r\n", re.M)
 
 
-class MountFailed(Exception):
+class MountFailedError(Exception):
     """The tmpfs could not be mounted (the text says why)."""
 
 
@@ -53,12 +53,12 @@ class MountFailed(Exception):
 def tmpfs(path: Path, size: int) -> Iterator[Path]:
     """Mount a tmpfs of ``size`` octets on ``path`` for the ``with`` block (root only)."""
     if os.geteuid() != 0:
-        raise MountFailed("mounting a tmpfs for the spool needs root")
+        raise MountFailedError("mounting a tmpfs for the spool needs root")
     path.mkdir(parents=True, exist_ok=True)
     mount = ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)]
     done = subprocess.run(mount, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise MountFailed(f"mount -t tmpfs failed: {done.stderr.strip() or done.returncode}")
+        raise MountFailedError(f"mount -t tmpfs failed: {done.stderr.strip() or done.returncode}")
     try:
         yield path
     finally:

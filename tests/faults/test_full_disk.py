@@ -27,7 +27,7 @@ import pytest
 from tests.delivery.sink import CaptureSink
 from tests.faults.diskspace_helpers import (
     Ballast,
-    MountFailed,
+    MountFailedError,
     Sender,
     delivered_tags,
     free_bytes,
@@ -46,7 +46,7 @@ pytestmark = pytest.mark.timeout(90)
 Factory = Callable[..., MtaProcess]
 KiB, MiB = 1 << 10, 1 << 20
 FS_SIZE = 16 * MiB  # the spool's tmpfs
-MAX_SIZE = 256 * KiB  # smtp.max_message_size: Postfix's floor is 1.5 × this = 384 KiB
+MAX_SIZE = 256 * KiB  # smtp.max_message_size: Postfix's floor is 1.5 x this = 384 KiB
 MIN_FREE = 1 * MiB  # queue.min_free: what must stay free after a message
 STORAGE = (452, b"4.3.1 Insufficient system storage")
 REACT = 3.0  # seconds within which a refusal must start or end (the cache is 0.5 s)
@@ -59,7 +59,7 @@ def spool_fs(tmp_path: Path) -> Iterator[Path]:
     try:
         with tmpfs(tmp_path / "spoolfs", FS_SIZE) as mount:
             yield mount
-    except MountFailed as exc:
+    except MountFailedError as exc:
         pytest.skip(str(exc))
 
 
@@ -107,12 +107,16 @@ def test_a_full_disk_refuses_at_mail_and_the_relay_recovers_by_itself(
         ballast.fill()  # while the client sends
         assert free_bytes(spool_fs) < 64 * KiB
         refusal_after = wait_for(lambda: mail_reply(server.port) == STORAGE, REACT)
+        # 451 after DATA only for what passed MAIL before that (at most the session the
+        # client has open now): from here on it is told at MAIL
+        failed_before_refusal = sender.count("451 after DATA")
         assert mail_reply(server.port, 1024) == STORAGE
         status, body = readiness(server)
         assert status == 503 and body.startswith("spool short of space: "), body
         assert http_get(server.metrics_port, "/healthz")[0] == 503
         assert http_get(server.metrics_port, "/livez")[0] == 200  # not a case for a restart
         wait_for(lambda: sender.count("452 at MAIL") >= 20, 15)  # the client hears it too
+        assert sender.count("451 after DATA") <= failed_before_refusal + 1
         ballast.remove()
         accepting_after = wait_for(lambda: mail_reply(server.port)[0] == 250, REACT)
         ready_after = wait_for(lambda: readiness(server)[0] == 200, REACT)
@@ -197,4 +201,3 @@ def in_data(port: int) -> RawClient:
     assert client.cmd(b"RCPT TO:<r@example.org>").startswith(b"250")
     assert client.cmd(b"DATA").startswith(b"354")
     return client
-

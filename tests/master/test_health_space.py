@@ -76,7 +76,7 @@ def test_not_ready_while_the_spool_is_short_of_space_and_ready_again_after(
         return health(arbiter, space)
 
     assert probe() == (True, "ok: 1 smtpd workers alive")
-    floor = 26_214_400 * 3 // 2  # 1.5 × the default smtp.max_message_size
+    floor = 26_214_400 * 3 // 2  # 1.5 x the default smtp.max_message_size
     disk.avail = floor - 4096
     assert probe() == (False, f"spool short of space: {floor - 4096} bytes free, {floor} needed")
     assert liveness(arbiter) == (True, "ok: master running, 1 children")  # not a restart case

@@ -70,7 +70,7 @@ def test_measured_at_most_once_per_max_age() -> None:
 
 def test_needed_is_the_reserve_plus_the_declared_size_but_never_below_postfix_floor() -> None:
     space = space_on(Disk(0), Clock(), min_free=2 * MiB, max_size=MiB)
-    floor = 3 * MiB // 2  # Postfix: 1.5 × message_size_limit
+    floor = 3 * MiB // 2  # Postfix: 1.5 x message_size_limit
     assert space.needed() == 2 * MiB  # the reserve is above the floor
     assert space.needed(MiB) == 3 * MiB
     small_reserve = space_on(Disk(0), Clock(), min_free=0, max_size=MiB)
@@ -124,7 +124,9 @@ def test_the_real_file_system(tmp_path: Path) -> None:
 
 def test_from_the_configuration(tmp_path: Path) -> None:
     path = tmp_path / "mta.toml"
-    path.write_text('[queue]\npath = "/var/spool/mta"\nmin_free = 5000\n[smtp]\nmax_message_size = 1000\n')
+    path.write_text(
+        '[queue]\npath = "/var/spool/mta"\nmin_free = 5000\n[smtp]\nmax_message_size = 1000\n'
+    )
     space = SpoolSpace.for_config(load_config(str(path)))
     assert (space.path, space.min_free, space.needed()) == ("/var/spool/mta", 5000, 5000)
     assert space.needed(1) == 5001

@@ -65,15 +65,15 @@ def disk() -> Disk:
 
 
 @pytest.fixture
-def ctx(loop: ClockLoop, tmp_path: Path, parser: ParserBackend, disk: Disk) -> Iterator[WorkerContext]:
+def ctx(
+    loop: ClockLoop, tmp_path: Path, parser: ParserBackend, disk: Disk
+) -> Iterator[WorkerContext]:
     ctx = make_context(loop, Spool(str(tmp_path / "spool")), parser, max_message_size=MAX_SIZE)
     # What the worker made from the configuration, on the fake file system:
     made = ctx.space
     assert (made.path, made.min_free) == (ctx.spool.path, ctx.config.queue.min_free)
     assert made.needed() == max(ctx.config.queue.min_free, 3 * MAX_SIZE // 2)
-    ctx.space = SpoolSpace(
-        ctx.spool.path, RESERVE, MAX_SIZE, clock=loop.time, statvfs=disk.statvfs
-    )
+    ctx.space = SpoolSpace(ctx.spool.path, RESERVE, MAX_SIZE, clock=loop.time, statvfs=disk.statvfs)
     yield ctx
     ctx.committer.stop()
 
@@ -98,7 +98,11 @@ def test_mail_gets_452_while_the_spool_lacks_room(
     conn.send(TRANSACTION + b"Subject: x\r\n\r\nhi\r\n.\r\n")  # all of it pipelined
     # 452 at MAIL; the rest of the transaction has no MAIL to belong to (RFC 2920 §3.1),
     # and the message lines after DATA's 503 are commands nobody knows
-    assert conn.replies()[:3] == [replies.INSUFFICIENT_STORAGE, replies.NEED_MAIL, replies.NEED_MAIL]
+    assert conn.replies()[:3] == [
+        replies.INSUFFICIENT_STORAGE,
+        replies.NEED_MAIL,
+        replies.NEED_MAIL,
+    ]
     assert replies.INSUFFICIENT_STORAGE == b"452 4.3.1 Insufficient system storage\r\n"
     assert queued(ctx.spool) == [] and ctx.spool.list("tmp") == []
     assert ctx.stats.rejects == {"insufficient_storage": 1}
