@@ -22,13 +22,13 @@ disk (Postfix has the same gap); they then get ``451`` at the end of DATA, and n
 got ``250`` is lost.
 
 Cost.  ``os.statvfs`` took 3-5.5 µs here (ext4 in this VM, the machine loaded; tmpfs no
-less), a cached answer 0.3 µs.  Per ``MAIL`` that would be 2-3 % of a core at the 5,000
-messages a second one worker takes, spent on a figure that changes slowly; so
-:class:`SpoolSpace` measures at most once per ``max_age`` seconds (:data:`MAX_AGE` = 0.5:
-two calls a second, ~10 µs, and a refusal starts, or ends, at most half a second after the
-disk fills or is freed, inside the second the issue allows).  A ``statvfs`` that fails counts as no
-room (fail closed): a spool we cannot even measure will not take a message either, and
-the error is kept for the log and the probe.
+less), a cached answer 0.3 µs.  Per ``MAIL``, at 5,000 a second on one worker, that would
+be 2-3 % of a core spent on a figure that changes slowly; so :class:`SpoolSpace` measures
+at most once per ``max_age`` seconds (:data:`MAX_AGE` = 0.5: two calls a second, ~10 µs,
+and a refusal starts, or ends, at most half a second after the disk fills or is freed,
+inside the second the issue allows).  A ``statvfs`` that fails counts as no room (fail
+closed): a spool we cannot even measure will not take a message either, and the error is
+kept for the log and the probe.
 """
 
 from __future__ import annotations
