@@ -108,6 +108,15 @@ def test_probes_and_the_free_space_gauge_of_a_real_tree(
     with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as client:
         client.ehlo("client.test")
         assert client.mail("a@client.test") == (452, b"4.3.1 Insufficient system storage")
+    wait_until(  # counted with its own reason, published within a second
+        lambda: (
+            scrape(server.metrics_port).value(
+                "mta_smtpd_rejects_total", reason="insufficient_storage"
+            )
+            == 1
+        ),
+        timeout=10,
+    )
     st = os.statvfs(server.spool)
     free = scrape(server.metrics_port).value("mta_queue_free_bytes")
     assert abs(free - st.f_bavail * st.f_frsize) < 256 * MiB  # other writers share the disk
