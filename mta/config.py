@@ -113,6 +113,10 @@ class RelayConfig(_Section, frozen=True):
 class QueueConfig(_Section, frozen=True):
     path: str = "spool"
     group_commit: bool = True  # false: one flush per message (for measurements)
+    # octets that must stay free after a message is stored, else MAIL gets 452 4.3.1; at
+    # least 1.5 x smtp.max_message_size is always needed (mta/queue/space.py).  Default:
+    # one segment (16 MiB), so the queue manager can still copy out what it must keep.
+    min_free: Annotated[int, msgspec.Meta(ge=0)] = 16_777_216
 
 
 class DeliveryConfig(_Section, frozen=True):

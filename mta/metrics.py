@@ -54,6 +54,11 @@ QUEUE_DEPTH = Gauge(
     ["state"],
     multiprocess_mode="mostrecent",
 )
+QUEUE_FREE_BYTES = Gauge(
+    "mta_queue_free_bytes",
+    "Free octets on the spool's file system (measured by the master when scraped)",
+    multiprocess_mode="mostrecent",
+)
 QUEUE_OLDEST_AGE = Gauge(
     "mta_queue_oldest_message_age_seconds",
     "Age of the oldest message in the queue",

@@ -1,10 +1,21 @@
-"""The master's HTTP endpoint: ``/metrics`` for Prometheus and ``/healthz`` for probes.
+"""The master's HTTP endpoint: ``/metrics`` for Prometheus, ``/livez``, ``/readyz`` and
+``/healthz`` for probes.
 
 It runs in one thread of the master (the master itself has no event loop).  Metrics come
 from every process through prometheus-client's multiprocess mode: the master owns the
 directory (``metrics_dir.prepare`` wipes it before any child starts) and marks dead
-children so their live gauges disappear.  ``/healthz`` answers 200 when at least one smtpd
-worker beat recently and the spool accepts a new file, 503 otherwise.
+children so their live gauges disappear.  The spool's free space
+(``mta_queue_free_bytes``) is measured here, at each scrape.
+
+The probes follow Kubernetes' split (as its own API server does):
+
+* ``/readyz`` (and ``/healthz``, its older name) answers whether the relay can take mail
+  now: 200 when at least one smtpd worker beat recently, the spool accepts a new file and
+  has room (mta/queue/space.py: the rule smtpd applies to MAIL), else 503 with the reason.
+  A load balancer stops sending clients while it fails, and resumes by itself.
+* ``/livez`` answers 200 while the master runs: a full disk, a dead next hop or a child
+  being replaced is nothing a restart of the pod would mend (the master replaces its own
+  children), so liveness must not fail for them.
 
 A scrape must not fail because a child is starting or was killed: see :class:`_Collector`.
 """
@@ -22,11 +33,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from mta import metrics
 from mta.config import parse_hostport
+from mta.queue.space import SpoolSpace
 
 if TYPE_CHECKING:
     from mta.master.arbiter import Arbiter
 
-__all__ = ["count_restart", "mark_dead", "start"]
+__all__ = ["count_restart", "health", "liveness", "mark_dead", "start"]
 
 log = logging.getLogger("mta.master")
 
@@ -69,8 +81,9 @@ def _nonempty(path: str) -> bool:
         return False
 
 
-def health(arbiter: Arbiter) -> tuple[bool, str]:
-    """Is the relay able to take mail now?  (ok, reason)"""
+def health(arbiter: Arbiter, space: SpoolSpace | None = None) -> tuple[bool, str]:
+    """Is the relay able to take mail now?  (ok, reason) — readiness.  ``space`` is the
+    spool's (measured now, by default)."""
     now = arbiter.clock.time()
     limit = arbiter.config.master.heartbeat_timeout
     smtpd = [c for c in arbiter.children.values() if c.kind == "smtpd"]
@@ -85,7 +98,27 @@ def health(arbiter: Arbiter) -> tuple[bool, str]:
         os.unlink(probe)
     except OSError as exc:
         return False, f"spool not writable: {exc.strerror}"
+    space = space or _spool_space(arbiter)
+    if not space.has_room():
+        return False, f"spool short of space: {space.describe()}"
     return True, f"ok: {len(alive)} smtpd workers alive"
+
+
+def liveness(arbiter: Arbiter) -> tuple[bool, str]:
+    """Is the master alive?  Answering proves it; what fails readiness does not count."""
+    return True, f"ok: master running, {len(arbiter.children)} children"
+
+
+def _spool_space(arbiter: Arbiter) -> SpoolSpace:
+    """The spool's free space, measured at once (a probe or scrape is seconds apart)."""
+    return SpoolSpace.for_config(arbiter.config, max_age=0.0)
+
+
+def _publish_free_bytes(arbiter: Arbiter) -> None:
+    space = _spool_space(arbiter)
+    free = space.free()
+    if not space.error:  # an unmeasurable spool keeps its last value; readiness says why
+        metrics.QUEUE_FREE_BYTES.set(free)
 
 
 class _Server(ThreadingHTTPServer):
@@ -106,11 +139,12 @@ def start(arbiter: Arbiter) -> ThreadingHTTPServer | None:
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
+                _publish_free_bytes(arbiter)
                 registry = CollectorRegistry()
                 _Collector(registry)
                 self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-            elif path == "/healthz":
-                ok, reason = health(arbiter)
+            elif path in ("/healthz", "/readyz", "/livez"):
+                ok, reason = liveness(arbiter) if path == "/livez" else health(arbiter)
                 self._send(200 if ok else 503, reason.encode() + b"\n", "text/plain")
             else:
                 self._send(404, b"not found\n", "text/plain")

@@ -53,6 +53,8 @@ BAD_SIZE_PARAM = reply(501, "5.5.4 Bad SIZE parameter")
 NEED_SMTPUTF8 = reply(553, "5.6.7 Address needs SMTPUTF8")
 RELAY_DENIED = reply(554, "5.7.1 Relay access denied")
 LOCAL_ERROR = reply(451, "4.3.0 Error: queue file write error")
+# The spool lacks room (Postfix's queue_minfree): temporary, at MAIL (RFC 1870 §6.1).
+INSUFFICIENT_STORAGE = reply(452, "4.3.1 Insufficient system storage")
 READY_FOR_TLS = reply(220, "2.0.0 Ready to start TLS")
 TLS_UNAVAILABLE = reply(454, "4.7.0 TLS not available due to local problem")
 STARTTLS_IN_TRANSACTION = reply(503, "5.5.1 Error: STARTTLS not allowed during a mail transaction")

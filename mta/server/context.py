@@ -1,5 +1,5 @@
 """What every connection of one smtpd worker shares: configuration, parser backend, spool,
-committer, policy.
+committer, policy, the spool's free space.
 
 It also keeps the worker's bookkeeping (open connections, shutdown, counters) and is the one
 place where the receive path reports to logs and metrics, so the protocol code stays about
@@ -18,6 +18,7 @@ from mta.config import Config
 from mta.protocol.session import ParserBackend, SessionLimits
 from mta.queue.commit import GroupCommitter
 from mta.queue.envelope import Envelope
+from mta.queue.space import SpoolSpace
 from mta.queue.spool import Spool
 from mta.server.policy import RelayPolicy
 from mta.server.stats import SmtpdStats
@@ -26,7 +27,7 @@ from mta.server.trace import DateCache
 if TYPE_CHECKING:
     from mta.server.smtpd import SMTPProtocol
 
-__all__ = ["WorkerContext", "session_limits"]
+__all__ = ["LogBudget", "WorkerContext", "session_limits"]
 
 log = logging.getLogger("mta.smtpd")
 
@@ -45,6 +46,30 @@ def session_limits(config: Config) -> SessionLimits:
     )
 
 
+class LogBudget:
+    """At most ``burst`` lines per ``period`` seconds, for refusals that come in floods (a
+    full disk refuses every MAIL of every client); it counts the lines it held back."""
+
+    def __init__(self, burst: int = 10, period: float = 1.0) -> None:
+        self.burst = burst
+        self.period = period
+        self._window = float("-inf")  # when the current period began
+        self._used = 0
+        self._held = 0
+
+    def take(self, now: float) -> int | None:
+        """None: do not log this one; else log it, with how many were held back before."""
+        if now - self._window >= self.period:
+            self._window = now
+            self._used = 0
+        if self._used >= self.burst:
+            self._held += 1
+            return None
+        self._used += 1
+        held, self._held = self._held, 0
+        return held
+
+
 @dataclass(eq=False)
 class WorkerContext:
     config: Config
@@ -54,6 +79,8 @@ class WorkerContext:
     parser: ParserBackend  # chosen once per process (mta.parser_backend.select)
     limits: SessionLimits = field(init=False)
     policy: RelayPolicy = field(init=False)
+    space: SpoolSpace = field(init=False)  # measured at most every MAX_AGE (loop time)
+    refusal_log: LogBudget = field(default_factory=LogBudget)
     connections: set[SMTPProtocol] = field(default_factory=set)
     stats: SmtpdStats = field(default_factory=lambda: SmtpdStats())
     dates: DateCache = field(default_factory=DateCache)  # for Received: headers
@@ -65,6 +92,12 @@ class WorkerContext:
         relay = self.config.relay
         local = (*relay.domains, *self.config.routes, *self.config.delivery.local_domains)
         self.policy = RelayPolicy(relay.networks, local)
+        self.space = SpoolSpace(
+            self.spool.path,
+            self.config.queue.min_free,
+            self.config.smtp.max_message_size,
+            clock=self.loop.time,
+        )
         smtp = self.config.smtp
         if smtp.tls_cert:
             self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -92,6 +125,23 @@ class WorkerContext:
 
     def count_reject(self, reason: str) -> None:
         self.stats.rejects[reason] = self.stats.rejects.get(reason, 0) + 1
+
+    def mail_refused_for_space(self, client_ip: str, sender: str, declared: int) -> None:
+        """Count a MAIL refused with 452 4.3.1, and log it as Postfix does (at most
+        :class:`LogBudget`'s lines a second; the metric counts every one)."""
+        self.count_reject("insufficient_storage")
+        held = self.refusal_log.take(self.loop.time())
+        if held is None:
+            return
+        log.warning(
+            "NOQUEUE: reject: MAIL from [%s]: 452 4.3.1 Insufficient system storage; "
+            "from=<%s> size=%d: %s%s",
+            client_ip,
+            sender,
+            declared,
+            self.space.describe(declared),
+            f" ({held} more such refusals not logged)" if held else "",
+        )
 
     def publish_stats(self) -> None:
         """Move the hot path's plain counters and the committer's flush count into

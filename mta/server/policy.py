@@ -1,9 +1,13 @@
-"""Relay control: who may send mail where.  No open relay, ever, by default.
+"""What smtpd decides about a transaction: relay control (RCPT) and spool room (MAIL).
 
-Clients inside ``relay.networks`` (default: loopback) may relay to any domain; every other
-client may only send to the domains we accept mail for (``relay.domains``, the routed and
-local domains) and to ``postmaster`` (RFC 5321 §4.5.1).  Everything else gets
+Relay control: who may send mail where.  No open relay, ever, by default.  Clients inside
+``relay.networks`` (default: loopback) may relay to any domain; every other client may only
+send to the domains we accept mail for (``relay.domains``, the routed and local domains)
+and to ``postmaster`` (RFC 5321 §4.5.1).  Everything else gets
 ``554 5.7.1 Relay access denied``, as Postfix's ``reject_unauth_destination`` does.
+
+Spool room: ``MAIL`` gets ``452 4.3.1 Insufficient system storage`` while the spool lacks
+room for the transaction (:func:`storage_refusal`; the rule is in mta/queue/space.py).
 """
 
 from __future__ import annotations
@@ -11,7 +15,31 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-__all__ = ["RelayPolicy"]
+from mta.protocol import replies
+from mta.queue.space import SpoolSpace
+
+__all__ = ["RelayPolicy", "declared_size", "storage_refusal"]
+
+
+def declared_size(params: dict[str, str | None]) -> int:
+    """The ``SIZE`` a MAIL command declared (RFC 1870), 0 when none; the session has
+    already refused one that is not a number or exceeds the fixed limit (552)."""
+    value = params.get("SIZE")
+    return int(value) if value else 0
+
+
+def storage_refusal(space: SpoolSpace, declared: int) -> bytes | None:
+    """MAIL: the ``452`` refusing it while the spool lacks room for it, else None.
+
+    Answered at MAIL, as Postfix does (``smtpd_check_queue``), and not at RCPT, which
+    RFC 1870 §6.1 also allows: the spool holds one copy of a message whatever its
+    recipients, so the answer cannot differ from one recipient to the next, and refusing
+    at MAIL spares the client its RCPTs (and, pipelined, they get ``503``, not a 250 that
+    leads nowhere).  452 rather than 552: the shortage is temporary (RFC 1870 §6.1, RFC
+    3463 4.3.1 "mail system full"), so the client keeps the message and tries again.
+    """
+    return None if space.has_room(declared) else replies.INSUFFICIENT_STORAGE
+
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -34,6 +34,7 @@ from mta.protocol.session import ServerSession
 from mta.queue.envelope import Envelope, Recipient
 from mta.queue.ids import new_queue_id
 from mta.queue.spool import MessageWriter
+from mta.server.policy import declared_size, storage_refusal
 from mta.server.trace import protocol_name, received_header
 
 if TYPE_CHECKING:
@@ -116,7 +117,7 @@ class SMTPProtocol(asyncio.Protocol):
             elif kind is RcptTo:
                 self._decide_recipient(event.recipient)  # type: ignore[union-attr]
             elif kind is MailFrom:
-                session.accept()
+                self._decide_mail(event)  # type: ignore[arg-type]
             elif kind is DataStart:
                 self._open_message()
             elif kind is DataEnd:
@@ -191,6 +192,17 @@ class SMTPProtocol(asyncio.Protocol):
         self.transport = tls_transport
         self.ctx.stats.tls_sessions += 1
         self._drive()
+
+    def _decide_mail(self, mail: MailFrom) -> None:
+        """MAIL: 452 4.3.1 while the spool lacks room for the transaction (Postfix's
+        queue_minfree, policy.py), so that a client is not sent to DATA only to get 451."""
+        declared = declared_size(mail.params)
+        refusal = storage_refusal(self.ctx.space, declared)
+        if refusal is None:
+            self.session.accept()
+            return
+        self.ctx.mail_refused_for_space(self.client_ip, mail.sender, declared)
+        self.session.reject(refusal)
 
     def _decide_recipient(self, recipient: str) -> None:
         if self.ctx.policy.allows(self.client_ip, recipient):
