@@ -63,6 +63,7 @@ __all__ = ["SMTPProtocol"]
 log = logging.getLogger("mta.smtpd")
 
 _MAX_UNREAD = 1 << 20  # pause reading beyond this much unprocessed input
+_NEVER = float("inf")  # the request deadline while no request is in progress
 
 
 class SMTPProtocol(asyncio.Protocol):
@@ -338,7 +339,7 @@ class SMTPProtocol(asyncio.Protocol):
         ctx = self.ctx
         idle = self.last_activity + ctx.idle_timeout
         started = self.request_started
-        request = idle
+        request = _NEVER
         if started is not None:
             credit = (self._bytes_in - self._request_bytes) / ctx.config.smtp.min_data_rate
             request = started + ctx.command_timeout + credit

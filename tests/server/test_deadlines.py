@@ -67,11 +67,12 @@ def greeted(ctx: WorkerContext) -> Connection:
 
 
 def trickle(loop: ClockLoop, conn: Connection, chunk: bytes, every: float, times: int) -> float:
-    """Send ``chunk`` every ``every`` seconds until the server closes; the seconds it took."""
+    """Send ``chunk`` every ``every`` seconds until the server closes: ``n * every`` if it
+    closed during the n-th wait, ``times * every`` if it never did."""
     for n in range(1, times + 1):
         loop.advance(every)
         if conn.transport.closed:
-            return (n - 1) * every
+            return n * every
         conn.send(chunk)
     return times * every
 
@@ -89,7 +90,7 @@ def test_a_trickled_command_line_is_cut_off_at_its_deadline(start: Start, loop: 
     conn = greeted(ctx)
     conn.send(b"N")
     lasted = trickle(loop, conn, b"O", every=10, times=30)  # never 30 s without a byte
-    assert 60 <= lasted <= 70
+    assert lasted == 70  # cut off between 60 and 70 seconds
     assert conn.replies() == [TIMEOUT]
     loop.run_until(lambda: not ctx.connections)
 
@@ -119,7 +120,7 @@ def test_trickled_data_is_cut_off_and_nothing_is_queued(start: Start, loop: Cloc
     assert conn.codes() == [b"250", b"250", b"354"]
     conn.send(b"Subject: slow\r\n\r\n")
     lasted = trickle(loop, conn, b"x" * 100, every=10, times=30)  # 10 B/s, far below 500
-    assert 60 <= lasted <= 70
+    assert lasted == 70  # 60 s, plus a second for the 600 octets
     assert conn.replies() == [TIMEOUT]
     loop.run_until(lambda: not ctx.connections)
     assert queued(ctx.spool) == []
@@ -143,8 +144,8 @@ def test_data_at_the_minimum_rate_has_the_time_it_needs(start: Start, loop: Cloc
 def test_a_busy_session_ends_at_the_session_deadline(start: Start, loop: ClockLoop) -> None:
     ctx = start(idle_timeout=30, command_timeout=60, session_timeout=100)
     conn = greeted(ctx)
-    lasted = trickle(loop, conn, b"NOOP\r\n", every=20, times=20)
-    assert 100 <= lasted <= 120
+    lasted = trickle(loop, conn, b"NOOP\r\n", every=15, times=20)
+    assert lasted == 105  # cut off between 90 and 105 seconds: at 100
     assert conn.replies()[-1] == TIMEOUT
 
 
