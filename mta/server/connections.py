@@ -27,7 +27,7 @@ Invariants and failures:
   SIGBUS.
 * Two workers that accept at the same instant may each miss the other's new connection
   (a store then a load, each in its own process): the limit can be passed by at most
-  workers − 1 for that instant, never by more.
+  workers - 1 for that instant, never by more.
 * If the file cannot be created or no slot is free, :func:`open_table` raises OSError; the
   worker then counts alone (and logs why).
 """
@@ -39,7 +39,7 @@ import mmap
 import os
 from typing import Protocol
 
-__all__ = ["ConnectionTable", "LocalCounter", "NodeCounter", "SLOTS", "TABLE_NAME", "open_table"]
+__all__ = ["SLOTS", "TABLE_NAME", "ConnectionTable", "LocalCounter", "NodeCounter", "open_table"]
 
 TABLE_NAME = "smtpd.connections"
 SLOTS = 1024  # header + 1023 workers: more than any node runs, even during a rolling reload

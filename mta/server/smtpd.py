@@ -373,9 +373,7 @@ class SMTPProtocol(asyncio.Protocol):
         which = "session" if now >= session else "request" if now >= request else "idle"
         if which == "request" and self.session.state is State.DATA:
             which = "data"
-        log.info(
-            "timeout (%s) after %s from [%s]", which, self.session.state.value, self.client_ip
-        )
+        log.info("timeout (%s) after %s from [%s]", which, self.session.state.value, self.client_ip)
         self.ctx.count_reject(f"timeout_{which}")
         self.session.timeout()
         self._discard_message()

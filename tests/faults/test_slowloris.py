@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from tests.faults.slow_helpers import first_line, greeting_times, trickle
 from tests import helpers
+from tests.faults.slow_helpers import first_line, greeting_times, trickle
 from tests.helpers import MtaProcess
 
 pytestmark = pytest.mark.timeout(90)
@@ -42,7 +42,9 @@ def test_slowloris_clients_are_cut_off_and_others_still_served(mta_factory: Fact
     async def run() -> tuple[list[Any], list[float]]:
         done = asyncio.Event()
         probe = asyncio.create_task(greeting_times(server.port, done))
-        tricklers = [trickle(server.port, every=1.0, give_up=COMMAND_TIMEOUT + 8) for _ in range(200)]
+        tricklers = [
+            trickle(server.port, every=1.0, give_up=COMMAND_TIMEOUT + 8) for _ in range(200)
+        ]
         results = await asyncio.gather(*tricklers)
         done.set()
         return results, await probe
@@ -73,9 +75,15 @@ def test_a_flood_beyond_the_node_limit_hears_421(mta_factory: Factory) -> None:
 
     lines = asyncio.run(run())
     greeted = sum(line.startswith(b"220 ") for line in lines)
-    refused = sum(line.startswith(b"421 4.7.0 mx.test Error: too many connections") for line in lines)
-    print(f"\nflood of 150, node limit 50, 2 workers: {greeted} greeted, {refused} refused with 421")
-    assert greeted + refused == 150, [line for line in lines if not line.startswith((b"220", b"421"))]
+    refused = sum(
+        line.startswith(b"421 4.7.0 mx.test Error: too many connections") for line in lines
+    )
+    print(
+        f"\nflood of 150, node limit 50, 2 workers: {greeted} greeted, {refused} refused with 421"
+    )
+    assert greeted + refused == 150, [
+        line for line in lines if not line.startswith((b"220", b"421"))
+    ]
     assert 0 < greeted <= 50
     assert "refused connection from [127.0.0.1]: too many connections" in server.log()
 
@@ -104,12 +112,17 @@ def test_clients_beyond_the_descriptor_limit_hear_421(
 
     began = time.monotonic()
     lines = asyncio.run(run())
+    seconds = time.monotonic() - began
     greeted = sum(line.startswith(b"220 ") for line in lines)
-    refused = sum(line.startswith(b"421 4.3.2 mx.test Error: too many open files") for line in lines)
+    refused = sum(
+        line.startswith(b"421 4.3.2 mx.test Error: too many open files") for line in lines
+    )
     print(
         f"\n{len(lines)} clients, RLIMIT_NOFILE {NOFILE}: {greeted} greeted, {refused} refused "
-        f"with 421, {len(lines) - greeted - refused} closed silently ({time.monotonic() - began:.1f} s)"
+        f"with 421, {len(lines) - greeted - refused} closed silently ({seconds:.1f} s)"
     )
-    assert greeted + refused == len(lines), [line for line in lines if line[:3] not in (b"220", b"421")]
+    assert greeted + refused == len(lines), [
+        line for line in lines if line[:3] not in (b"220", b"421")
+    ]
     assert refused >= 64
     assert "refused connection from [127.0.0.1]: out of file descriptors" in server.log()
