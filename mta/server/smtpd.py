@@ -113,7 +113,7 @@ class SMTPProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = now = self.ctx.loop.time()
-        if self.request_started is None:
+        if self.request_started is None:  # the first byte of a command line or message
             self._start_request(now)
         self._bytes_in += len(data)
         self.session.receive_data(data)
