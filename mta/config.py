@@ -79,8 +79,19 @@ class SmtpConfig(_Section, frozen=True):
     max_recipients: PositiveInt = 1000
     max_line_length: Annotated[int, msgspec.Meta(ge=512)] = 2048
     idle_timeout: Seconds = 300.0
+    # Deadlines that trickled bytes do not push back (mta.server.smtpd explains them):
+    # a command line (or the message content, plus 1 s per min_data_rate octets) must
+    # arrive within command_timeout of its first byte (Postfix's smtpd_timeout taken per
+    # request, smtpd_per_request_deadline); a session ends after session_timeout.
+    command_timeout: Seconds = 300.0
+    min_data_rate: PositiveInt = 500  # octets/s, like Postfix's smtpd_min_data_rate
+    session_timeout: Seconds = 3600.0
     max_errors: PositiveInt = 10
-    max_connections: PositiveInt = 20_000
+    max_connections: PositiveInt = 20_000  # for the node: all smtpd workers together
+    # Stress mode (Postfix's ${stress?10}{300}): from this fraction of max_connections on,
+    # the idle and command timeouts drop to stress_timeout.
+    stress_threshold: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.8
+    stress_timeout: Seconds = 10.0
     bare_lf: Literal["reject", "normalize"] = "reject"
     reuse_port: bool = False
     tls_cert: str = ""  # PEM certificate chain; with tls_key, STARTTLS is offered

@@ -88,5 +88,11 @@ DNS_FAILURES = Counter("mta_dns_failures", "DNS queries that failed", ["rtype", 
 
 # master
 CHILD_RESTARTS = Counter("mta_master_child_restarts", "Children replaced", ["kind"])
+# smtpd stress mode (added last, beside the other parts' additions)
+SMTPD_STRESS = Gauge(
+    "mta_smtpd_stress",
+    "1 while smtpd is in stress mode (node connections near smtp.max_connections)",
+    multiprocess_mode="livemax",
+)
 
 BUILD_INFO.labels(__version__).set(1)

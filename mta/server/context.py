@@ -4,6 +4,17 @@ committer, policy, the spool's free space.
 It also keeps the worker's bookkeeping (open connections, shutdown, counters) and is the one
 place where the receive path reports to logs and metrics, so the protocol code stays about
 SMTP.  The worker makes one; a test can make one around a loop of its own.
+
+Admission (:meth:`WorkerContext.admit`) is decided here: ``smtp.max_connections`` holds for
+the node (the workers share a count, connections.py), and a worker whose file descriptors
+run short refuses new clients with ``421`` while it still has descriptors to say so, rather
+than letting accept(2) fail with EMFILE (libuv then closes the pending connections without
+a word).  Both refusals are logged.
+
+Stress mode (Postfix's ``${stress?10}{300}``): while the node's connections are at or above
+``smtp.stress_threshold`` of the limit, the idle and command timeouts drop to
+``smtp.stress_timeout``, so that idle and slow clients make room for new ones.  Entering and
+leaving it is logged once by each worker and shown by the ``mta_smtpd_stress`` gauge.
 """
 
 from __future__ import annotations
@@ -14,12 +25,15 @@ import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from mta import metrics
 from mta.config import Config
+from mta.protocol import replies
 from mta.protocol.session import ParserBackend, SessionLimits
 from mta.queue.commit import GroupCommitter
 from mta.queue.envelope import Envelope
 from mta.queue.space import SpoolSpace
 from mta.queue.spool import Spool
+from mta.server.connections import LocalCounter, NodeCounter
 from mta.server.policy import RelayPolicy
 from mta.server.stats import SmtpdStats
 from mta.server.trace import DateCache
@@ -27,9 +41,24 @@ from mta.server.trace import DateCache
 if TYPE_CHECKING:
     from mta.server.smtpd import SMTPProtocol
 
-__all__ = ["LogBudget", "WorkerContext", "session_limits"]
+__all__ = ["LogBudget", "WorkerContext", "fd_ceiling", "session_limits"]
 
 log = logging.getLogger("mta.smtpd")
+
+# Leaving stress mode takes a count this much below the level that entered it, so that a
+# node hovering at the threshold does not flap (and log) on every connection.
+_STRESS_HYSTERESIS = 0.9
+
+
+def fd_ceiling(soft_limit: int) -> int:
+    """The highest descriptor number a new connection may have.
+
+    accept(2) gives the lowest free number, so a socket numbered ``n`` means ``0..n-1`` are
+    all in use.  The headroom above the ceiling is for what the worker opens besides sockets
+    (message files, segments, the log) and for the refused sockets, each held for the moment
+    it takes to write ``421``: a sixteenth of the limit, at least 16.
+    """
+    return soft_limit - max(16, soft_limit // 16)
 
 
 def session_limits(config: Config) -> SessionLimits:
@@ -86,6 +115,12 @@ class WorkerContext:
     dates: DateCache = field(default_factory=DateCache)  # for Received: headers
     tls: ssl.SSLContext | None = None
     shutting_down: bool = False
+    counter: NodeCounter = field(default_factory=LocalCounter)  # the node's connections
+    max_fd: int = 1 << 30  # fd_ceiling of the worker's RLIMIT_NOFILE (none by default)
+    # the deadlines in force (seconds): the configured ones, or the stress ones
+    idle_timeout: float = field(init=False)
+    command_timeout: float = field(init=False)
+    stressed: bool = False
 
     def __post_init__(self) -> None:
         self.limits = session_limits(self.config)
@@ -102,14 +137,76 @@ class WorkerContext:
         if smtp.tls_cert:
             self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self.tls.load_cert_chain(smtp.tls_cert, smtp.tls_key)
+        self.idle_timeout = smtp.idle_timeout
+        self.command_timeout = smtp.command_timeout
+        hostname = self.limits.hostname
+        self._no_fds = replies.reply(421, f"4.3.2 {hostname} Error: too many open files")
+        self._too_many = replies.too_many_connections(hostname)
 
-    def connection_opened(self, protocol: SMTPProtocol) -> None:
-        self.connections.add(protocol)
+    def admit(self, protocol: SMTPProtocol, fd: int) -> bytes | None:
+        """Count a new connection in, or return the ``421`` that refuses it (``fd`` is its
+        socket's descriptor number, -1 if unknown)."""
         self.stats.opened += 1
+        if fd > self.max_fd:
+            detail = f"out of file descriptors (socket {fd}, ceiling {self.max_fd})"
+            return self._refuse(protocol, "no_fds", self._no_fds, detail)
+        connections = self.connections
+        connections.add(protocol)
+        counter = self.counter
+        counter.set_mine(len(connections))
+        total = counter.total()
+        limit = self.config.smtp.max_connections
+        if total > limit:
+            connections.discard(protocol)
+            counter.set_mine(len(connections))
+            detail = f"too many connections ({total - 1} on this node, limit {limit})"
+            return self._refuse(protocol, "too_many_connections", self._too_many, detail)
+        if self.stressed != (total >= self._stress_level(self.stressed)):
+            self._set_stress(not self.stressed, total)
+        return None
+
+    def _refuse(self, protocol: SMTPProtocol, reason: str, reply: bytes, detail: str) -> bytes:
+        self.count_reject(reason)
+        log.warning("refused connection from [%s]: %s", protocol.client_ip, detail)
+        return reply
 
     def connection_closed(self, protocol: SMTPProtocol) -> None:
-        self.connections.discard(protocol)
-        self.stats.session_closed(protocol.session.reply_counts)
+        if protocol in self.connections:
+            self.connections.discard(protocol)
+            self.counter.set_mine(len(self.connections))
+            self.stats.session_closed(protocol.session.reply_counts)
+
+    # ----- stress mode ------------------------------------------------------------------
+
+    def _stress_level(self, stressed: bool) -> float:
+        smtp = self.config.smtp
+        level = smtp.stress_threshold * smtp.max_connections
+        return level * _STRESS_HYSTERESIS if stressed else level
+
+    def check_stress(self) -> None:
+        """Once a second: forget dead workers' connections, enter or leave stress mode."""
+        self.counter.sweep()
+        total = self.counter.total()
+        if self.stressed != (total >= self._stress_level(self.stressed)):
+            self._set_stress(not self.stressed, total)
+
+    def _set_stress(self, on: bool, total: int) -> None:
+        smtp = self.config.smtp
+        self.stressed = on
+        stress = smtp.stress_timeout
+        self.idle_timeout = min(stress, smtp.idle_timeout) if on else smtp.idle_timeout
+        self.command_timeout = min(stress, smtp.command_timeout) if on else smtp.command_timeout
+        metrics.SMTPD_STRESS.set(1 if on else 0)
+        log.warning(
+            "%s stress mode: %d of %d connections on this node; timeouts: idle %gs, command %gs",
+            "entering" if on else "leaving",
+            total,
+            smtp.max_connections,
+            self.idle_timeout,
+            self.command_timeout,
+        )
+        for protocol in list(self.connections):
+            protocol.rearm_timer()  # the new deadlines apply to every session at once
 
     def message_received(self, envelope: Envelope) -> None:
         log.info(

@@ -9,6 +9,25 @@ message durable in ``incoming/``.
 Flow control: reading pauses while the transport's write buffer is full or while unread
 input piles up behind a pending decision (a client pipelining faster than we commit), and
 resumes when the decision is made.
+
+Deadlines: a client that trickles bytes must not keep a session forever, so besides the
+idle timeout (no byte for ``idle_timeout``, Postfix's per-read ``smtpd_timeout``) there are
+deadlines that bytes do not push back:
+
+* a *request* (a command line, or the message content after ``354``) must be complete
+  within ``command_timeout`` of its first byte, plus one second per ``min_data_rate``
+  octets received for it.  This is Postfix 3.7's ``smtpd_per_request_deadline`` with
+  ``smtpd_min_data_rate``: a command line (≤ 2 KiB) gets its 300 s, a big message the time
+  a 500 B/s link needs, and a client sending one byte every 10 s is cut off either way.
+  A request ends with the reply to it, which is how this layer sees where command lines end
+  without looking into the session;
+* a whole session must end within ``session_timeout``.
+
+One timer per connection, re-armed lazily: a packet only records its time and length; the
+timer, when it fires, works out the earliest deadline and sleeps again until then.  Only a
+new request whose deadline comes before the armed time (a command timeout shorter than the
+idle one) and a change of stress mode move the timer early.  While the session waits for
+our own decision (the group commit) no deadline is held against the client.
 """
 
 from __future__ import annotations
@@ -30,7 +49,7 @@ from mta.protocol.events import (
     StartTls,
     TransactionReset,
 )
-from mta.protocol.session import ServerSession
+from mta.protocol.session import ServerSession, State
 from mta.queue.envelope import Envelope, Recipient
 from mta.queue.ids import new_queue_id
 from mta.queue.spool import MessageWriter
@@ -45,6 +64,7 @@ __all__ = ["SMTPProtocol"]
 log = logging.getLogger("mta.smtpd")
 
 _MAX_UNREAD = 1 << 20  # pause reading beyond this much unprocessed input
+_NEVER = float("inf")  # the request deadline while no request is in progress
 
 
 class SMTPProtocol(asyncio.Protocol):
@@ -56,8 +76,14 @@ class SMTPProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.session = ServerSession(ctx.limits, ctx.parser)
         self.client_ip = ""
+        # deadlines (loop time; see the module docstring)
+        self.opened_at = 0.0
         self.last_activity = 0.0
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self.request_started: float | None = None  # first byte of the request in progress
+        self._request_bytes = 0  # self._bytes_in when it started
+        self._bytes_in = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = 0.0
         self._reading_paused = False
         self._writing_paused = False
         # per-message state
@@ -74,26 +100,30 @@ class SMTPProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else ""
         ctx = self.ctx
-        ctx.connection_opened(self)
-        if len(ctx.connections) > ctx.config.smtp.max_connections:
-            transport.write(replies.too_many_connections(ctx.limits.hostname))
+        sock = transport.get_extra_info("socket")
+        refusal = ctx.admit(self, sock.fileno() if sock is not None else -1)
+        if refusal is not None:
+            transport.write(refusal)
             transport.close()
             return
         if ctx.shutting_down:
             self.session.request_shutdown()
-        self.last_activity = ctx.loop.time()
-        self._arm_idle_timer(ctx.config.smtp.idle_timeout)
+        self.opened_at = self.last_activity = now = ctx.loop.time()
+        self._arm_timer(min(now + ctx.idle_timeout, self._session_deadline()))
         self._flush()
 
     def data_received(self, data: bytes) -> None:
-        self.last_activity = self.ctx.loop.time()
+        self.last_activity = now = self.ctx.loop.time()
+        if self.request_started is None:  # the first byte of a command line or message
+            self._start_request(now)
+        self._bytes_in += len(data)
         self.session.receive_data(data)
         self._drive()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         if self.writer is not None and not self.session.waiting:
             self._discard_message()  # a client that vanishes mid-DATA leaves nothing behind
         self.ctx.connection_closed(self)
@@ -139,6 +169,10 @@ class SMTPProtocol(asyncio.Protocol):
         out = self.session.data_to_send()
         if out:
             transport.write(out)
+            # A reply ends the request it answers; what is left over starts the next one.
+            self.request_started = None
+            if self.session.buffered:
+                self._start_request(self.ctx.loop.time())
         if self.session.closing:
             transport.close()
             return
@@ -181,7 +215,7 @@ class SMTPProtocol(asyncio.Protocol):
                 self,
                 context,
                 server_side=True,
-                ssl_handshake_timeout=self.ctx.config.smtp.idle_timeout,
+                ssl_handshake_timeout=self.ctx.idle_timeout,
             )
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             log.info("TLS handshake with [%s] failed: %s", self.client_ip, exc)
@@ -300,22 +334,59 @@ class SMTPProtocol(asyncio.Protocol):
         if writer is not None:
             writer.discard()
 
-    # ----- idle timeout -----------------------------------------------------------------
+    # ----- deadlines -------------------------------------------------------------------
 
-    def _arm_idle_timer(self, delay: float) -> None:
-        self._idle_timer = self.ctx.loop.call_later(delay, self._check_idle)
+    def _start_request(self, now: float) -> None:
+        self.request_started = now
+        self._request_bytes = self._bytes_in
+        due = now + self.ctx.command_timeout
+        if due < self._timer_due:  # only when the command timeout is the shorter one
+            self.rearm_timer()
 
-    def _check_idle(self) -> None:
+    def _session_deadline(self) -> float:
+        return self.opened_at + self.ctx.config.smtp.session_timeout
+
+    def _deadlines(self) -> tuple[float, float, float]:
+        """When the idle, request and session deadlines fall (loop time)."""
+        ctx = self.ctx
+        idle = self.last_activity + ctx.idle_timeout
+        started = self.request_started
+        request = _NEVER
+        if started is not None:
+            credit = (self._bytes_in - self._request_bytes) / ctx.config.smtp.min_data_rate
+            request = started + ctx.command_timeout + credit
+        return idle, request, self._session_deadline()
+
+    def _arm_timer(self, due: float) -> None:
+        self._timer_due = due
+        self._timer = self.ctx.loop.call_at(due, self._check_deadlines)
+
+    def rearm_timer(self) -> None:
+        """The deadlines moved earlier (a short command timeout, stress mode): wake then."""
+        if self._timer is None or self.transport is None:
+            return
+        self._timer.cancel()
+        self._arm_timer(min(self._deadlines()))
+
+    def _check_deadlines(self) -> None:
         """Re-armed lazily: one timer per connection, not one per packet."""
-        timeout = self.ctx.config.smtp.idle_timeout
-        remaining = self.last_activity + timeout - self.ctx.loop.time()
-        if remaining > 0:
-            self._arm_idle_timer(remaining)
+        self._timer = None
+        if self.transport is None:
+            return
+        now = self.ctx.loop.time()
+        idle, request, session = self._deadlines()
+        due = min(idle, request, session)
+        if now < due:
+            self._arm_timer(due)
             return
         if self.session.waiting:  # we are the slow one (a commit is running), not the client
-            self._arm_idle_timer(timeout)
+            self._arm_timer(now + 1.0)
             return
-        log.info("timeout after %s from [%s]", self.session.state.value, self.client_ip)
+        which = "session" if now >= session else "request" if now >= request else "idle"
+        if which == "request" and self.session.state is State.DATA:
+            which = "data"
+        log.info("timeout (%s) after %s from [%s]", which, self.session.state.value, self.client_ip)
+        self.ctx.count_reject(f"timeout_{which}")
         self.session.timeout()
         self._discard_message()
         self._flush()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 import socket
 from collections.abc import Callable
@@ -27,7 +28,8 @@ from mta.exitcodes import EXIT_CONFIG
 from mta.protocol.session import ParserBackend
 from mta.queue.commit import GroupCommitter
 from mta.queue.spool import Spool
-from mta.server.context import WorkerContext
+from mta.server.connections import LocalCounter, NodeCounter, open_table
+from mta.server.context import WorkerContext, fd_ceiling
 from mta.server.listen import BACKLOG
 from mta.server.smtpd import SMTPProtocol
 
@@ -73,7 +75,8 @@ async def _serve(
     metrics.PARSER_BACKEND.labels(parser_backend.backend_name(parser)).set(1)
     batch = 1024 if config.queue.group_commit else 1
     committer = GroupCommitter(spool, loop, max_batch=batch)
-    ctx = WorkerContext(config, spool, committer, loop, parser)
+    ctx = WorkerContext(config, spool, committer, loop, parser, counter=_node_counter(spool))
+    ctx.max_fd = fd_ceiling(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     servers = [
         await loop.create_server(lambda: SMTPProtocol(ctx), sock=sock, backlog=BACKLOG)
         for sock in sockets
@@ -90,15 +93,27 @@ async def _serve(
     committer.stop()
     beat.cancel()
     ctx.publish_stats()
+    ctx.counter.close()
+
+
+def _node_counter(spool: Spool) -> NodeCounter:
+    """The table the node's workers share; counting alone if it cannot be had."""
+    try:
+        return open_table(spool.path)
+    except OSError as exc:
+        log.error("connection table: %s; smtp.max_connections holds per worker only", exc)
+        return LocalCounter()
 
 
 async def _housekeeping(ctx: WorkerContext, heartbeat: Heartbeat | None) -> None:
     """Once a second: prove liveness from the event loop itself (a wedged loop stops
-    beating) and publish the counters of the hot path."""
+    beating), publish the counters of the hot path, forget the connections of workers that
+    died and enter or leave stress mode."""
     while True:
         if heartbeat is not None:
             heartbeat()
         ctx.publish_stats()
+        ctx.check_stress()
         await asyncio.sleep(1.0)
 
 

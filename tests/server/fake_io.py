@@ -28,18 +28,39 @@ from mta.queue.spool import MessageWriter, Spool
 from mta.server.context import WorkerContext
 from mta.server.smtpd import SMTPProtocol
 
-__all__ = ["ClockLoop", "Connection", "FakeTransport", "HeldCommitter", "make_context"]
+__all__ = [
+    "ClockLoop",
+    "Connection",
+    "FakeSocket",
+    "FakeTransport",
+    "HeldCommitter",
+    "make_context",
+]
 
 Done = Callable[[OSError | None], None]
 
 
-class FakeTransport(asyncio.Transport):
-    """What a stream transport offers the protocol, recorded."""
+class FakeSocket:
+    """What ``get_extra_info("socket")`` gives: here only a descriptor number."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, peer: str) -> None:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+
+class FakeTransport(asyncio.Transport):
+    """What a stream transport offers the protocol, recorded (``socket_fd``: the number
+    its socket reports, none by default)."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, peer: str, socket_fd: int | None = None
+    ) -> None:
         super().__init__()
         self.loop = loop
         self.peer = (peer, 40025)
+        self.socket = FakeSocket(socket_fd) if socket_fd is not None else None
         self.protocol: asyncio.BaseProtocol | None = None
         self.writes: list[bytes] = []
         self.closed = False
@@ -48,6 +69,8 @@ class FakeTransport(asyncio.Transport):
         self.pauses = 0  # how often reading was paused
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "socket" and self.socket is not None:
+            return self.socket
         return self.peer if name == "peername" else default
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
@@ -163,8 +186,10 @@ def make_context(
 class Connection:
     """One client of the protocol under test."""
 
-    def __init__(self, ctx: WorkerContext, peer: str = "127.0.0.1") -> None:
-        self.transport = FakeTransport(ctx.loop, peer)
+    def __init__(
+        self, ctx: WorkerContext, peer: str = "127.0.0.1", socket_fd: int | None = None
+    ) -> None:
+        self.transport = FakeTransport(ctx.loop, peer, socket_fd)
         self.protocol = SMTPProtocol(ctx)
         self.transport.set_protocol(self.protocol)
         self.protocol.connection_made(self.transport)
