@@ -30,8 +30,9 @@ __all__ = [
     "TMP_MAX_AGE",
     "clean_tmp",
     "count_queue",
-    "quarantine",
+    "is_staged",
     "publish_orphans",
+    "quarantine",
     "quarantine_strangers",
     "remove_copy_leftovers",
 ]

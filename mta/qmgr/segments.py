@@ -162,10 +162,14 @@ class SegmentTracker:
                 continue
             finished = tail.closed or (tail.writer_gone and tail.caught_up)
             if not finished:
-                if check_writers and not tail.writer_gone:
-                    # the next round reads it once more: it may have written before dying
-                    if not pid_alive(tail.writer_pid, queue_id_time(name)):
-                        tail.writer_gone, tail.caught_up = True, False
+                # if its writer is gone, the next round reads it once more: it may have
+                # written before dying
+                if (
+                    check_writers
+                    and not tail.writer_gone
+                    and not pid_alive(tail.writer_pid, queue_id_time(name))
+                ):
+                    tail.writer_gone, tail.caught_up = True, False
                 continue
             tail.close()
             del self.tails[name]

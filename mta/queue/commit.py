@@ -149,7 +149,9 @@ class GroupCommitter:
         self.committed += errors.count(None)
         return errors
 
-    def _publish_files(self, ids: list[str], indexes: list[int], errors: list[OSError | None]) -> None:
+    def _publish_files(
+        self, ids: list[str], indexes: list[int], errors: list[OSError | None]
+    ) -> None:
         """Make the staged files' entries durable, then give them their names; a file
         that did not make it is removed (its client hears ``451`` and sends it again)."""
         try:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from typing import BinaryIO
+from io import BufferedReader
 
 import msgspec
 
@@ -166,7 +166,7 @@ class MessageFile:
         self._expected_crc = None
 
 
-def streamed_crc(f: BinaryIO, length: int) -> int:
+def streamed_crc(f: BufferedReader, length: int) -> int:
     """The CRC-32 of the first ``length`` octets of binary file ``f``, read in chunks."""
     f.seek(0)
     crc = 0

@@ -126,21 +126,17 @@ def _parse_prefix(data: bytes, pos: int) -> tuple[int, int, str] | None:
     """(prefix size, payload length, queue ID) of a good prefix at ``pos`` (at least
     :data:`PREFIX_SIZE` octets, or the rest of ``data``), or None if it is damaged."""
     magic, length, raw_id = _PREFIX_V1.unpack_from(data, pos)
-    if magic == _RECORD:
+    if not MIN_SIZE <= length <= MAX_RECORD:
+        return None
+    if magic == _RECORD:  # the checksum vouches for the queue ID (the hot path: no regex)
         end = pos + PREFIX_SIZE
-        if len(data) < end or _CRC.unpack_from(data, end - 4)[0] != zlib.crc32(
-            data[pos : end - 4]
-        ):
+        if len(data) < end or _CRC.unpack_from(data, end - 4)[0] != zlib.crc32(data[pos : end - 4]):
             return None
-        size = PREFIX_SIZE
-    elif magic == _RECORD_V1:
-        size = _PREFIX_V1.size
-    else:
-        return None
-    queue_id = raw_id.decode("ascii", "replace")
-    if not MIN_SIZE <= length <= MAX_RECORD or not is_queue_id(queue_id):
-        return None
-    return size, length, queue_id
+        return PREFIX_SIZE, length, raw_id.decode("ascii", "replace")
+    if magic == _RECORD_V1:
+        queue_id = raw_id.decode("ascii", "replace")
+        return (_PREFIX_V1.size, length, queue_id) if is_queue_id(queue_id) else None
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -481,7 +477,10 @@ class SegmentTail:
 def _framed_like_a_message_file(data: bytes, start: int, length: int) -> bool:
     """The cheap check of a payload: a message file header first, its end marker last
     (the checksum is checked when the message is read)."""
-    return data[start : start + 6] in HEADERS and data[start + length - len(END) : start + length] == END
+    return (
+        data[start : start + 6] in HEADERS
+        and data[start + length - len(END) : start + length] == END
+    )
 
 
 def _find_all(data: bytes, magic: bytes) -> list[int]:

@@ -105,7 +105,8 @@ def send(port: int, data: bytes) -> tuple[int, bytes]:
         try:
             client.sendmail(SENDER, [RECIPIENT], data)
         except smtplib.SMTPDataError as exc:
-            return exc.smtp_code, exc.smtp_error
+            text = exc.smtp_error
+            return exc.smtp_code, text if isinstance(text, bytes) else text.encode()
     return 250, b""
 
 

@@ -37,10 +37,14 @@ def queue_ten(spool: Path) -> tuple[list[str], Path, list[int]]:
 
 
 def delivered_markers(sink: CaptureSink) -> list[str]:
-    return sorted(m.data.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode() for m in sink.messages)
+    return sorted(
+        m.data.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode() for m in sink.messages
+    )
 
 
-def start_relay(mta_factory: Callable[..., MtaProcess], sink: CaptureSink, spool: Path) -> MtaProcess:
+def start_relay(
+    mta_factory: Callable[..., MtaProcess], sink: CaptureSink, spool: Path
+) -> MtaProcess:
     """A relay to ``sink`` on the damaged ``spool``."""
     relay: MtaProcess = mta_factory({**relay_config(sink.port), "queue": {"path": str(spool)}})
     return relay

@@ -166,7 +166,9 @@ def test_damaged_envelope_is_detected(spool: Spool, tmp_path: Path) -> None:
     data = valid_file(spool)
     message_end = len(HEADER) + len(b"Subject: x\r\n\r\nshort\r\n")
     envelope_length = len(data) - TRAILER_SIZE - message_end
-    damaged = data[:message_end] + b"\xc1" * envelope_length + data[-TRAILER_SIZE:]  # 0xc1: never msgpack
+    damaged = (
+        data[:message_end] + b"\xc1" * envelope_length + data[-TRAILER_SIZE:]
+    )  # 0xc1: never msgpack
     path = tmp_path / "damaged"
     path.write_bytes(damaged)
     with pytest.raises(CorruptMessageFile):

@@ -138,7 +138,9 @@ def test_writer_starts_a_new_segment_past_its_size_and_closes_the_old(spool: Spo
 
 
 @pytest.mark.parametrize(
-    "position", [0, 5, 10, 28, 31, 60, -1], ids=["magic", "length", "id", "crc", "header", "body", "end"]
+    "position",
+    [0, 5, 10, 28, 31, 60, -1],
+    ids=["magic", "length", "id", "crc", "header", "body", "end"],
 )
 def test_a_damaged_record_is_skipped_and_reading_resumes_after_it(
     spool: Spool, position: int
@@ -200,7 +202,7 @@ def test_a_dead_writers_segment_is_read_whole_and_a_cut_record_reported(spool: S
     writer = SegmentWriter(segments_dir(spool))
     ids_and_records = [record(spool, b"%d\r\n" % i) for i in range(2)]
     writer.commit(b"".join(data for _, data in ids_and_records))
-    cut_id, cut = record(spool, b"cut short\r\n")
+    _, cut = record(spool, b"cut short\r\n")
     writer.append(cut[: len(cut) // 2])  # the writer died in the middle of this write
     tail = tail_of(spool, writer)
     tail.writer_gone = True  # (the queue manager's check of its pid)
