@@ -71,6 +71,10 @@ def test_nothing_reaches_the_next_hop_before_the_client_got_its_250(
     assert acked["refused"] == {}
     assert acked["at"] - started >= DELAY * 0.9  # the flush was held up indeed
     assert seen_at >= acked["at"] - 0.05  # delivered only once durable (50 ms: the polling)
+    print(
+        f"\nfdatasync +{DELAY}s: 250 after {acked['at'] - started:.2f}s, at the sink "
+        f"{seen_at - acked['at']:+.2f}s after the 250"
+    )
 
 
 @pytest.fixture
@@ -114,6 +118,10 @@ def test_many_failed_commits_leave_no_files_or_descriptors_behind(
     assert len(segment_files(relay.spool)) <= 1
     wait_until(relay.queue_empty)
     assert subjects(sink) == [b"accepted-0", b"accepted-1", b"accepted-2"]
+    print(
+        f"\n{FAILURES} failed commits: {refused} x 451, 0 delivered; segment files "
+        f"{len(segment_files(relay.spool))}; qmgr fds {fds_before} -> {open_fds(qmgr)}"
+    )
 
 
 def subjects(sink: CaptureSink) -> list[bytes]:
