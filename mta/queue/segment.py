@@ -309,7 +309,7 @@ class SegmentTail:
     committed: int = 0  # the highest committed length its writer announced
     closed: bool = False  # the end marker was read
     caught_up: bool = False  # the last read found nothing left to read below its limit
-    writer_gone: bool = False  # its writer died without closing it (set by the reader)
+    writer_gone: bool = False  # its writer died (as the queue manager found)
     look_for_end: bool = False  # its writer moved on: the next read trusts an end marker
     damage: list[Damage] = field(default_factory=list)  # found, for the caller to take
     live: set[int] = field(default_factory=set)  # offsets of messages not yet done
