@@ -59,6 +59,13 @@ QUEUE_FREE_BYTES = Gauge(
     "Free octets on the spool's file system (measured by the master when scraped)",
     multiprocess_mode="mostrecent",
 )
+QUEUE_CORRUPT = Counter(
+    "mta_queue_corrupt",
+    "Unreadable queue data moved or copied to corrupt/, by reason: checksum (altered "
+    "octets), format (not a whole message file), record (a damaged segment span), cut (a "
+    "record cut short by a dead writer), name (not a queue file name)",
+    ["reason"],
+)
 QUEUE_OLDEST_AGE = Gauge(
     "mta_queue_oldest_message_age_seconds",
     "Age of the oldest message in the queue",

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from mta import metrics
 from mta.config import Config
 from mta.qmgr.housekeeping import quarantine
 from mta.qmgr.outcome import Outcome, apply_results
@@ -134,9 +135,10 @@ class ResultApplier:
         raw = self.spool.read_segment_payload(ref)
         try:
             parse_message_bytes(f"{self.spool.segment(ref.segment)}@{ref.offset}", raw)
-        except CorruptMessageFile as exc:
+        except CorruptMessageFile as exc:  # a checksum mismatch too: never delivered
             self.spool.store(ref.queue_id, "corrupt", raw)
-            log.error("%s: moved to corrupt/: %s", ref.queue_id, exc)
+            log.error("%s: copied to corrupt/ (offset %d): %s", ref.queue_id, ref.offset, exc)
+            metrics.QUEUE_CORRUPT.labels(exc.reason).inc()
             return False
         self.spool.store(ref.queue_id, "active", raw)
         return True
@@ -148,8 +150,10 @@ class ResultApplier:
             return None
         try:
             message = self.spool.read("active", queue_id)
-        except (CorruptMessageFile, FileNotFoundError) as exc:
-            quarantine(self.spool, "active", queue_id, str(exc))
+        except CorruptMessageFile as exc:  # its checksum is checked (msgfile.py)
+            quarantine(self.spool, "active", queue_id, str(exc), exc.reason)
+            return Outcome(queue_id, removed=True)
+        except FileNotFoundError:
             return Outcome(queue_id, removed=True)
         if result.problem == "corrupt":
             quarantine(self.spool, "active", queue_id, "reported corrupt by a delivery agent")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 
-from mta.qmgr.housekeeping import quarantine
+from mta.qmgr.housekeeping import is_staged, publish_orphans, quarantine
 from mta.queue.ids import is_queue_id
 from mta.queue.ipc import Job
 from mta.queue.segment import RecordRef
@@ -76,11 +76,16 @@ class Scheduler:
         if room <= 0:
             return
         names = self.spool.list("incoming")
+        staged = [name for name in names if is_staged(name)]
+        if staged:  # not durable yet (commit.py), unless their writer is gone
+            publish_orphans(self.spool, staged)
+            names = self.spool.list("incoming")
+            names = [name for name in names if not is_staged(name)]
         if len(names) > room:
             self.scan_incoming = True  # the rest when there is room
         for name in names[:room]:
             if not is_queue_id(name):
-                quarantine(self.spool, "incoming", name, "not a queue file name")
+                quarantine(self.spool, "incoming", name, "not a queue file name", "name")
                 continue
             try:
                 self.spool.move(name, "incoming", "active")

@@ -3,8 +3,9 @@
 The sockets and the messages are ipc.py's (:data:`~mta.queue.ipc.WakeUp`); here is what
 each one asks for:
 
-* ``SegmentAppended(name)`` (smtpd's group commit) — look for new segment files, if
-  ``name`` is one we do not follow yet (new records in a known one are read every round);
+* ``SegmentAppended(name, committed)`` (smtpd's group commit) — the first ``committed``
+  octets of segment ``name`` are durable and may be read (segments.py); look for new
+  segment files if ``name`` is one we do not follow yet;
 * ``Queued()`` (a large message, a bounce) — look into ``incoming/``;
 * ``FlushDeferred()`` (``mta queue flush``) — every deferred message is due now;
 * ``Rescan()`` (another operator command) — look into ``incoming/`` and ``deferred/``.
@@ -39,7 +40,7 @@ __all__ = ["WakeupListener"]
 
 log = logging.getLogger("mta.qmgr")
 
-_DATAGRAM_MAX = 256  # octets; the largest wake-up (a segment name) takes 29
+_DATAGRAM_MAX = 256  # octets; the largest wake-up (a segment name and length) takes 38
 
 
 class WakeupListener:
@@ -87,8 +88,7 @@ class WakeupListener:
     def handle(self, message: WakeUp) -> None:
         """Note what ``message`` asks the next round to do."""
         if isinstance(message, SegmentAppended):
-            if not self.segments.knows(message.name):
-                self.segments.scan_wanted = True
+            self.segments.announce(message.name, message.committed)
         elif isinstance(message, Queued):
             self.scheduler.scan_incoming = True
         elif isinstance(message, FlushDeferred):

@@ -8,16 +8,22 @@ full pipe, some file systems near full), so every write here loops until all is 
 
 The spool's message copies, the per-message state, bounces the queue manager makes and
 local Maildir deliveries all go through :func:`replace_file`; the group committer and the
-segment writer use :func:`write_all` and :func:`fsync_directory` for their batched flushes.
-Every failure is an ``OSError`` for the caller to report; a failed :func:`replace_file`
-leaves no temporary file behind.
+segment writer use :func:`write_all`, :func:`fdatasync` and :func:`fsync_directory` for
+their batched flushes.  Every failure is an ``OSError`` for the caller to report; a failed
+:func:`replace_file` leaves no temporary file behind.
+
+Fault seam: every flush of a segment or of the incoming directory goes through
+:func:`fdatasync` and :func:`fsync`, looked up on this module at each call, so an
+in-process test can replace them (``monkeypatch.setattr(durable, "fdatasync", slow)``)
+to delay or fail a flush.  End-to-end tests use ``strace -e inject=fdatasync:...`` on a
+real process tree instead; nothing here reads the environment.
 """
 
 from __future__ import annotations
 
 import os
 
-__all__ = ["fsync_directory", "replace_file", "write_all"]
+__all__ = ["fdatasync", "fsync", "fsync_directory", "replace_file", "write_all"]
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -27,11 +33,21 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+def fdatasync(fd: int) -> None:
+    """``fdatasync(2)`` (the fault seam for tests: see the module docstring)."""
+    os.fdatasync(fd)
+
+
+def fsync(fd: int) -> None:
+    """``fsync(2)`` (the fault seam for tests: see the module docstring)."""
+    os.fsync(fd)
+
+
 def fsync_directory(path: str) -> None:
     """Make the entries of directory ``path`` (a rename, a new file) durable."""
     dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(dir_fd)
+        fsync(dir_fd)
     finally:
         os.close(dir_fd)
 
@@ -47,7 +63,7 @@ def replace_file(path: str, data: bytes, tmp_path: str, *, exclusive: bool = Tru
     fd = os.open(tmp_path, flags, 0o600)
     try:
         write_all(fd, data)
-        os.fsync(fd)
+        fsync(fd)
     except OSError:
         os.close(fd)
         os.unlink(tmp_path)

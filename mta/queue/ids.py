@@ -60,8 +60,13 @@ def queue_id_pid(queue_id: str) -> int:
     return int(queue_id[13:], 16)
 
 
-def pid_alive(pid: int) -> bool:
-    """Is process ``pid`` still running?  A zombie is not (it has stopped writing)."""
+def pid_alive(pid: int, started_by: float | None = None) -> bool:
+    """Is process ``pid`` still running?  A zombie is not (it has stopped writing).
+
+    ``started_by`` (seconds since the epoch): a process that started after it is another
+    one that reuses the pid, so the one asked about is gone.  (Reading a segment waits
+    for its writer's death: a reused pid must not make it wait for a stranger's.)
+    """
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
@@ -70,10 +75,31 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return True  # cannot tell: assume it runs, so nothing is taken from under it
     # "pid (comm) S ...": the state follows the last ")", as comm may hold one itself
-    state_at = stat.rfind(b")") + 2
-    return stat[state_at : state_at + 1] != b"Z"
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    if not fields or fields[0] == b"Z":
+        return False
+    if started_by is None or len(fields) < 20:
+        return True
+    started = _boot_time() + int(fields[19]) / _CLOCK_TICKS  # field 22, starttime
+    return started <= started_by + 1.0  # a second of slack for the clocks' rounding
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_boot = 0.0
+
+
+def _boot_time() -> float:
+    """When the system booted (``btime`` in /proc/stat), read once."""
+    global _boot
+    if not _boot:
+        with open("/proc/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"btime "):
+                    _boot = float(line.split()[1])
+                    break
+    return _boot
 
 
 def writer_alive(queue_id: str) -> bool:
     """Is the process that made ``queue_id`` (and writes the file it names) running?"""
-    return pid_alive(queue_id_pid(queue_id))
+    return pid_alive(queue_id_pid(queue_id), started_by=queue_id_time(queue_id))

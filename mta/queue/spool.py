@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from mta.queue.durable import fsync_directory, replace_file, write_all
 from mta.queue.envelope import Envelope
 from mta.queue.ids import is_queue_id
-from mta.queue.msgfile import HEADER, MessageFile, read_message_file, trailer_for
+from mta.queue.msgfile import HEADER, Checksum, MessageFile, read_message_file, trailer_for
 from mta.queue.segment import (
     DONE_SUFFIX,
     RecordRef,
@@ -40,11 +40,12 @@ from mta.queue.segment import (
     record_prefix,
 )
 
-__all__ = ["COPY_PREFIX", "SEGMENTS", "STATES", "MessageWriter", "Spool"]
+__all__ = ["COPY_PREFIX", "SEGMENTS", "STAGED_PREFIX", "STATES", "MessageWriter", "Spool"]
 
 STATES = ("tmp", "incoming", "active", "deferred", "hold", "corrupt")
 SEGMENTS = "segments"  # small messages, many to a file (segment.py)
 COPY_PREFIX = ".copy-"  # in tmp/: a message being copied out of a segment (Spool.store)
+STAGED_PREFIX = "."  # in incoming/: a file whose directory entry is not yet durable
 IN_MEMORY_MAX = 1 << 20  # octets: a larger message is streamed into a file of its own
 MEMORY_BUDGET = 128 << 20  # octets per process for all the messages held in memory at once
 _WRITE_BUFFER = 64 * 1024  # gather small chunks into few write(2) calls
@@ -107,6 +108,25 @@ class Spool:
     def move(self, queue_id: str, source: str, target: str) -> None:
         os.rename(self.file(source, queue_id), self.file(target, queue_id))
 
+    # ----- incoming/: staged until durable (commit.py) ---------------------------------
+
+    def stage_incoming(self, queue_id: str) -> None:
+        """``tmp/ID`` → ``incoming/.ID``: there, but not to be claimed while its writer
+        lives (the directory entry is not yet durable)."""
+        os.rename(self.file("tmp", queue_id), self.file("incoming", STAGED_PREFIX + queue_id))
+
+    def publish_incoming(self, queue_id: str) -> None:
+        """``incoming/.ID`` → ``incoming/ID``, once ``incoming/`` was fsynced."""
+        staged = self.file("incoming", STAGED_PREFIX + queue_id)
+        os.rename(staged, self.file("incoming", queue_id))
+
+    def unstage_incoming(self, queue_id: str) -> None:
+        """Remove a staged file whose flush failed (never acknowledged)."""
+        try:
+            os.unlink(self.file("incoming", STAGED_PREFIX + queue_id))
+        except OSError:
+            pass  # the queue manager removes it once our pid is gone (housekeeping.py)
+
     def store(self, queue_id: str, state: str, data: bytes) -> None:
         """Write a whole message file into ``state`` durably (durable.py).  For the rare
         copies (a segment message that must outlive its first attempt), not for accepting
@@ -122,6 +142,18 @@ class Spool:
     def remove(self, state: str, name: str) -> None:
         """Delete a file from ``state``; FileNotFoundError if it is not there."""
         os.unlink(self.file(state, name))
+
+    def save_segment_damage(self, name: str, offset: int, length: int) -> str:
+        """Copy ``length`` unreadable octets at ``offset`` of segment ``name`` durably to
+        ``corrupt/<name>.<offset>`` (at most a segment's size); return that file name."""
+        fd = os.open(self.segment(name), os.O_RDONLY)
+        try:
+            data = os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+        target = f"{name}.{offset}"
+        replace_file(self.file("corrupt", target), data, self.file("tmp", COPY_PREFIX + target))
+        return target
 
     def to_corrupt(self, state: str, name: str) -> bool:
         """Move ``name`` from ``state`` (or ``segments/``) to ``corrupt/``, where it is kept
@@ -191,7 +223,7 @@ class Spool:
             except FileNotFoundError:
                 continue  # done and deleted meanwhile
             try:
-                while refs := tail.read_new(4096):
+                while refs := tail.read_new(4096, whole_file=True):
                     yield from (ref for ref in refs if ref.offset not in tail.done)
             finally:
                 tail.close()
@@ -273,12 +305,14 @@ class MessageWriter:
         self._pending: list[bytes] = [HEADER]
         self._pending_size = len(HEADER)
         self._held = 0  # octets taken from the spool's memory budget
+        self._checksum = Checksum()  # of the message file, as it is written (msgfile.py)
 
     def write(self, data: bytes) -> None:
         """Append message bytes; raises OSError (e.g. ENOSPC) for the caller to refuse."""
         self._pending.append(data)
         self._pending_size += len(data)
         self.length += len(data)
+        self._checksum.update(data)
         if self.created:
             if self._pending_size >= _WRITE_BUFFER:
                 self._flush_buffer()
@@ -290,7 +324,7 @@ class MessageWriter:
 
     def finish(self, envelope: Envelope) -> None:
         """Append the envelope and the end marker; :meth:`persist` writes what is left."""
-        self._pending.append(trailer_for(envelope, self.length))
+        self._pending.append(trailer_for(envelope, self.length, self._checksum))
 
     @property
     def in_memory(self) -> bool:

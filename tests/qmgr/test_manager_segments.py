@@ -4,16 +4,19 @@ and tests/server, with real processes.)"""
 
 from __future__ import annotations
 
+import errno
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from mta.config import Config, QueueConfig
 from mta.qmgr.manager import QueueManager
 from mta.queue.ids import new_queue_id
-from mta.queue.segment import DONE_SUFFIX, encode_done, record_prefix
+from mta.queue.segment import DONE_SUFFIX, SegmentWriter, encode_done, record_prefix
 from tests.qmgr.segments import claim, offsets, payload, write_segment
 
 
@@ -49,8 +52,9 @@ def test_a_closed_segment_is_deleted_once_everything_in_it_is_done(qmgr: QueueMa
     spool = qmgr.spool
     ids = [new_queue_id() for _ in range(3)]
     name = write_segment(spool, ids, closed=True, pid="000001")  # its writer: alive (init)
+    newer = write_segment(spool, [], closed=False, pid="000001")  # it moved on to this one
     qmgr.recover()
-    assert claim(qmgr) == ids
+    assert claim(qmgr) == ids  # no announcement: the end marker proves them committed
     for queue_id in ids[:2]:
         qmgr.segments.done(qmgr.segments.located[queue_id], delivered=True)
     qmgr.segments.retire(check_writers=False)
@@ -59,21 +63,42 @@ def test_a_closed_segment_is_deleted_once_everything_in_it_is_done(qmgr: QueueMa
     qmgr.segments.retire(check_writers=False)
     assert name not in qmgr.segments.tails
     qmgr.remover.stop()
-    assert os.listdir(os.path.join(spool.path, "segments")) == []
+    assert os.listdir(os.path.join(spool.path, "segments")) == [newer]
+
+
+def test_a_live_writers_closed_segment_is_not_trusted_before_it_moved_on(
+    qmgr: QueueManager,
+) -> None:
+    """A body may hold the end marker's octets and a write may be seen half done: without
+    a newer segment of the writer (or its death), only announced lengths count."""
+    spool = qmgr.spool
+    ids = [new_queue_id()]
+    write_segment(spool, ids, closed=True, pid=f"{os.getpid():06X}")
+    qmgr.recover()
+    assert claim(qmgr) == []
+    write_segment(spool, [], closed=False, pid=f"{os.getpid():06X}")
+    assert claim(qmgr) == ids
 
 
 def test_a_dead_writers_segment_is_read_to_the_end_before_it_is_deleted(
     qmgr: QueueManager,
 ) -> None:
     spool = qmgr.spool
-    first = new_queue_id()
-    name = write_segment(spool, [first], closed=False)
-    qmgr.recover()
-    assert claim(qmgr) == [first]
-    qmgr.segments.done(qmgr.segments.located[first], delivered=True)
-    late = new_queue_id()  # written just before the writer died, after our last read
-    with open(spool.segment(name), "ab") as f:
-        f.write(record_prefix(late, len(payload(late))) + payload(late))
+    writer = subprocess.Popen(["sleep", "60"])  # stands for the smtpd worker that writes
+    try:
+        first = new_queue_id()
+        name = write_segment(spool, [first], closed=False, pid=f"{writer.pid:06X}")
+        qmgr.recover()
+        qmgr.segments.announce(name, os.path.getsize(spool.segment(name)))
+        assert claim(qmgr) == [first]
+        qmgr.segments.done(qmgr.segments.located[first], delivered=True)
+        late = new_queue_id()  # written just before the writer died, never announced
+        with open(spool.segment(name), "ab") as f:
+            f.write(record_prefix(late, len(payload(late))) + payload(late))
+        assert claim(qmgr) == []  # not announced: its flush may not have returned
+    finally:
+        writer.kill()
+        writer.wait()
     qmgr.segments.retire(check_writers=True)  # notices the writer is gone
     assert name in qmgr.segments.tails
     assert claim(qmgr) == [late]  # the next round reads what is left
@@ -91,6 +116,8 @@ def test_a_live_writers_open_segment_is_kept(qmgr: QueueManager) -> None:
     ids = [new_queue_id()]
     name = write_segment(spool, ids, closed=False, pid=f"{os.getpid():06X}")
     qmgr.recover()
+    assert claim(qmgr) == []  # its writer lives and said nothing: maybe not flushed yet
+    qmgr.segments.announce(name, os.path.getsize(spool.segment(name)))
     assert claim(qmgr) == ids
     qmgr.segments.done(qmgr.segments.located[ids[0]], delivered=True)
     for _ in range(3):
@@ -99,42 +126,49 @@ def test_a_live_writers_open_segment_is_kept(qmgr: QueueManager) -> None:
     assert name in qmgr.segments.tails  # its writer may append more at any moment
 
 
-def test_a_damaged_segment_goes_to_corrupt_after_what_preceded_the_damage(
+def test_a_damaged_span_goes_to_corrupt_and_the_messages_after_it_are_delivered(
     qmgr: QueueManager,
 ) -> None:
     spool = qmgr.spool
-    good = new_queue_id()
+    good, after = new_queue_id(), new_queue_id()
     name = write_segment(spool, [good], closed=False)
+    garbage_at = os.path.getsize(spool.segment(name))
+    garbage = b"garbage that is no record" * 3
     with open(spool.segment(name), "ab") as f:
-        f.write(b"garbage that is no record" * 3)
+        f.write(garbage + record_prefix(after, len(payload(after))) + payload(after))
     qmgr.recover()
-    assert claim(qmgr) == [good]
-    qmgr.segments.done(qmgr.segments.located[good], delivered=True)
+    before = corrupt_count("record")
+    assert claim(qmgr) == [good, after]
+    assert spool.list("corrupt") == [f"{name}.{garbage_at}"]  # kept for a person to look at
+    assert Path(spool.file("corrupt", f"{name}.{garbage_at}")).read_bytes() == garbage
+    assert corrupt_count("record") == before + 1
+    for queue_id in (good, after):
+        qmgr.segments.done(qmgr.segments.located[queue_id], delivered=True)
     qmgr.segments.retire(check_writers=False)
-    assert spool.list("corrupt") == [name]  # kept for a person to look at, never deleted
-    assert os.listdir(os.path.join(spool.path, "segments")) in ([], [name + DONE_SUFFIX])
     qmgr.remover.stop()
     assert os.listdir(os.path.join(spool.path, "segments")) == []
 
 
-def test_a_read_error_is_no_damage_the_segment_is_read_again(qmgr: QueueManager) -> None:
+def test_a_read_error_is_no_damage_the_segment_is_read_again(
+    qmgr: QueueManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spool = qmgr.spool
     first = new_queue_id()
-    name = write_segment(spool, [first], closed=False)
+    write_segment(spool, [first], closed=False)
     qmgr.recover()
-    qmgr.segments.open_new()
-    tail = qmgr.segments.tails[name]
-    good_fd = tail.fd
-    tail.fd = os.open(os.devnull, os.O_WRONLY)  # reading it fails (EBADF), as on an I/O error
+
+    def failing(*args: object) -> bytes:
+        raise OSError(errno.EIO, "injected")
+
+    monkeypatch.setattr(os, "pread", failing)  # reading fails, as on an I/O error
     assert claim(qmgr) == []
+    monkeypatch.undo()
     qmgr.segments.retire(check_writers=False)
-    assert not tail.broken and spool.list("corrupt") == []  # nothing is declared damaged
-    os.close(tail.fd)
-    tail.fd = good_fd
+    assert spool.list("corrupt") == []  # nothing is declared damaged
     assert claim(qmgr) == [first]  # the next round reads it after all
 
 
-def test_a_live_writers_damaged_segment_goes_to_corrupt_on_a_quiet_queue(
+def test_a_live_writers_damaged_span_goes_to_corrupt_once_committed(
     qmgr: QueueManager,
 ) -> None:
     spool = qmgr.spool
@@ -143,8 +177,59 @@ def test_a_live_writers_damaged_segment_goes_to_corrupt_on_a_quiet_queue(
         f.write(b"garbage that is no record" * 2)
     qmgr.recover()
     assert claim(qmgr) == []
-    qmgr.segments.retire(check_writers=True)  # a quiet queue: every round is a poll
-    assert spool.list("corrupt") == [name]
+    assert spool.list("corrupt") == []  # not committed: perhaps still being written
+    qmgr.segments.announce(name, 50)
+    assert claim(qmgr) == []
+    assert spool.list("corrupt") == [f"{name}.0"]
+
+
+def test_the_queue_manager_holds_no_descriptor_per_segment(qmgr: QueueManager) -> None:
+    spool = qmgr.spool
+    qmgr.recover()
+    before = len(os.listdir("/proc/self/fd"))
+    names = [write_segment(spool, [], closed=False, pid=f"{os.getpid():06X}") for _ in range(50)]
+    claim(qmgr)
+    assert set(names) <= set(qmgr.segments.tails)
+    assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_failed_commits_on_a_full_disk_leave_one_segment_and_no_descriptors(
+    qmgr: QueueManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 10, item 1: every write fails (ENOSPC), the end marker's too; the queue
+    manager looks for new segments after each failure, as a wake-up or a poll makes it."""
+    spool = qmgr.spool
+    qmgr.recover()
+    writer = SegmentWriter(spool.dir("segments"))
+    first = new_queue_id()
+    writer.append(record_prefix(first, len(payload(first))) + payload(first))
+    writer.sync()
+    before = len(os.listdir("/proc/self/fd"))  # with the writer's segment
+
+    def full(*args: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    for _ in range(100):
+        refused = new_queue_id()
+        with monkeypatch.context() as disk_full:
+            disk_full.setattr(os, "write", full)
+            with pytest.raises(OSError):
+                writer.append(record_prefix(refused, len(payload(refused))) + payload(refused))
+                writer.sync()
+        claim(qmgr)
+        qmgr.segments.retire(check_writers=True)
+    assert len([n for n in os.listdir(spool.dir("segments")) if "." not in n]) <= 1
+    assert len(os.listdir("/proc/self/fd")) <= before
+    accepted = new_queue_id()
+    writer.commit(record_prefix(accepted, len(payload(accepted))) + payload(accepted))
+    qmgr.segments.announce(writer.name, writer.committed)
+    assert claim(qmgr) == [first, accepted]  # space is back: delivered as ever
+    writer.close()
+
+
+def corrupt_count(reason: str) -> float:
+    value = REGISTRY.get_sample_value("mta_queue_corrupt_total", {"reason": reason})
+    return value or 0.0
 
 
 def test_a_copy_cut_short_by_a_crash_is_removed_at_start(qmgr: QueueManager) -> None:

@@ -159,3 +159,16 @@ def test_retry_and_give_back(spool: Spool) -> None:
     assert list(sched.pending) == [c, b, a]
     sched.stopping = True
     assert not sched.retry(a)
+
+
+def test_a_staged_incoming_file_waits_for_its_writer_or_its_death(spool: Spool) -> None:
+    """``incoming/.ID``: its directory entry is not durable yet (mta/queue/commit.py)."""
+    live = new_queue_id()  # made by this process: its writer runs
+    dead = new_queue_id()[:13] + "FFFFFE"  # a writer that is surely gone
+    for queue_id in (live, dead):
+        Path(spool.file("incoming", "." + queue_id)).write_bytes(b"m")
+    sched = scheduler(spool)
+    sched.claim_incoming()
+    assert [job.queue_id for job in sched.pending] == [dead]  # acknowledged, or never answered
+    assert spool.list("incoming") == ["." + live]
+    assert spool.list("corrupt") == []

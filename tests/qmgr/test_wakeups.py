@@ -19,6 +19,7 @@ from mta.qmgr.segments import SegmentTracker
 from mta.qmgr.wakeups import WakeupListener
 from mta.queue.ids import new_queue_id
 from mta.queue.ipc import FlushDeferred, Queued, Rescan, SegmentAppended, Waker, wake_address
+from mta.queue.segment import SegmentTail
 from mta.queue.spool import Spool
 from mta.queue.state import StateStore
 
@@ -67,11 +68,13 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
 
 
 def test_a_new_segment_is_looked_for_a_known_one_is_not(setup: Setup) -> None:
-    setup.segments.tails["KNOWN"] = None  # type: ignore[assignment]  # only its name counts
-    assert setup.waker.send(SegmentAppended("KNOWN"))
+    known = SegmentTail(name="KNOWN", path="", writer_pid=0)
+    setup.segments.tails["KNOWN"] = known
+    assert setup.waker.send(SegmentAppended("KNOWN", 4096))
     setup.deliver()
     assert setup.flags() == (False, False, False)
-    assert setup.waker.send(SegmentAppended("NEW"))
+    assert known.committed == 4096  # what may be read now
+    assert setup.waker.send(SegmentAppended("NEW", 100))
     setup.deliver()
     assert setup.flags() == (True, False, False)
     del setup.segments.tails["KNOWN"]

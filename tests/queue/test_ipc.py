@@ -31,6 +31,7 @@ from mta.queue.results import RecipientResult
 
 WAKEUPS: list[WakeUp] = [
     SegmentAppended("0195F3A2B7C4100A3F1"),
+    SegmentAppended("0195F3A2B7C4100A3F1", committed=(16 << 20) + 1_100_000),
     Queued(),
     FlushDeferred(),
     Rescan(),
@@ -42,6 +43,11 @@ def test_a_wakeup_survives_the_round_trip(message: WakeUp) -> None:
     datagram = encode_wakeup(message)
     assert len(datagram) <= 64  # one small datagram
     assert decode_wakeup(datagram) == message
+
+
+def test_a_segment_wakeup_without_a_committed_length_announces_nothing() -> None:
+    old = msgspec.msgpack.encode(["segment", "0195F3A2B7C4100A3F1"])  # an older sender
+    assert decode_wakeup(old) == SegmentAppended("0195F3A2B7C4100A3F1", committed=0)
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
 from pathlib import Path
 
 import msgspec
@@ -12,7 +13,14 @@ import uvloop
 from mta.queue.commit import GroupCommitter
 from mta.queue.envelope import Envelope, Recipient, decode_envelope, encode_envelope
 from mta.queue.ids import new_queue_id
-from mta.queue.msgfile import HEADER, CorruptMessageFile, MessageFile, read_message_file
+from mta.queue.msgfile import (
+    HEADER,
+    TRAILER_SIZE,
+    ChecksumMismatch,
+    CorruptMessageFile,
+    MessageFile,
+    read_message_file,
+)
 from mta.queue.spool import Spool
 
 
@@ -149,7 +157,7 @@ def test_garbage_appended_is_detected(spool: Spool, tmp_path: Path, garbage: byt
 def test_file_with_its_trailer_repeated_is_detected(spool: Spool, tmp_path: Path) -> None:
     data = valid_file(spool)
     path = tmp_path / "twice"
-    path.write_bytes(data + data[-19:])  # a plausible trailer, but the lengths do not add up
+    path.write_bytes(data + data[-TRAILER_SIZE:])  # a plausible trailer; the lengths do not add up
     with pytest.raises(CorruptMessageFile):
         read_message_file(str(path))
 
@@ -157,8 +165,10 @@ def test_file_with_its_trailer_repeated_is_detected(spool: Spool, tmp_path: Path
 def test_damaged_envelope_is_detected(spool: Spool, tmp_path: Path) -> None:
     data = valid_file(spool)
     message_end = len(HEADER) + len(b"Subject: x\r\n\r\nshort\r\n")
-    envelope_length = len(data) - 19 - message_end
-    damaged = data[:message_end] + b"\xc1" * envelope_length + data[-19:]  # 0xc1: never msgpack
+    envelope_length = len(data) - TRAILER_SIZE - message_end
+    damaged = (
+        data[:message_end] + b"\xc1" * envelope_length + data[-TRAILER_SIZE:]
+    )  # 0xc1: never msgpack
     path = tmp_path / "damaged"
     path.write_bytes(damaged)
     with pytest.raises(CorruptMessageFile):
@@ -181,3 +191,71 @@ def test_old_envelope_without_new_fields_is_readable() -> None:
     assert envelope == Envelope(queue_id="Q", sender="", recipients=[Recipient(address="a@b")])
     assert envelope.body_type == "7BIT" and not envelope.is_bounce
     assert decode_envelope(encode_envelope(envelope)) == envelope
+
+
+# ----- checksums (version 2) ------------------------------------------------------------
+
+
+def large_file(spool: Spool, size: int = 3_000_000) -> Path:
+    """A message file too large to be read whole (streamed when it is checked)."""
+    writer = spool.new_message(new_queue_id())
+    for i in range(size // 100_000):
+        writer.write(bytes([65 + i % 26]) * 99_998 + b"\r\n")
+    writer.finish(make_envelope(writer.queue_id, writer.length))
+    writer.persist()
+    return Path(writer.tmp_path)
+
+
+@pytest.mark.parametrize("where", ["header", "message", "envelope", "lengths", "checksum"])
+def test_a_flipped_byte_anywhere_is_detected(spool: Spool, tmp_path: Path, where: str) -> None:
+    data = bytearray(valid_file(spool))
+    message_end = len(HEADER) + len(b"Subject: x\r\n\r\nshort\r\n")
+    at = {
+        "header": 4,  # the version: no longer a message file
+        "message": len(HEADER) + 3,
+        "envelope": message_end + 2,
+        "lengths": len(data) - TRAILER_SIZE + 2,
+        "checksum": len(data) - 9,
+    }[where]
+    data[at] ^= 0x01
+    path = tmp_path / "flipped"
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptMessageFile):
+        read_message_file(str(path)).read_message()
+
+
+def test_a_checksum_mismatch_is_its_own_kind(spool: Spool, tmp_path: Path) -> None:
+    data = bytearray(valid_file(spool))
+    data[len(HEADER) + 3] ^= 0x01  # the message, its frame intact
+    path = tmp_path / "flipped"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ChecksumMismatch) as caught:
+        read_message_file(str(path))
+    assert caught.value.reason == "checksum"
+
+
+def test_a_large_file_is_checked_by_streaming_it(spool: Spool) -> None:
+    path = large_file(spool)
+    data = bytearray(path.read_bytes())
+    assert read_message_file(str(path)).message_length > 2_000_000  # intact: fine
+    data[len(data) // 2] ^= 0x20
+    path.write_bytes(bytes(data))
+    with pytest.raises(ChecksumMismatch):
+        read_message_file(str(path))
+    lazy = read_message_file(str(path), verify=False)  # only what the envelope needs
+    with pytest.raises(ChecksumMismatch):
+        lazy.verify()
+    with pytest.raises(ChecksumMismatch):
+        lazy.read_message()
+
+
+def test_checking_a_large_file_does_not_hold_it_in_memory(spool: Spool) -> None:
+    path = large_file(spool, 8_000_000)
+    tracemalloc.start()
+    try:
+        message = read_message_file(str(path))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert message.message_length > 7_000_000
+    assert peak < 3 << 20  # a chunk or two, not the 8 MB file

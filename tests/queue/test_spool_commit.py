@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import pytest
 import uvloop
 
+from mta.queue import durable
 from mta.queue.commit import GroupCommitter
 from mta.queue.spool import IN_MEMORY_MAX, MEMORY_BUDGET, STATES, MessageWriter, Spool
 from tests.queue.messages import finished_message
@@ -288,3 +289,33 @@ def _commit_all(spool: Spool, writers: list[MessageWriter]) -> None:
             committer.stop()
 
     assert run(main) == [None] * len(writers)
+
+
+def test_a_file_whose_directory_flush_failed_is_never_visible_in_incoming(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large message is named in incoming/ only once incoming/ was fsynced: until then
+    the queue manager cannot claim it, and after a failed flush it is gone (451)."""
+    seen: list[list[str]] = []
+
+    def failing_fsync(fd: int) -> None:
+        seen.append(os.listdir(spool.dir("incoming")))  # what a reader sees meanwhile
+        raise OSError(errno.EIO, "injected")
+
+    async def main() -> OSError | None:
+        loop = asyncio.get_running_loop()
+        committer = GroupCommitter(spool, loop)
+        try:
+            writer = large_message(spool)
+            monkeypatch.setattr(durable, "fsync", failing_fsync)
+            failed: asyncio.Future[OSError | None] = loop.create_future()
+            committer.submit(writer, failed.set_result)
+            return await asyncio.wait_for(failed, 5)
+        finally:
+            monkeypatch.undo()
+            committer.stop()
+
+    error = run(main)
+    assert isinstance(error, OSError)
+    assert len(seen) == 1 and all(name.startswith(".") for name in seen[0])
+    assert names(spool, "incoming") == []
