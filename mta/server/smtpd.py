@@ -34,6 +34,7 @@ from mta.protocol.session import ServerSession
 from mta.queue.envelope import Envelope, Recipient
 from mta.queue.ids import new_queue_id
 from mta.queue.spool import MessageWriter
+from mta.server.printable import for_log
 from mta.server.trace import protocol_name, received_header
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ class SMTPProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else ""
         ctx = self.ctx
+        self.session.limits = ctx.leniency.limits_for(self.client_ip)
         ctx.connection_opened(self)
         if len(ctx.connections) > ctx.config.smtp.max_connections:
             transport.write(replies.too_many_connections(ctx.limits.hostname))
@@ -200,7 +202,7 @@ class SMTPProtocol(asyncio.Protocol):
             log.info(
                 "reject: RCPT from [%s]: 554 5.7.1 <%s>: Relay access denied",
                 self.client_ip,
-                recipient,
+                for_log(recipient),
             )
             self.session.reject(replies.RELAY_DENIED)
 
