@@ -28,9 +28,7 @@ class DataLeniency:
 
     def __init__(self, strict: SessionLimits, networks: tuple[str, ...]) -> None:
         self.strict = strict
-        self.lenient = dataclasses.replace(
-            strict, normalize_bare_line_endings=True, strip_nul=True
-        )
+        self.lenient = dataclasses.replace(strict, normalize_bare_line_endings=True, strip_nul=True)
         self._networks = [ipaddress.ip_network(n, strict=False) for n in networks]
         self._cache: dict[str, SessionLimits] = {}
 

@@ -54,7 +54,15 @@ def scan(
         consumed += used
     result = b"".join(decoded)
     assert scanner.size == len(result)
-    return result, consumed, scanner.done, scanner.size, scanner.bare_cr, scanner.bare_lf, scanner.nul
+    return (
+        result,
+        consumed,
+        scanner.done,
+        scanner.size,
+        scanner.bare_cr,
+        scanner.bare_lf,
+        scanner.nul,
+    )
 
 
 @SETTINGS

@@ -502,10 +502,8 @@ def test_smuggling_is_one_message_or_none(server: MtaProcess, vector: bytes) -> 
     assert len(replies) == 2, replies  # exactly one reply to the data, then QUIT's
     assert replies[1].startswith(b"221 ")
     new = queued(server) - before
-    if b"\r" in vector.replace(b"\r\n", b"") or b"\n" in vector.replace(b"\r\n", b""):
-        assert replies[0].startswith(b"550 5.5.2 "), replies
-        assert new == set()
-    elif b"\x00" in vector:  # a next hop that drops NULs would see the end (issue 10)
+    bare = b"\r" in vector.replace(b"\r\n", b"") or b"\n" in vector.replace(b"\r\n", b"")
+    if bare or b"\x00" in vector:  # a next hop that drops NULs would see the end (issue 10)
         assert replies[0].startswith(b"550 5.5.2 "), replies
         assert new == set()
     else:
