@@ -31,7 +31,6 @@ environment and keeps no process-wide choice.  The limits come whole from the ca
 from __future__ import annotations
 
 import enum
-import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ from mta.protocol.events import (
     StartTls,
     TransactionReset,
 )
+from mta.protocol.printable import CONTROL
 
 __all__ = [
     "COMMANDS",
@@ -172,9 +172,6 @@ _OUT_OF_SEQUENCE: dict[tuple[str, State], bytes] = {
 
 _BODY_TYPES = frozenset({"7BIT", "8BITMIME"})
 MAX_HELO_LENGTH = 255  # octets: a domain's limit (RFC 5321 §4.5.3.1.2); Postfix's too
-# C0, DEL, C1 (NEL among them) and the Unicode line and paragraph separators: each can end
-# or forge a line in a header or a log.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class ServerSession:
@@ -408,7 +405,7 @@ class ServerSession:
         # Only what is unsafe to copy into headers and logs: a control character or more
         # than a domain's length.  Whether the name is a valid hostname is policy (Postfix's
         # reject_invalid_helo_hostname), not done here.
-        if len(name) > MAX_HELO_LENGTH or _CONTROL.search(helo):
+        if len(name) > MAX_HELO_LENGTH or CONTROL.search(helo):
             self._reply(replies.INVALID_HELO)
             return None
         self.helo = helo

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mta.config import Config
+from mta.protocol.printable import for_log
 from mta.protocol.session import ParserBackend, SessionLimits
 from mta.queue.commit import GroupCommitter
 from mta.queue.envelope import Envelope
 from mta.queue.spool import Spool
 from mta.server.leniency import DataLeniency
 from mta.server.policy import RelayPolicy
-from mta.server.printable import for_log
 from mta.server.stats import SmtpdStats
 from mta.server.trace import DateCache
 

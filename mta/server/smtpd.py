@@ -30,11 +30,11 @@ from mta.protocol.events import (
     StartTls,
     TransactionReset,
 )
+from mta.protocol.printable import for_log
 from mta.protocol.session import ServerSession
 from mta.queue.envelope import Envelope, Recipient
 from mta.queue.ids import new_queue_id
 from mta.queue.spool import MessageWriter
-from mta.server.printable import for_log
 from mta.server.trace import protocol_name, received_header
 
 if TYPE_CHECKING:

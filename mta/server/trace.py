@@ -9,7 +9,7 @@ are not disclosed to one another.  The date string is cached per second by a
 :class:`DateCache` that the worker keeps: it is formatted once a second, not once per message.
 
 Whatever the client chose (the HELO name, the recipient) is copied with its control
-characters replaced (:func:`mta.server.printable.for_header`) and cut to
+characters replaced (:func:`mta.protocol.printable.for_header`) and cut to
 :data:`MAX_CLIENT_TOKEN` octets, so no input can add, end or forge a header line.  Each
 clause starts a line; a clause longer than 78 octets is folded between its words (RFC 5322
 §2.2.3, §2.1.1: lines SHOULD be at most 78 octets); a word is never split, so every line
@@ -21,7 +21,7 @@ from __future__ import annotations
 import email.utils
 from datetime import UTC, datetime
 
-from mta.server.printable import for_header
+from mta.protocol.printable import for_header
 
 __all__ = ["DateCache", "protocol_name", "received_header", "rfc5322_date"]
 

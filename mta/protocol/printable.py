@@ -9,25 +9,29 @@ and the Unicode line and paragraph separators, which ``str.splitlines`` also bre
 * :func:`for_header` writes each as ``?``, as Postfix's ``printable()`` does.
 * :func:`for_log` writes each as a Python escape (``\\x00``, ``\\u2028``) so the log
   still shows what was sent.
+* :data:`CONTROL` finds them, for a check that refuses instead (the HELO name).
+
+It lives in the protocol library, not in a daemon, so that every daemon that logs client
+text (smtpd, the queue manager and delivery log addresses) can use the same rule.
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["for_header", "for_log"]
+__all__ = ["CONTROL", "for_header", "for_log"]
 
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def for_header(text: str) -> str:
     """``text`` with every control character replaced by ``?``."""
-    return text if text.isprintable() else _UNSAFE.sub("?", text)
+    return text if text.isprintable() else CONTROL.sub("?", text)
 
 
 def for_log(text: str) -> str:
     """``text`` with every control character written as a backslash escape."""
-    return text if text.isprintable() else _UNSAFE.sub(_escape, text)
+    return text if text.isprintable() else CONTROL.sub(_escape, text)
 
 
 def _escape(match: re.Match[str]) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mta.server.printable import for_header, for_log
+from mta.protocol.printable import for_header, for_log
 
 UNSAFE = ["\x00", "\x1b", "\x7f", "\r", "\n", "\t", "\x85", "\x9f", "\u2028", "\u2029"]
 
