@@ -58,6 +58,8 @@ TABLE = [
     ("after-cr", b"a\r\x00\n.\r\n", b"a\r\x00\n.\r\n", b"a\r\n.\r\n", 7, 1),
     ("after-terminator", b"a\r\n.\r\n\x00", b"a\r\n", b"a\r\n", 6, 0),
     ("long", b"x" * 40 + b"\x00" + b"y" * 40 + b"\r\n.\r\n", None, None, 86, 1),
+    # TAB and other octets below CR share the compiled scanner's first test with NUL
+    ("low-octets", b"\t" * 20 + b"\x0c\x01\x00" + b"\t" * 20 + b"\r\n.\r\n", None, None, 48, 1),
 ]
 
 
