@@ -12,7 +12,7 @@ Why it is shaped this way:
 
 * Only C-level code touches the input: a ``const unsigned char *`` taken from ``bytes``
   directly or from any other buffer (bytearray, memoryview) without copying.
-* The DATA scanner finds the next CR or LF 16 octets at a time (SSE2, or 8 with SWAR
+* The DATA scanner finds the next CR, LF or NUL 16 octets at a time (SSE2, or 8 with SWAR
   elsewhere), so a line costs a few instructions per 16 octets plus one state step.
 * The decoded output is the input itself, or one slice of it, until the output stops
   being one run of the input (a dot removed mid-chunk, a CR or LF inserted, the CR that the
@@ -65,18 +65,23 @@ cdef extern from *:
     #define MTA_SSE2 1
     #endif
 
-    /* Index of the first CR or LF in p[i:n], or n. */
-    static inline Py_ssize_t mta_find_eol(const unsigned char *p, Py_ssize_t i, Py_ssize_t n)
+    /* Index of the first CR, LF or NUL in p[i:n], or n (NUL: see DataScanner). */
+    static inline Py_ssize_t mta_find_eol_or_nul(
+        const unsigned char *p, Py_ssize_t i, Py_ssize_t n)
     {
     #if defined(MTA_SSE2) && (defined(__GNUC__) || defined(__clang__))
+        /* One test finds every octet <= CR (min(v, CR) == v): NUL, LF and CR among them,
+           and TAB and the rare other controls as false hits, checked one by one. */
         const __m128i cr = _mm_set1_epi8('\\r');
-        const __m128i lf = _mm_set1_epi8('\\n');
         while (n - i >= 16) {
             __m128i v = _mm_loadu_si128((const __m128i *)(p + i));
-            int hits = _mm_movemask_epi8(
-                _mm_or_si128(_mm_cmpeq_epi8(v, cr), _mm_cmpeq_epi8(v, lf)));
-            if (hits)
-                return i + __builtin_ctz((unsigned)hits);
+            unsigned hits = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_min_epu8(v, cr), v));
+            while (hits) {
+                Py_ssize_t k = i + __builtin_ctz(hits);
+                if (p[k] == '\\r' || p[k] == '\\n' || p[k] == 0)
+                    return k;
+                hits &= hits - 1;
+            }
             i += 16;
         }
     #endif
@@ -87,21 +92,24 @@ cdef extern from *:
             memcpy(&w, p + i, 8);
             x = w ^ (ones * '\\r');
             y = w ^ (ones * '\\n');
-            if ((((x - ones) & ~x) | ((y - ones) & ~y)) & highs)
+            if ((((x - ones) & ~x) | ((y - ones) & ~y) | ((w - ones) & ~w)) & highs)
                 break;
             i += 8;
         }
         for (; i < n; i++) {
-            if (p[i] == '\\r' || p[i] == '\\n')
+            if (p[i] == '\\r' || p[i] == '\\n' || p[i] == 0)
                 return i;
         }
         return n;
     }
     """
-    Py_ssize_t _find_eol "mta_find_eol"(const unsigned char*, Py_ssize_t, Py_ssize_t) noexcept nogil
+    Py_ssize_t _find_eol_or_nul "mta_find_eol_or_nul"(
+        const unsigned char*, Py_ssize_t, Py_ssize_t
+    ) noexcept nogil
 
 
 cdef enum:
+    _NUL = 0x00
     _TAB = 0x09
     _LF = 0x0A
     _CR = 0x0D
@@ -449,19 +457,23 @@ cdef class DataScanner:
     """Streaming DATA decoder; see the docstring of ``_parser_py`` for the exact contract."""
 
     cdef readonly bint normalize
+    cdef readonly bint strip_nul
     cdef readonly bint done
     cdef readonly Py_ssize_t size
     cdef readonly Py_ssize_t bare_cr
     cdef readonly Py_ssize_t bare_lf
+    cdef readonly Py_ssize_t nul
     cdef int _state
 
-    def __init__(self, normalize=False):
+    def __init__(self, normalize=False, strip_nul=False):
         self.normalize = normalize
+        self.strip_nul = strip_nul
         self._state = _LINE_START
         self.done = False
         self.size = 0
         self.bare_cr = 0
         self.bare_lf = 0
+        self.nul = 0
 
     def feed(self, data):
         """Decode one chunk; return the decoded bytes and how much of ``data`` was used."""
@@ -517,13 +529,17 @@ cdef class DataScanner:
                     i += 1
                     continue
                 state = _MID
-                j = _find_eol(p, i, n)
+                j = _find_eol_or_nul(p, i, n)
                 if j >= n:
                     i = n
                     break
                 i = j + 1
                 if p[j] == _CR:
                     state = _PENDING_CR
+                elif p[j] == _NUL:  # line text, never a line start (see _parser_py)
+                    self.nul += 1
+                    if self.strip_nul:
+                        _out_skip(o, j)
                 else:  # a bare LF never starts a line
                     self.bare_lf += 1
                     if normalize:

@@ -63,6 +63,14 @@ def parse_route(value: str) -> tuple[str, str]:
     return kind, target
 
 
+def _check_networks(key: str, networks: tuple[str, ...]) -> None:
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"{key}: {network!r} is not a network: {exc}") from None
+
+
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Base of every section: unknown keys are errors.
 
@@ -93,6 +101,10 @@ class SmtpConfig(_Section, frozen=True):
     stress_threshold: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.8
     stress_timeout: Seconds = 10.0
     bare_lf: Literal["reject", "normalize"] = "reject"
+    nul: Literal["reject", "strip"] = "reject"  # NUL octets in DATA
+    # Clients here get bare_lf = "normalize" and nul = "strip" whatever those say (like
+    # Postfix's smtpd_forbid_bare_newline_exclusions): old senders on the inside.
+    normalize_networks: tuple[str, ...] = ()
     reuse_port: bool = False
     tls_cert: str = ""  # PEM certificate chain; with tls_key, STARTTLS is offered
     tls_key: str = ""
@@ -107,6 +119,7 @@ class SmtpConfig(_Section, frozen=True):
                 parse_hostport(address)
             except ValueError as exc:
                 raise ValueError(f"listen: {exc}") from None
+        _check_networks("normalize_networks", self.normalize_networks)
 
 
 class RelayConfig(_Section, frozen=True):

@@ -16,18 +16,22 @@ API
     dropped as RFC 5321 §4.1.2 asks) and a dict of upper-cased ESMTP parameter names to
     values (``None`` for a bare keyword).  Raises :class:`CommandSyntaxError`.
 
-``DataScanner(normalize)``
+``DataScanner(normalize, strip_nul=False)``
     Streaming decoder for the DATA phase.  ``feed(chunk) -> (decoded, consumed)``.
     Only ``CRLF.CRLF`` ends the data (RFC 5321 §4.1.1.4); the dot of a line that starts
     with one after a *real* CRLF is removed (§4.5.2).  A CR not followed by LF, or an LF not
     preceded by CR, is counted in ``bare_cr`` / ``bare_lf``; it is passed through as is, or
     turned into CRLF when ``normalize`` is true.  Bare line ends never start a new line for
     dot handling, so no input can end the data early or split one message into two.
+    A NUL octet is counted in ``nul``; it is passed through as is, or left out of the
+    output when ``strip_nul`` is true.  It is line text either way: ``CRLF NUL . CRLF`` is
+    a line holding NUL and a dot, never the end of the data, though a next hop that drops
+    NULs would read it as one (RFC 5322 §2.3 has no NUL in a message).
     ``consumed`` is ``len(chunk)`` unless the terminator was found, then it is the offset
     just past it (the rest belongs to the next command).  ``size`` counts decoded bytes.
     ``chunk`` may be any bytes-like object (bytes, bytearray, memoryview); ``decoded`` is
-    always ``bytes``.  ``normalize``, ``done``, ``size``, ``bare_cr`` and ``bare_lf`` are
-    read-only: the scanner alone keeps them true.
+    always ``bytes``.  ``normalize``, ``strip_nul``, ``done``, ``size``, ``bare_cr``,
+    ``bare_lf`` and ``nul`` are read-only: the scanner alone keeps them true.
 """
 
 from __future__ import annotations
@@ -206,10 +210,24 @@ _DOT_CR = 4  # saw "." CR at a line start: LF now means end of data
 class DataScanner:
     """Streaming DATA decoder; see the module docstring for the exact contract."""
 
-    __slots__ = ("_bare_cr", "_bare_lf", "_bare_out", "_done", "_normalize", "_size", "_state")
+    __slots__ = (
+        "_bare_cr",
+        "_bare_lf",
+        "_bare_out",
+        "_done",
+        "_normalize",
+        "_nul",
+        "_nul_out",
+        "_size",
+        "_state",
+        "_strip_nul",
+    )
 
-    def __init__(self, normalize: bool = False) -> None:
+    def __init__(self, normalize: bool = False, strip_nul: bool = False) -> None:
         self._normalize = bool(normalize)
+        self._strip_nul = bool(strip_nul)
+        self._nul_out = b"" if strip_nul else b"\x00"
+        self._nul = 0
         self._bare_out = (b"\r\n", b"\r\n") if normalize else (b"\r", b"\n")
         self._state = _LINE_START
         self._done = False
@@ -221,6 +239,11 @@ class DataScanner:
     def normalize(self) -> bool:
         """Bare CR and bare LF are turned into CRLF (fixed at construction)."""
         return self._normalize
+
+    @property
+    def strip_nul(self) -> bool:
+        """NUL octets are left out of the output (fixed at construction)."""
+        return self._strip_nul
 
     @property
     def done(self) -> bool:
@@ -242,6 +265,11 @@ class DataScanner:
         """LFs seen that were not preceded by CR."""
         return self._bare_lf
 
+    @property
+    def nul(self) -> int:
+        """NUL octets seen in the data (before the terminator)."""
+        return self._nul
+
     def feed(self, data: bytes | bytearray | memoryview) -> tuple[bytes, int]:
         """Decode one chunk; return the decoded bytes and how much of ``data`` was used."""
         if self._done:
@@ -251,10 +279,11 @@ class DataScanner:
         out: list[bytes | bytearray] = []
         append = out.append
         bare_cr_out, bare_lf_out = self._bare_out
+        nul_out = self._nul_out
         n = len(data)
         i = 0
         state = self._state
-        next_cr = next_lf = -1
+        next_cr = next_lf = next_nul = -1
         while i < n:
             if state in (_LINE_START, _MID):
                 if state == _LINE_START and data[i] == 0x2E:
@@ -269,18 +298,28 @@ class DataScanner:
                     next_lf = data.find(b"\n", i)
                     if next_lf < 0:
                         next_lf = n
+                if next_nul < i:
+                    next_nul = data.find(b"\x00", i)
+                    if next_nul < 0:
+                        next_nul = n
                 j = next_cr if next_cr < next_lf else next_lf
+                if next_nul < j:
+                    j = next_nul
                 if j > i:
                     append(data[i:j])
                     i = j
                 state = _MID
                 if i >= n:
                     break
-                if data[i] == 0x0D:
+                c = data[i]
+                if c == 0x0D:
                     state = _CR
-                else:
+                elif c == 0x0A:
                     self._bare_lf += 1
                     append(bare_lf_out)
+                else:  # NUL: line text, never a line start (see the module docstring)
+                    self._nul += 1
+                    append(nul_out)
                 i += 1
             elif state == _CR:
                 c = data[i]

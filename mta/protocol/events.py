@@ -50,7 +50,7 @@ class DataEnd:
 class DataAborted:
     """The message was refused by the session itself (``reason``); discard what was kept."""
 
-    reason: str  # "too_big" | "bare_line_ending" | "connection_lost"
+    reason: str  # "too_big" | "bare_line_ending" | "nul" | "connection_lost"
 
 
 @dataclass(slots=True, frozen=True)

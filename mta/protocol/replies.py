@@ -41,6 +41,11 @@ BARE_LINE_ENDING_DATA = reply(
     550, "5.5.2 Error: message contains bare <CR> or <LF>; use <CR><LF> line endings"
 )
 HELO_SYNTAX = reply(501, "5.5.4 Syntax: EHLO hostname")
+# Postfix's reject_invalid_helo_hostname reply; the name itself is not echoed back.
+INVALID_HELO = reply(501, "5.5.2 Helo command rejected: Invalid name")
+NUL_IN_ARGUMENT = reply(501, "5.5.2 Error: NUL in command argument")
+# RFC 5322 §2.3: NUL is not allowed in a message; refused like bare line endings (same code).
+NUL_IN_DATA = reply(550, "5.5.2 Error: message contains NUL octets")
 DATA_SYNTAX = reply(501, "5.5.4 Syntax: DATA")
 NO_ARGS_SYNTAX = reply(501, "5.5.4 Syntax error: no arguments allowed")
 VRFY_SYNTAX = reply(501, "5.5.4 Syntax: VRFY address")

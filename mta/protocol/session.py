@@ -13,6 +13,11 @@ Rules this module keeps:
   against ``max_errors``, after which the session says ``421`` and closes, as Postfix does.
 * Only ``CRLF.CRLF`` ends DATA; a bare CR or LF in a command rejects the command, in DATA it
   rejects the message after the real terminator (or is turned into CRLF when configured).
+  A NUL octet likewise: in a command argument ``501``, in DATA the message is rejected
+  after the terminator (or the NUL dropped when configured), because a next hop that drops
+  NULs would read ``CRLF NUL . CRLF`` as the end of the data (SMTP smuggling).
+* The HELO/EHLO name is copied into ``Received:`` and logs, so it must be safe to copy:
+  no control character and no more than a domain's 255 octets (RFC 5321 §4.5.3.1.2).
 * While a *decision* event waits for :meth:`accept` / :meth:`reject`, no further input is
   processed, so replies stay in order and the server may take its time (fsync).  Which
   decision is waiting is a :class:`Decision`.
@@ -44,6 +49,7 @@ from mta.protocol.events import (
     StartTls,
     TransactionReset,
 )
+from mta.protocol.printable import CONTROL
 
 __all__ = [
     "COMMANDS",
@@ -90,6 +96,7 @@ class SessionLimits:
     max_errors: int
     normalize_bare_line_endings: bool
     starttls: bool  # offer STARTTLS (RFC 3207)
+    strip_nul: bool  # drop NUL octets from DATA instead of rejecting the message
 
 
 class DataScanner(Protocol):
@@ -103,6 +110,8 @@ class DataScanner(Protocol):
     def bare_cr(self) -> int: ...
     @property
     def bare_lf(self) -> int: ...
+    @property
+    def nul(self) -> int: ...
     def feed(self, chunk: bytes | bytearray | memoryview) -> tuple[bytes, int]: ...
 
 
@@ -115,7 +124,7 @@ class ParserBackend(Protocol):
     def parse_path_argument(
         self, argument: bytes, keyword: bytes
     ) -> tuple[str, dict[str, str | None]]: ...
-    def DataScanner(self, normalize: bool) -> DataScanner: ...  # noqa: N802  (a class)
+    def DataScanner(self, normalize: bool, strip_nul: bool) -> DataScanner: ...  # noqa: N802
 
 
 _ANY = frozenset(State) - {State.DATA}
@@ -162,6 +171,7 @@ _OUT_OF_SEQUENCE: dict[tuple[str, State], bytes] = {
 }
 
 _BODY_TYPES = frozenset({"7BIT", "8BITMIME"})
+MAX_HELO_LENGTH = 255  # octets: a domain's limit (RFC 5321 §4.5.3.1.2); Postfix's too
 
 
 class ServerSession:
@@ -255,7 +265,10 @@ class ServerSession:
             self.state = State.CONNECTED
         elif pending is Decision.DATA:
             self.state = State.DATA
-            self._scanner = self._parser.DataScanner(self.limits.normalize_bare_line_endings)
+            limits = self.limits
+            self._scanner = self._parser.DataScanner(
+                limits.normalize_bare_line_endings, limits.strip_nul
+            )
             self._oversize = False
             self._reply(reply or replies.START_DATA)
         else:  # end of data: the message is durable
@@ -335,6 +348,8 @@ class ServerSession:
             self._abort_data("too_big", replies.TOO_BIG)
         elif bare and not self.limits.normalize_bare_line_endings:
             self._abort_data("bare_line_ending", replies.BARE_LINE_ENDING_DATA)
+        elif scanner.nul and not self.limits.strip_nul:
+            self._abort_data("nul", replies.NUL_IN_DATA)
         else:
             self._pending = Decision.END
             self._events.append(DataEnd(scanner.size))
@@ -369,6 +384,9 @@ class ServerSession:
         if command.takes_argument is False and argument:
             self._reply(replies.DATA_SYNTAX if verb == "DATA" else replies.NO_ARGS_SYNTAX)
             return None
+        if b"\x00" in argument:  # NUL in the verb is an unknown verb (500) above
+            self._reply(replies.NUL_IN_ARGUMENT)
+            return None
         handler: Callable[[bytes], Event | None] = getattr(self, command.handler)
         return handler(argument)
 
@@ -383,7 +401,14 @@ class ServerSession:
         if not name or b" " in name:
             self._reply(replies.HELO_SYNTAX)
             return None
-        self.helo = name.decode("utf-8", "replace")
+        helo = name.decode("utf-8", "replace")
+        # Only what is unsafe to copy into headers and logs: a control character or more
+        # than a domain's length.  Whether the name is a valid hostname is policy (Postfix's
+        # reject_invalid_helo_hostname), not done here.
+        if len(name) > MAX_HELO_LENGTH or CONTROL.search(helo):
+            self._reply(replies.INVALID_HELO)
+            return None
+        self.helo = helo
         self.esmtp = esmtp
         event = self._reset_transaction()
         self.state = State.READY

@@ -28,12 +28,14 @@ from typing import TYPE_CHECKING
 from mta import metrics
 from mta.config import Config
 from mta.protocol import replies
+from mta.protocol.printable import for_log
 from mta.protocol.session import ParserBackend, SessionLimits
 from mta.queue.commit import GroupCommitter
 from mta.queue.envelope import Envelope
 from mta.queue.space import SpoolSpace
 from mta.queue.spool import Spool
 from mta.server.connections import LocalCounter, NodeCounter
+from mta.server.leniency import DataLeniency
 from mta.server.policy import RelayPolicy
 from mta.server.stats import SmtpdStats
 from mta.server.trace import DateCache
@@ -72,6 +74,7 @@ def session_limits(config: Config) -> SessionLimits:
         max_line_length=smtp.max_line_length,
         max_errors=smtp.max_errors,
         normalize_bare_line_endings=smtp.bare_lf == "normalize",
+        strip_nul=smtp.nul == "strip",
     )
 
 
@@ -110,6 +113,7 @@ class WorkerContext:
     policy: RelayPolicy = field(init=False)
     space: SpoolSpace = field(init=False)  # measured at most every MAX_AGE (loop time)
     refusal_log: LogBudget = field(default_factory=LogBudget)
+    leniency: DataLeniency = field(init=False)  # per-client limits (smtp.normalize_networks)
     connections: set[SMTPProtocol] = field(default_factory=set)
     stats: SmtpdStats = field(default_factory=lambda: SmtpdStats())
     dates: DateCache = field(default_factory=DateCache)  # for Received: headers
@@ -124,6 +128,7 @@ class WorkerContext:
 
     def __post_init__(self) -> None:
         self.limits = session_limits(self.config)
+        self.leniency = DataLeniency(self.limits, self.config.smtp.normalize_networks)
         relay = self.config.relay
         local = (*relay.domains, *self.config.routes, *self.config.delivery.local_domains)
         self.policy = RelayPolicy(relay.networks, local)
@@ -212,7 +217,7 @@ class WorkerContext:
         log.info(
             "%s: from=<%s>, size=%d, nrcpt=%d, client=[%s] (queued)",
             envelope.queue_id,
-            envelope.sender,
+            for_log(envelope.sender),  # client text: no forged log lines
             envelope.size,
             len(envelope.recipients),
             envelope.client_address,

@@ -49,6 +49,7 @@ from mta.protocol.events import (
     StartTls,
     TransactionReset,
 )
+from mta.protocol.printable import for_log
 from mta.protocol.session import ServerSession, State
 from mta.queue.envelope import Envelope, Recipient
 from mta.queue.ids import new_queue_id
@@ -100,6 +101,7 @@ class SMTPProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else ""
         ctx = self.ctx
+        self.session.limits = ctx.leniency.limits_for(self.client_ip)
         sock = transport.get_extra_info("socket")
         refusal = ctx.admit(self, sock.fileno() if sock is not None else -1)
         if refusal is not None:
@@ -246,7 +248,7 @@ class SMTPProtocol(asyncio.Protocol):
             log.info(
                 "reject: RCPT from [%s]: 554 5.7.1 <%s>: Relay access denied",
                 self.client_ip,
-                recipient,
+                for_log(recipient),
             )
             self.session.reject(replies.RELAY_DENIED)
 

@@ -1,6 +1,6 @@
 """Property tests: the twins agree on random input, and the DATA scanner on every split.
 
-The inputs are random but biased towards what matters: CR, LF and dots for the scanner;
+The inputs are random but biased towards what matters: CR, LF, NUL and dots for the scanner;
 brackets, quotes, ``@`` and parameter syntax for the command parser.  The scanner is also
 checked against a model written with regular expressions, independent of both twins.
 With ``MTA_NO_EXTENSIONS=1`` only the pure-Python twin takes part (split against whole).
@@ -27,9 +27,11 @@ SETTINGS = settings(
 # ----- DATA ----------------------------------------------------------------------------
 
 DATA_TOKENS = [b"\r", b"\n", b".", b"\r\n", b"\r\n.", b"\r\n.\r\n", b"a", b"\x00", b"\xff", b" "]
+# octets below CR that are not line ends: the compiled scanner's first test finds them too
+DATA_TOKENS += [b"\t", b"\x0b\x0c\x01", b"a" * 17, b"\t" * 16]
 data_bytes = st.one_of(
     st.lists(st.sampled_from(DATA_TOKENS), max_size=40).map(b"".join),
-    st.binary(max_size=60).map(lambda b: bytes(b"\r\n.a"[x % 4] for x in b)),
+    st.binary(max_size=60).map(lambda b: bytes(b"\r\n.a\x00"[x % 5] for x in b)),
     st.binary(max_size=60),
 )
 KINDS = [bytes, bytearray, memoryview]
@@ -42,8 +44,10 @@ def cut(data: bytes, points: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in itertools.pairwise(edges)]
 
 
-def scan(parser: ModuleType, chunks: list[Any], normalize: bool) -> tuple[Any, ...]:
-    scanner = parser.DataScanner(normalize)
+def scan(
+    parser: ModuleType, chunks: list[Any], normalize: bool, strip: bool = False
+) -> tuple[Any, ...]:
+    scanner = parser.DataScanner(normalize, strip)
     decoded = []
     consumed = 0
     for chunk in chunks:
@@ -52,7 +56,15 @@ def scan(parser: ModuleType, chunks: list[Any], normalize: bool) -> tuple[Any, .
         consumed += used
     result = b"".join(decoded)
     assert scanner.size == len(result)
-    return result, consumed, scanner.done, scanner.size, scanner.bare_cr, scanner.bare_lf
+    return (
+        result,
+        consumed,
+        scanner.done,
+        scanner.size,
+        scanner.bare_cr,
+        scanner.bare_lf,
+        scanner.nul,
+    )
 
 
 @SETTINGS
@@ -60,24 +72,33 @@ def scan(parser: ModuleType, chunks: list[Any], normalize: bool) -> tuple[Any, .
     data=data_bytes,
     points=st.lists(st.integers(min_value=0, max_value=200), max_size=8),
     normalize=st.booleans(),
+    strip=st.booleans(),
     kind=st.sampled_from(KINDS),
 )
 def test_scanner_twins_agree_on_any_split(
-    backends: list[ModuleType], data: bytes, points: list[int], normalize: bool, kind: type
+    backends: list[ModuleType],
+    data: bytes,
+    points: list[int],
+    normalize: bool,
+    strip: bool,
+    kind: type,
 ) -> None:
-    reference = scan(backends[0], [data], normalize)
+    reference = scan(backends[0], [data], normalize, strip)
     chunks = cut(data, points)
     for parser in backends:
-        assert scan(parser, [data], normalize) == reference
-        assert scan(parser, [kind(c) for c in chunks], normalize) == reference
+        assert scan(parser, [data], normalize, strip) == reference
+        assert scan(parser, [kind(c) for c in chunks], normalize, strip) == reference
 
 
 @SETTINGS
-@given(data=data_bytes, normalize=st.booleans())
-def test_scanner_byte_by_byte(backends: list[ModuleType], data: bytes, normalize: bool) -> None:
-    reference = scan(backends[0], [data], normalize)
+@given(data=data_bytes, normalize=st.booleans(), strip=st.booleans())
+def test_scanner_byte_by_byte(
+    backends: list[ModuleType], data: bytes, normalize: bool, strip: bool
+) -> None:
+    reference = scan(backends[0], [data], normalize, strip)
+    by_byte = [data[i : i + 1] for i in range(len(data))]
     for parser in backends:
-        assert scan(parser, [data[i : i + 1] for i in range(len(data))], normalize) == reference
+        assert scan(parser, by_byte, normalize, strip) == reference
 
 
 _LINE_START_DOT = re.compile(rb"(?:\A|(?<=\r\n))\.")
@@ -85,11 +106,12 @@ _BARE_CR = re.compile(rb"\r(?!\n)")
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
-def model(data: bytes, normalize: bool) -> tuple[Any, ...]:
+def model(data: bytes, normalize: bool, strip: bool = False) -> tuple[Any, ...]:
     """What the scanner must do, said with regular expressions instead of a state machine.
 
     The data ends at the first CRLF "." CRLF, counting the start as a line start; a dot at
-    a real line start goes; a CR at the very end waits for the next chunk.
+    a real line start goes; a CR at the very end waits for the next chunk; a NUL is text
+    (it never makes a line start) and goes only when stripped.
     """
     end = (b"\r\n" + data).find(b"\r\n.\r\n")
     if end >= 0:
@@ -101,14 +123,19 @@ def model(data: bytes, normalize: bool) -> tuple[Any, ...]:
     decoded = _LINE_START_DOT.sub(b"", body)
     if normalize:
         decoded = _BARE_LF.sub(b"\r\n", _BARE_CR.sub(b"\r\n", decoded))
-    return decoded, consumed, end >= 0, len(decoded), bare_cr, bare_lf
+    if strip:
+        decoded = decoded.replace(b"\x00", b"")
+    nul = body.count(b"\x00")
+    return decoded, consumed, end >= 0, len(decoded), bare_cr, bare_lf, nul
 
 
 @SETTINGS
-@given(data=data_bytes, normalize=st.booleans())
-def test_scanner_matches_model(backends: list[ModuleType], data: bytes, normalize: bool) -> None:
+@given(data=data_bytes, normalize=st.booleans(), strip=st.booleans())
+def test_scanner_matches_model(
+    backends: list[ModuleType], data: bytes, normalize: bool, strip: bool
+) -> None:
     for parser in backends:
-        assert scan(parser, [data], normalize) == model(data, normalize)
+        assert scan(parser, [data], normalize, strip) == model(data, normalize, strip)
 
 
 # ----- commands ------------------------------------------------------------------------

@@ -67,6 +67,7 @@ SCRIPT = textwrap.dedent(
         max_errors=10,
         normalize_bare_line_endings=False,
         starttls=False,
+        strip_nul=False,
     )
     session = ServerSession(limits, _parser_py)
     session.receive_data(

@@ -924,6 +924,115 @@ def test_bare_cr_in_data_is_refused(session: ServerSession) -> None:
     assert not session.in_transaction
 
 
+# ----- NUL: in DATA and in commands ---------------------------------------------------------
+
+NUL_STRIPPED = {
+    b"\r\n\x00.\r\n": b"\r\n.\r\n",  # the probe's vector: a line "." after stripping
+    b"\r\n\x00\x00.\r\n": b"\r\n.\r\n",
+    b"\r\n.\x00\r\n": b"\r\n\r\n",  # the dot at a real line start is a stuffing dot
+}
+NUL_ENDINGS = list(NUL_STRIPPED)
+
+
+@pytest.mark.parametrize("ending", NUL_ENDINGS)
+def test_nul_smuggling_is_refused_by_default(parser: ParserBackend, ending: bytes) -> None:
+    """A next hop that drops NULs would see CRLF.CRLF and a second message; we refuse."""
+    data = smuggling_input(ending)
+    for chunks in ([data], [data[i : i + 1] for i in range(len(data))]):
+        session = new_session(parser)
+        t = run(session, *chunks)
+        assert_one_transaction(t)
+        assert t.of(DataAborted) == [DataAborted("nul")]
+        assert t.of(DataEnd) == []
+        assert [code_of(r) for r in t.replies[-2:]] == [b"550 5.5.2", b"221 2.0.0"]
+        assert b"NUL" in t.replies[-2]
+
+
+@pytest.mark.parametrize("ending", NUL_ENDINGS)
+def test_nul_is_stripped_when_configured(parser: ParserBackend, ending: bytes) -> None:
+    data = smuggling_input(ending)
+    expected = b"Subject: hi\r\n\r\nreal body" + NUL_STRIPPED[ending] + SMUGGLED
+    for chunks in ([data], [data[i : i + 1] for i in range(len(data))]):
+        session = new_session(parser, strip_nul=True)
+        t = run(session, *chunks)
+        assert_one_transaction(t)  # the stripped line "." is text, dot-stuffed when sent on
+        assert t.data == expected
+        assert t.of(DataEnd) == [DataEnd(len(expected))]
+        assert [code_of(r) for r in t.replies[-2:]] == [b"250 2.0.0", b"221 2.0.0"]
+
+
+def test_nul_and_bare_lf_each_need_their_own_setting(parser: ParserBackend) -> None:
+    body = b"a\x00b\nc\r\n.\r\n"
+    for overrides, reason in [
+        ({"strip_nul": True}, "bare_line_ending"),
+        ({"normalize_bare_line_endings": True}, "nul"),
+    ]:
+        session = greeted(new_session(parser, **overrides))
+        t = run(session, TRANSACTION, body)
+        assert t.of(DataAborted) == [DataAborted(reason)]
+    session = greeted(new_session(parser, strip_nul=True, normalize_bare_line_endings=True))
+    t = run(session, TRANSACTION, body)
+    assert t.data == b"ab\r\nc\r\n"
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b"MAIL FROM:<a\x00@x.test>", b"501 5.5.2"),
+        (b"MAIL FROM:<a@x.test>\x00", b"501 5.5.2"),
+        (b"EHLO c\x00.test", b"501 5.5.2"),
+        (b"NOOP \x00", b"501 5.5.2"),
+        (b"VRFY \x00", b"501 5.5.2"),
+    ],
+)
+def test_nul_in_a_command_is_refused(session: ServerSession, line: bytes, expected: bytes) -> None:
+    t = run(greeted(session), line + b"\r\n", b"NOOP\r\n")
+    assert [code_of(r) for r in t.replies] == [expected, b"250 2.0.0"]
+    assert t.of(MailFrom) == [] and t.of(RcptTo) == []
+
+
+# ----- HELO/EHLO names that are unsafe to copy into headers and logs -------------------------
+
+
+@pytest.mark.parametrize("verb", [b"EHLO", b"HELO"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        b"a\x00b.test",
+        b"a\x1b[31mb.test",
+        b"a\x7fb.test",
+        b"a\tb.test",
+        b"a\x0bb.test",
+        "a\u0085b.test".encode(),  # NEL, a C1 control, in UTF-8
+        "a\u2028b.test".encode(),  # LINE SEPARATOR
+        b"x" * 256,
+        b"x\x00\x1b\x7f" + b"y" * 1900,  # the probe's name
+    ],
+    ids=["nul", "esc", "del", "tab", "vt", "nel", "u2028", "256", "probe"],
+)
+def test_unsafe_helo_is_refused(parser: ParserBackend, verb: bytes, name: bytes) -> None:
+    session = new_session(parser)
+    t = run(session, verb + b" " + name + b"\r\n", b"MAIL FROM:<a@x.test>\r\n")
+    assert [code_of(r) for r in t.replies[1:]] == [b"501 5.5.2", b"503 5.5.1"]
+    assert session.helo == "" and session.state.value == "connected"
+    assert name not in t.replies[1]  # the name is not echoed
+
+
+@pytest.mark.parametrize(
+    "name",
+    [b"x" * 255, b"[192.0.2.1]", b"[IPv6:2001:db8::1]", "b\u00fccher.test".encode(), b"\xff"],
+)
+def test_only_unsafe_helo_is_refused(parser: ParserBackend, name: bytes) -> None:
+    """The limit is the unsafe, not the unusual: the same name with one control character
+    added, or one octet too long, is refused."""
+    session = greeted(new_session(parser), b"EHLO " + name + b"\r\n")
+    assert session.helo == name.decode("utf-8", "replace")
+    worse = name + b"x" if len(name) == 255 else name + b"\x1b"
+    t = run(session, b"EHLO " + worse + b"\r\n")
+    assert [code_of(r) for r in t.replies] == [b"501 5.5.2"]
+    assert session.helo == name.decode("utf-8", "replace")  # the earlier name stands
+
+
 # ----- every reply has an enhanced status code ----------------------------------------------
 
 

@@ -36,6 +36,7 @@ def test_session_limits_of_the_default_configuration() -> None:
         max_errors=smtp.max_errors,
         normalize_bare_line_endings=False,
         starttls=False,
+        strip_nul=False,
     )
 
 
@@ -48,12 +49,13 @@ def test_session_limits_follow_the_configuration() -> None:
             "max_line_length": 600,
             "max_errors": 3,
             "bare_lf": "normalize",
+            "nul": "strip",
             "tls_cert": "/etc/cert.pem",
             "tls_key": "/etc/key.pem",
         },
     }
     limits = session_limits(msgspec.convert(settings, Config))
-    assert limits == SessionLimits("mx2.test", 1000, 2, 600, 3, True, True)
+    assert limits == SessionLimits("mx2.test", 1000, 2, 600, 3, True, True, True)
 
 
 @pytest.fixture

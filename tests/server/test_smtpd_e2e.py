@@ -483,7 +483,8 @@ def _smuggle(server: MtaProcess, vector: bytes) -> list[bytes]:
 def normalizing_server(
     tmp_path_factory: pytest.TempPathFactory, dead_relay: str
 ) -> Iterator[MtaProcess]:
-    yield from running_relay(tmp_path_factory, dead_relay, {"smtp": {"bare_lf": "normalize"}})
+    normalize = {"bare_lf": "normalize", "nul": "strip"}
+    yield from running_relay(tmp_path_factory, dead_relay, {"smtp": normalize})
 
 
 def _never_evil(server: MtaProcess) -> None:
@@ -501,7 +502,8 @@ def test_smuggling_is_one_message_or_none(server: MtaProcess, vector: bytes) -> 
     assert len(replies) == 2, replies  # exactly one reply to the data, then QUIT's
     assert replies[1].startswith(b"221 ")
     new = queued(server) - before
-    if b"\r" in vector.replace(b"\r\n", b"") or b"\n" in vector.replace(b"\r\n", b""):
+    bare = b"\r" in vector.replace(b"\r\n", b"") or b"\n" in vector.replace(b"\r\n", b"")
+    if bare or b"\x00" in vector:  # a next hop that drops NULs would see the end (issue 10)
         assert replies[0].startswith(b"550 5.5.2 "), replies
         assert new == set()
     else:
@@ -530,6 +532,7 @@ def test_smuggling_normalized_stays_inside_one_message(
     data = mf.data
     assert SMUGGLED in data
     assert b"\r" not in data.replace(b"\r\n", b"") and b"\n" not in data.replace(b"\r\n", b"")
+    assert b"\x00" not in data
     _never_evil(normalizing_server)
 
 

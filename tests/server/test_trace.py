@@ -140,3 +140,53 @@ def test_utf8_names_are_kept_as_utf8() -> None:
 )
 def test_protocol_name(esmtp: bool, tls: bool, smtputf8: bool, expected: str) -> None:
     assert protocol_name(esmtp, tls, smtputf8) == expected  # RFC 3848, RFC 6531 §3.7.3
+
+
+# ----- client text that is unsafe or over-long (issue 10, item 7) ----------------------------
+
+CONTROLS = "\x00\x1b\x7f\x85\u2028\r\n\t"
+
+
+def assert_safe(raw: bytes) -> list[bytes]:
+    """One field, CRLF only at folds and the end, no control octet; return its lines."""
+    assert [name for name, _ in parsed(raw)] == ["Received"]
+    lines = raw.split(b"\r\n")
+    assert lines[-1] == b""
+    lines = lines[:-1]
+    assert all(line.startswith(b"\t") for line in lines[1:])
+    text = raw.decode("utf-8")
+    assert not any(c in text.replace("\r\n\t", "").removesuffix("\r\n") for c in CONTROLS)
+    assert all(len(line) <= 998 for line in lines)  # RFC 5322 §2.1.1
+    return lines
+
+
+def test_control_characters_never_reach_the_header() -> None:
+    raw = header(helo="a\x00b\x1bc\x7fd\x85e\u2028f", recipients=["x\u2028y@example.org"])
+    assert_safe(raw)
+    assert clauses(raw).startswith("from a?b?c?d?e?f ([192.0.2.1])")
+    assert "<x?y@example.org>" in clauses(raw)
+
+
+def test_the_probes_helo_gives_short_safe_lines() -> None:
+    """1,900 characters with NUL, ESC and DEL: the session refuses it, and even if it did
+    not, the header stays within the limits."""
+    helo = "x\x00\x1b\x7f" + "y" * 1900
+    lines = assert_safe(header(helo=helo))
+    assert max(len(line) for line in lines) < 600
+
+
+def test_long_valid_helo_is_folded_and_kept_whole() -> None:
+    helo = ".".join(["label" + str(i) * 50 for i in range(4)])[:255]
+    raw = header(helo=helo, hostname="relay." + "h" * 60 + ".example")
+    lines = assert_safe(raw)
+    assert len(lines) >= 4
+    assert clauses(raw).startswith(f"from {helo} ([192.0.2.1]) by relay.")
+    for line in lines[:-1]:  # at most 78 where a fold is possible (RFC 5322 §2.1.1)
+        words = line.split()
+        assert len(line) <= 78 or len(words) == 1 or len(words[-1]) > 70, line
+
+
+def test_every_clause_folds_at_78_when_words_allow() -> None:
+    raw = header(hostname="mx." + "a" * 40 + ".example", protocol="UTF8SMTPS")
+    lines = assert_safe(raw)
+    assert all(len(line) <= 78 for line in lines[:-1]), lines
