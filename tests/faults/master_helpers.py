@@ -7,6 +7,8 @@
 * :class:`Watch` samples the tree every few milliseconds: how long no smtpd process ran
   at all (in total and at most in one stretch), and, as a normal client would see it, how
   long a new connection waits for its greeting.
+* :func:`restart_delays` reads from the master's log how long each slot stayed empty
+  after its child died, and whether that child had been ready.
 
 Everything runs in threads of the test process and stops when told; nothing here sleeps
 for a fixed time where it could wait for a condition.
@@ -25,11 +27,12 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from tests.delivery.sink import CaptureSink
 from tests.master import children_by_kind
 
-__all__ = ["Load", "Tally", "Watch", "kill_random_child", "tally"]
+__all__ = ["Load", "Restart", "Tally", "Watch", "kill_random_child", "restart_delays", "tally"]
 
 _MESSAGE_ID = re.compile(rb"^Message-ID: <([^>]+)>\r?$", re.M | re.I)
 
@@ -72,6 +75,12 @@ class Load:
     def acked_count(self) -> int:
         with self._lock:
             return len(self.acked)
+
+    def unsettled(self, received: Counter[str]) -> int:
+        """Messages acknowledged and not yet ``received``, plus one in progress per thread."""
+        with self._lock:
+            acked = list(self.acked)
+        return sum(1 for m in acked if m not in received) + len(self._threads)
 
     def wait_acked(self, n: int, timeout: float = 30.0) -> None:
         """Until ``n`` more messages have been acknowledged from now on."""
@@ -248,3 +257,34 @@ def kill_random_child(master: int, rng: random.Random) -> tuple[str, int] | None
     except ProcessLookupError:
         return None
     return kind, pid
+
+
+_MASTER = r"^(\S+ \S+) mta\[\d+\] mta\.master: "
+_DIED = re.compile(_MASTER + r"(\w+#\d+)\[\d+\] died \(.*?\) after [\d.]+s(, before it was ready)?")
+_STARTED = re.compile(_MASTER + r"started (\w+#\d+)\[\d+\]$")
+
+
+@dataclass(frozen=True)
+class Restart:
+    slot: str  # "smtpd#0"
+    ready: bool  # the child that died had been ready
+    delay: float  # seconds from its death to its successor's start (inf: none started)
+
+
+def restart_delays(log: str) -> list[Restart]:
+    """Each death of a child in the master's ``log``, with how long its slot stayed empty."""
+    deaths: dict[str, tuple[datetime, bool]] = {}
+    restarts = []
+    for line in log.splitlines():
+        if died := _DIED.match(line):
+            deaths[died.group(2)] = (_when(died.group(1)), died.group(3) is None)
+        elif (started := _STARTED.match(line)) and started.group(2) in deaths:
+            when, ready = deaths.pop(started.group(2))
+            delay = (_when(started.group(1)) - when).total_seconds()
+            restarts.append(Restart(started.group(2), ready, delay))
+    restarts.extend(Restart(slot, ready, float("inf")) for slot, (_, ready) in deaths.items())
+    return restarts
+
+
+def _when(stamp: str) -> datetime:
+    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f")

@@ -11,25 +11,29 @@ Where duplicates come from, and what bounds them
 * smtpd killed: none.  A message is delivered only once it is committed; one committed
   whose 250 never reached the client is "delivered without 250" (counted apart: the client
   would retry it, which Load does not).
-* A delivery agent killed: the queue manager hands its jobs out again (qmgr/agents.py).
-  Those already taken by the sink are delivered twice: the transactions that had got past
-  their final dot, at most ``delivery.destination_concurrency`` per next hop
-  (delivery/deliver.py), plus the results of the one event-loop turn not yet written
-  (agent.py ``_send_results``).  Results written before the kill reach the queue manager
-  (the socket keeps them).  Bound: destination_concurrency + one turn's results, which we
-  take as ``AGENT_WINDOW`` jobs at most (qmgr/agents.py): in practice ~ the concurrency.
-* The queue manager killed: its agents keep delivering every job they hold (up to
-  AGENT_WINDOW = 500 each) and drop the results, since nobody is left to take them; the
-  next queue manager delivers them again, as their done marks were never written.  Done
-  marks already handed to the remover thread are written with os.write (no flush needed:
-  the page cache survives a process kill), so only the marks of one loop turn not yet
-  handed over (qmgr/remover.py ``_put``) add to it.  Bound: delivery.workers x AGENT_WINDOW
-  per kill, in practice what the agents held: ~ the delivery rate x the time a job takes.
-* The whole tree killed: the same as the queue manager.
+* A delivery agent killed: the queue manager hands the jobs it held out again, first in
+  line (qmgr/agents.py ``give_back``).  Those it had already delivered are delivered twice:
+  the transactions past their final dot and the results of its last event-loop turn,
+  not yet written (delivery/agent.py ``_send_results``; results written before the kill
+  still reach the queue manager).  At most the jobs it held: AGENT_WINDOW (500).
+* The queue manager killed: its agents keep delivering every job they hold and drop the
+  results, as nobody is left to take them; its successor finds those messages not marked
+  done and delivers them again.  Done marks already handed to the remover thread survive
+  (os.write: the page cache outlives the process), so only one loop turn of marks adds to
+  it.  At most the jobs the agents held: delivery.workers x AGENT_WINDOW (1,000).
+* The whole tree killed: like the queue manager, but the agents die with it, so nothing is
+  delivered after the kill: what had been delivered and not yet marked done.
 
-So the test asserts the sum of those per-kill bounds, using the jobs actually held (a
-sink-side measure: the messages the sink took in the second before each kill, which
-covers every transaction that may have passed its dot and every result not applied yet).
+Either way a kill can only duplicate a message that was *in flight*: accepted and not yet
+settled (delivered and applied).  The test measures that at each kill -- the messages
+sent but not yet received by the sink, plus those the sink took in the second before
+(delivered, maybe not applied) -- and asserts the duplicates stay within the sum, each
+kill's share capped by the code bound above.  Measured (issue 10 note): a few to a few
+dozen duplicates for 20 kills at 150 msgs/s; the tail (hundreds) comes from queue manager
+kills while the agents hold a backlog (up to AGENT_WINDOW jobs each), typically after
+delivery agents were killed before they were ready and throttled.  Shrinking that
+in-flight window (an agent that stops starting the jobs of a queue manager that is gone,
+or a successor that takes the orphaned results) is what would bound it tighter.
 """
 
 from __future__ import annotations
@@ -43,7 +47,14 @@ import pytest
 
 from mta.qmgr.agents import AGENT_WINDOW
 from tests.delivery.sink import CaptureSink
-from tests.faults.master_helpers import Load, Watch, kill_random_child, received_ids, wait_delivered
+from tests.faults.master_helpers import (
+    Load,
+    Watch,
+    kill_random_child,
+    received_ids,
+    restart_delays,
+    wait_delivered,
+)
 from tests.helpers import MtaProcess, wait_until
 from tests.master import children_by_kind
 
@@ -57,6 +68,7 @@ TREE_KILLS = 3
 DELIVERY_WORKERS = 2
 NO_SMTPD_MAX = 1.5  # seconds: "about a second" (a start-up on a loaded machine)
 GREETING_MAX = 3.0  # seconds a normal client may wait for its greeting during the kills
+REPLACED_WITHIN = 0.3  # seconds from the death of a ready child to its successor's start
 
 
 def relay(sink: CaptureSink) -> dict[str, Any]:
@@ -76,11 +88,13 @@ def complete(server: MtaProcess) -> bool:
     )
 
 
-class Recent:
-    """How many messages the sink took in the last ``seconds``: what a kill may find in
-    flight (taken by the sink, result not yet applied by the queue manager)."""
+class InFlight:
+    """What a kill may find in flight: messages acknowledged (or being sent) but not yet
+    received by the sink, plus those the sink took in the last ``seconds`` (delivered,
+    maybe not yet applied)."""
 
-    def __init__(self, sink: CaptureSink, seconds: float = 1.0) -> None:
+    def __init__(self, load: Load, sink: CaptureSink, seconds: float = 0.5) -> None:
+        self.load = load
         self.sink = sink
         self.seconds = seconds
         self._counts: list[tuple[float, int]] = []
@@ -88,32 +102,35 @@ class Recent:
     def mark(self) -> None:
         self._counts.append((time.monotonic(), len(self.sink.messages)))
 
-    def in_flight(self) -> int:
-        now, count = time.monotonic(), len(self.sink.messages)
+    def now(self) -> int:
+        now, received = time.monotonic(), len(self.sink.messages)
         earlier = [c for t, c in self._counts if now - t >= self.seconds]
-        return count - (earlier[-1] if earlier else 0)
+        recent = received - (earlier[-1] if earlier else 0)
+        return self.load.unsettled(received_ids(self.sink)) + recent
+
+    def wait(self, seconds: float) -> None:
+        """Let ``seconds`` pass, sampling the sink."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.mark()
+            time.sleep(0.05)
 
 
 def test_kill_9_of_random_children_under_load(mta_factory: Factory, sink: CaptureSink) -> None:
     server = mta_factory(relay(sink))
     wait_until(lambda: complete(server), timeout=15)
     rng = random.Random(10)
-    recent = Recent(sink)
     bound = 0
     killed: list[str] = []
     with Load(server.port, RATE, tag="kill") as load, Watch(server.port, server.pid) as watch:
+        in_flight = InFlight(load, sink)
         load.wait_acked(100)
         for _ in range(KILLS):
-            deadline = time.monotonic() + KILL_EVERY
-            while time.monotonic() < deadline:  # the kill cadence, sampling the sink
-                recent.mark()
-                time.sleep(0.05)
+            in_flight.wait(KILL_EVERY)
             victim = kill_random_child(server.pid, rng)
-            if victim is None:
-                continue
-            kind, _ = victim
-            killed.append(kind)
-            bound += _bound(kind, recent.in_flight())
+            if victim is not None:
+                killed.append(victim[0])
+                bound += _bound(victim[0], in_flight.now())
         load.wait_acked(100)  # it still takes mail after the last kill
     result = wait_delivered(load, sink, timeout=90)
     kinds = {k: killed.count(k) for k in sorted(set(killed))}
@@ -128,7 +145,13 @@ def test_kill_9_of_random_children_under_load(mta_factory: Factory, sink: Captur
     assert watch.greetings and max(watch.greetings) <= GREETING_MAX, watch.greeting_summary()
     log = server.log()
     assert "Traceback" not in log  # a delivery agent whose queue manager died reconnects
-    assert "before it was ready; restarting it in 30" not in log
+    # item 5: a child that was ready is replaced at once, however young it was; only one
+    # that died before it was ready waits (its start-up may be what fails)
+    restarts = restart_delays(log)
+    assert len(restarts) == len(killed)
+    slow = [r for r in restarts if r.ready and r.delay > REPLACED_WITHIN]
+    assert not slow, slow
+    assert all(r.delay < 5.0 for r in restarts), restarts  # 0.5 s doubling, not 30 s
 
 
 def _bound(kind: str, in_flight: int) -> int:
@@ -137,23 +160,20 @@ def _bound(kind: str, in_flight: int) -> int:
         return 0
     if kind == "delivery":
         return min(AGENT_WINDOW, in_flight)
-    return min(DELIVERY_WORKERS * AGENT_WINDOW, in_flight)  # qmgr
+    return min(DELIVERY_WORKERS * AGENT_WINDOW, in_flight)  # the queue manager, or all
 
 
 def test_kill_9_of_the_whole_tree_under_load(mta_factory: Factory, sink: CaptureSink) -> None:
     server = mta_factory(relay(sink))
     wait_until(lambda: complete(server), timeout=15)
-    recent = Recent(sink)
     bound = 0
     with Load(server.port, RATE, tag="tree") as load:
+        in_flight = InFlight(load, sink)
         for _ in range(TREE_KILLS):
-            deadline = time.monotonic() + 2.0
             load.wait_acked(100)
-            while time.monotonic() < deadline:
-                recent.mark()
-                time.sleep(0.05)
+            in_flight.wait(2.0)
             server.kill_tree()
-            bound += _bound("qmgr", recent.in_flight())
+            bound += _bound("tree", in_flight.now())
             server.start()  # the same spool and ports: it recovers from the directories
         load.wait_acked(100)
     result = wait_delivered(load, sink, timeout=90)
@@ -163,4 +183,3 @@ def test_kill_9_of_the_whole_tree_under_load(mta_factory: Factory, sink: Capture
     )
     assert not result.lost, result.lost[:10]
     assert result.duplicates <= bound, (result, bound)
-    assert len(received_ids(sink)) >= result.acked
