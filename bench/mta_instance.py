@@ -71,7 +71,8 @@ class MtaInstance:
             "queue": {"path": str(self.spool)},
             "delivery": {"relayhost": f"[127.0.0.1]:{sink_port}"},
             "metrics": {"listen": f"127.0.0.1:{free_port()}"},
-            "master": {"graceful_timeout": 10},
+            # children keep root: the spool is under a 0700 mkdtemp directory of root's
+            "master": {"graceful_timeout": 10, "user": "root", "allow_root": True},
         }
         for section, values in (overrides or {}).items():
             self.config.setdefault(section, {}).update(values)

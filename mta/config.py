@@ -179,6 +179,12 @@ class MasterConfig(_Section, frozen=True):
     graceful_timeout: Seconds = 30.0
     heartbeat_timeout: Seconds = 10.0
     pidfile: str = ""
+    user: str = "mta"  # started as root, the children run as this account (privileges.py)
+    allow_root: bool = False  # let ``user`` be root
+
+    def __post_init__(self) -> None:
+        if not self.user:
+            raise ValueError("user: must name an account")
 
 
 class MetricsConfig(_Section, frozen=True):

@@ -75,8 +75,14 @@ def wait_for_port(host: str, port: int, timeout: float = 15.0) -> None:
 class MtaProcess:
     """``mta serve`` as a subprocess with its own config, spool and ports."""
 
-    def __init__(self, workdir: Path, overrides: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        overrides: dict[str, Any] | None = None,
+        python: list[str] | None = None,
+    ) -> None:
         self.workdir = workdir
+        self.python = python or [sys.executable]  # how to run Python (a wrapper may come first)
         self.port = free_port()
         self.metrics_port = free_port()
         self.spool = workdir / "spool"
@@ -85,7 +91,10 @@ class MtaProcess:
             "smtp": {"listen": [f"127.0.0.1:{self.port}"], "workers": 1},
             "queue": {"path": str(self.spool)},
             "metrics": {"listen": f"127.0.0.1:{self.metrics_port}"},
-            "master": {"graceful_timeout": 10},
+            # Children keep root like the test, so that they reach a spool under pytest's
+            # tmp_path (its parents are 0700 root); tests/master/test_privileges.py runs
+            # them as an unprivileged account, with a spool that account can reach.
+            "master": {"graceful_timeout": 10, "user": "root", "allow_root": True},
         }
         for key, value in (overrides or {}).items():
             if isinstance(value, dict):
@@ -107,7 +116,7 @@ class MtaProcess:
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mta", "--config", str(self.config_path), "serve"],
+                [*self.python, "-m", "mta", "--config", str(self.config_path), "serve"],
                 cwd=self.workdir,
                 stdout=log,
                 stderr=subprocess.STDOUT,

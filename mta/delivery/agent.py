@@ -37,6 +37,7 @@ log = logging.getLogger("mta.delivery")
 
 Heartbeat = Callable[[], None]
 
+RECONNECT_SECONDS = 0.2  # between attempts to reach a queue manager that is (re)starting
 LARGE_MESSAGE = 1 << 20  # octets; at most LARGE_JOBS such messages are held at once
 LARGE_JOBS = 16
 
@@ -93,28 +94,39 @@ class DeliveryAgent:
             await asyncio.sleep(1.0)
 
     async def _serve_jobs(self) -> None:
+        """Take jobs from the queue manager; when it goes away (killed, reloaded), connect
+        to its successor, quietly: that is supervision at work, not an error here."""
         while not self.stopping:
             try:
                 reader, writer = await self._connect()
             except OSError:
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(RECONNECT_SECONDS)
                 continue
             self.writer = writer
             log.debug("connected to the queue manager")
-            frames = FrameReader()
-            loop = asyncio.get_running_loop()
             try:
-                while data := await reader.read(1 << 16):
-                    for frame in frames.feed(data):
-                        if isinstance(frame, Job) and not self.stopping:
-                            task = loop.create_task(self._do(frame))
-                            self.tasks.add(task)
-                            task.add_done_callback(self.tasks.discard)
-            except (OSError, ValueError) as exc:
-                log.warning("queue manager connection failed: %s", exc)
+                await self._read_jobs(reader)
+            except OSError as exc:  # reset by a queue manager that was killed
+                log.info("lost the queue manager (%s); reconnecting", exc.strerror or exc)
+            except ValueError as exc:  # a frame we cannot read: a bug on one side
+                log.error("queue manager sent a malformed frame (%s); reconnecting", exc)
+            else:
+                if not self.stopping:
+                    log.info("the queue manager went away; reconnecting")
             self.writer = None
             writer.close()
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(RECONNECT_SECONDS / 2)
+
+    async def _read_jobs(self, reader: asyncio.StreamReader) -> None:
+        """Start a delivery for every job that comes, until the connection ends."""
+        frames = FrameReader()
+        loop = asyncio.get_running_loop()
+        while data := await reader.read(1 << 16):
+            for frame in frames.feed(data):
+                if isinstance(frame, Job) and not self.stopping:
+                    task = loop.create_task(self._do(frame))
+                    self.tasks.add(task)
+                    task.add_done_callback(self.tasks.discard)
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -143,8 +155,13 @@ class DeliveryAgent:
     def _send_results(self) -> None:
         results, self._results = self._results, []
         writer = self.writer
-        if writer is not None:  # else the queue manager is gone and reschedules the jobs
-            writer.write(b"".join(results))
+        # A queue manager that died may not have been noticed by the reader yet, but its
+        # transport is closed already (writing to it raised a RuntimeError).  Its jobs are
+        # handed out again by its successor: these results are dropped (agents.py).
+        if writer is None or writer.is_closing():
+            log.debug("queue manager gone: %d results dropped", len(results))
+            return
+        writer.write(b"".join(results))
 
     async def _deliver(self, job: Job) -> Result:
         try:

@@ -3,8 +3,8 @@
 Like gunicorn's arbiter and Postfix's master it runs no event loop.  Signal handlers only
 append the signal to a queue and poke a self-pipe; the main loop wakes, dispatches each one
 to ``handle_<name>`` and then does its rounds: reap children, kill the ones whose heartbeat
-went stale, start what is missing (throttled for children that die young) and advance a
-rolling reload.
+went stale, start what is missing (throttled for children that die before they are ready)
+and advance a rolling reload.
 
 * TERM/INT: children get SIGTERM and drain (sessions and deliveries in flight finish) for up
   to ``master.graceful_timeout`` seconds; whatever is left then gets SIGKILL; exit 0.
@@ -15,6 +15,10 @@ rolling reload.
   would race over the queue.  A child that does not stop within the graceful timeout (plus
   a margin) is killed, so a reload cannot hang on it.
 * A child exiting with :data:`EXIT_CONFIG` stops the master with that child's message.
+* A child is *ready* once it has beaten (each kind beats only after it has set up).  One
+  that dies before that is a start-up failure and its slot is throttled; one that dies
+  after is replaced at once (throttle.py says why, and why a crash loop of ready children
+  is not throttled).  So killing a child costs its slot one start-up, never a delay.
 
 Listening sockets are bound here, once, and inherited by every smtpd worker.  The default is
 one shared (inherited) socket: with uvloop's accept loop it balanced connections across
@@ -40,7 +44,6 @@ import resource
 import select
 import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,8 +53,9 @@ import msgspec
 
 from mta.config import Config, ConfigError, load_config
 from mta.exitcodes import EXIT_CONFIG
-from mta.master import metrics_dir
+from mta.master import metrics_dir, privileges, tempdirs
 from mta.master.children import KINDS, spawn
+from mta.master.privileges import Account, PrivilegeError
 from mta.master.throttle import Throttle
 from mta.server.listen import bind_listeners
 
@@ -97,7 +101,11 @@ class SystemClock:
 
 
 class SystemProcesses:
-    """How the arbiter starts, signals and reaps its children: the real system calls."""
+    """How the arbiter starts, signals and reaps its children: the real system calls.
+    The children run as ``account`` (None: as the master; privileges.py)."""
+
+    def __init__(self, account: Account | None = None) -> None:
+        self.account = account
 
     def spawn(
         self,
@@ -108,7 +116,7 @@ class SystemProcesses:
         close_fds: list[int],
     ) -> int:
         """Fork a child of ``kind`` (:func:`mta.master.children.spawn`); its pid."""
-        return spawn(kind, config, sockets, heartbeat, close_fds)
+        return spawn(kind, config, sockets, heartbeat, close_fds, self.account)
 
     def kill(self, pid: int, signum: int) -> None:
         """Send ``signum`` to ``pid``; one that is already gone is no error."""
@@ -139,6 +147,7 @@ class Child:
     heartbeat: str  # file the child touches from its event loop
     started: float  # monotonic time
     stopping_since: float | None = None
+    ready: bool = False  # it has beaten once: set up and working (throttle.py)
 
     @property
     def name(self) -> str:
@@ -151,6 +160,12 @@ class Child:
         except FileNotFoundError:
             return 0.0
 
+    def check_ready(self) -> bool:
+        """Whether it is ready: it has beaten at least once (the file starts at mtime 0)."""
+        if not self.ready:
+            self.ready = self.alive_since() > 0
+        return self.ready
+
 
 class Arbiter:
     def __init__(
@@ -160,17 +175,21 @@ class Arbiter:
         *,
         clock: Clock | None = None,
         processes: Processes | None = None,
+        account: Account | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
         self.clock = clock or SystemClock()
-        self.processes = processes or SystemProcesses()
+        self.account = account  # the children's (privileges.py); None: the master's own
+        self.processes = processes or SystemProcesses(account)
         self.generation = 0
         self.children: dict[int, Child] = {}
         self.signals: list[int] = []
         self.stopping_since: float | None = None
         self.exit_code = 0
-        self.run_dir = tempfile.mkdtemp(prefix="mta-master-")
+        tempdirs.remove_stale("master")
+        self.run_dir = tempdirs.create("master")  # heartbeat files: see _start
+        privileges.give(self.run_dir, account, 0o710, group_only=True)
         self.throttle = Throttle(clock=self.clock.monotonic)
         self.sockets = bind_listeners(config.smtp.listen, config.smtp.reuse_port)
         if config.smtp.reuse_port:  # each smtpd binds its own (see the module docstring)
@@ -273,6 +292,26 @@ class Arbiter:
         except ConfigError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             return
+        config = self._keep_what_needs_a_restart(config)
+        if config.queue.path != self.config.queue.path:
+            try:
+                privileges.prepare_spool(config, self.account)
+            except OSError as exc:  # the children will say so too, and be throttled
+                log.error("cannot prepare the spool %s: %s", config.queue.path, exc)
+        self.config = config
+        self.generation += 1
+        log.info("reloading: replacing children one at a time (generation %d)", self.generation)
+
+    def _keep_what_needs_a_restart(self, config: Config) -> Config:
+        """The new configuration, with the listeners and the children's account of the
+        running one: the master bound the one and resolved the other as root at start."""
+        master = self.config.master
+        if (config.master.user, config.master.allow_root) != (master.user, master.allow_root):
+            log.warning("reload: master.user and master.allow_root need a restart")
+            new_master = msgspec.structs.replace(
+                config.master, user=master.user, allow_root=master.allow_root
+            )
+            config = msgspec.structs.replace(config, master=new_master)
         smtp = self.config.smtp
         if (config.smtp.listen, config.smtp.reuse_port) != (smtp.listen, smtp.reuse_port):
             log.warning(
@@ -283,9 +322,7 @@ class Arbiter:
                 config.smtp, listen=smtp.listen, reuse_port=smtp.reuse_port
             )
             config = msgspec.structs.replace(config, smtp=new_smtp)
-        self.config = config
-        self.generation += 1
-        log.info("reloading: replacing children one at a time (generation %d)", self.generation)
+        return config
 
     # ----- children -----------------------------------------------------------------------
 
@@ -304,8 +341,9 @@ class Arbiter:
 
     def _start(self, kind: str, slot: int) -> Child:
         heartbeat = os.path.join(self.run_dir, f"{kind}-{slot}-{self.generation}.alive")
-        with open(heartbeat, "wb"):
-            pass
+        os.close(os.open(heartbeat, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        if self.account is not None:  # the child touches it once it is the account
+            os.chown(heartbeat, self.account.uid, self.account.gid)
         os.utime(heartbeat, (0, 0))  # not alive until the child says so
         pid = self.processes.spawn(kind, self.config, self.sockets, heartbeat, self._child_fds())
         child = Child(kind, slot, pid, self.generation, heartbeat, self.clock.monotonic())
@@ -329,6 +367,7 @@ class Arbiter:
         from mta.master import http
 
         http.mark_dead(child.pid)
+        ready = child.check_ready()  # it may have beaten once since the last round
         _remove(child.heartbeat)
         how = f"exit status {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
         if self.stopping_since is not None or child.stopping_since is not None:
@@ -340,14 +379,27 @@ class Arbiter:
             self.handle_term()
             return
         lived = self.clock.monotonic() - child.started
-        log.warning("%s died (%s) after %.1fs; replacing it", child.name, how, lived)
-        self.throttle.died((child.kind, child.slot), lived)
+        slot = (child.kind, child.slot)
+        self.throttle.died(slot, ready)
+        if ready:
+            log.warning("%s died (%s) after %.1fs; replacing it", child.name, how, lived)
+        else:
+            log.warning(
+                "%s died (%s) after %.1fs, before it was ready; restarting it in %.1fs",
+                child.name,
+                how,
+                lived,
+                self.throttle.delay(slot),
+            )
         http.count_restart(child.kind)
 
     def _check_heartbeats(self) -> None:
         now, monotonic = self.clock.time(), self.clock.monotonic()
         limit = self.config.master.heartbeat_timeout
         for child in list(self.children.values()):
+            if not child.ready and child.check_ready():
+                self.throttle.ready((child.kind, child.slot))
+                log.debug("%s is ready", child.name)
             if child.stopping_since is not None:  # replaced by a reload and draining
                 if monotonic - child.stopping_since > self._graceful() + _KILL_MARGIN:
                     log.warning("%s did not stop in time; killing it", child.name)
@@ -387,7 +439,7 @@ class Arbiter:
         if successor is None:
             if self.throttle.may_start((old.kind, old.slot)):  # a successor that dies young
                 self._start(old.kind, old.slot)
-        elif successor.alive_since() > 0:
+        elif successor.check_ready():
             old.stopping_since = self.clock.monotonic()
             self._signal(old, signal.SIGTERM)
 
@@ -407,9 +459,16 @@ class Arbiter:
     # ----- setup and teardown ------------------------------------------------------------
 
     def _write_pidfile(self) -> None:
+        """Mode 0644 whatever the umask; never through a symlink (a pidfile directory
+        writable by others must not let them aim root's write elsewhere)."""
         if self.config.master.pidfile:
-            with open(self.config.master.pidfile, "w") as f:
-                f.write(f"{os.getpid()}\n")
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(self.config.master.pidfile, flags, 0o644)
+            try:
+                os.fchmod(fd, 0o644)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            finally:
+                os.close(fd)
 
     def _cleanup(self) -> None:
         if self.http is not None:
@@ -437,11 +496,46 @@ def run_master(config: Config, config_path: str | None) -> int:
     """``mta serve``: run the process tree until TERM; the exit status of the master."""
     raise_file_limit(config.smtp.max_connections)
     try:
-        arbiter = Arbiter(config, config_path)
+        account = prepare_for_children(config)
+    except PrivilegeError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
+    try:
+        arbiter = Arbiter(config, config_path, account=account)
     except OSError as exc:
         log.error("cannot listen on %s: %s", ", ".join(config.smtp.listen), exc.strerror)
         return 1
     return arbiter.run()
+
+
+def prepare_for_children(config: Config) -> Account | None:
+    """Choose the children's account, give them the spool and the metrics directory, and
+    check they can use them (privileges.py); raise PrivilegeError if they cannot."""
+    account = privileges.resolve(config.master)
+    try:
+        privileges.prepare_spool(config, account)
+    except OSError as exc:  # not there yet, maybe: the children retry, throttled
+        log.error("cannot prepare the spool %s: %s", config.queue.path, exc)
+        return account
+    directory = metrics_dir.path()
+    if directory:
+        privileges.give(directory, account, metrics_dir.MODE)
+    if account is None:
+        return None
+    try:
+        privileges.check_access(config, account)
+    except PrivilegeError as exc:
+        if not account.fallback:
+            raise
+        log.error(
+            "%s; so the children run as root: create the account %r (deploy/systemd/"
+            "mta.sysusers) or name one in master.user that can",
+            exc,
+            config.master.user,
+        )
+        return None
+    log.info("the children run as %s (uid %d)", account.name, account.uid)
+    return account
 
 
 def raise_file_limit(max_connections: int) -> None:

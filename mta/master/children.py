@@ -9,6 +9,11 @@ a restart loop), 1 for other start-up failures (which are throttled and retried)
 A child names itself ``mta: <kind>`` in ``/proc/self/comm`` (what ``ps -o comm``, ``top``
 and the tests see), and stops gracefully, as on SIGTERM, when it finds from its heartbeat
 that the master is gone: an orphan would keep serving without supervision.
+
+Started by a master that runs as root, a child becomes the unprivileged account
+(privileges.py) right before its main function: after what needs root (naming itself,
+binding its own SO_REUSEPORT sockets, which may be port 25) and before anything that reads
+a client's bytes or a queue file.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from dataclasses import dataclass
 from mta.config import Config
 from mta.exitcodes import EXIT_CONFIG
 from mta.logs import flush_logs
+from mta.master.privileges import Account, drop
 
 __all__ = ["EXIT_CONFIG", "KINDS", "Heartbeat", "spawn"]
 
@@ -40,23 +46,33 @@ class Kind:
     exclusive: bool = False
     # Drains the queue rather than answering clients: runs ``delivery.nice`` lower.
     back_end: bool = False
+    # The sockets the child serves, made ready while it may still be root (before it
+    # drops its privileges); by default the ones the master bound and handed down.
+    sockets: Callable[[Config, list[socket.socket]], list[socket.socket]] = (
+        lambda config, inherited: inherited
+    )
 
 
 def _smtpd_count(config: Config) -> int:
     return config.smtp.workers or os.cpu_count() or 1
 
 
-def _run_smtpd(config: Config, sockets: list[socket.socket], heartbeat: Heartbeat) -> None:
+def _smtpd_sockets(config: Config, inherited: list[socket.socket]) -> list[socket.socket]:
     from mta.server.listen import bind_listeners
+
+    if not config.smtp.reuse_port:
+        return inherited
+    # A socket of its own in the SO_REUSEPORT group: the kernel spreads connections over
+    # the workers by a hash of the addresses.  The price, and why it is not the default:
+    # what waits in the accept queue of a worker that exits is reset (unless
+    # net.ipv4.tcp_migrate_req=1), and nothing is queued while no worker is up.  (In this
+    # mode the master hands down no socket: see arbiter.py.)
+    return bind_listeners(config.smtp.listen, reuse_port=True)
+
+
+def _run_smtpd(config: Config, sockets: list[socket.socket], heartbeat: Heartbeat) -> None:
     from mta.server.worker import run_smtpd
 
-    if config.smtp.reuse_port:
-        # A socket of its own in the SO_REUSEPORT group: the kernel spreads connections
-        # over the workers by a hash of the addresses.  The price, and why it is not the
-        # default: what waits in the accept queue of a worker that exits is reset (unless
-        # net.ipv4.tcp_migrate_req=1), and nothing is queued while no worker is up.
-        # (In this mode the master hands down no socket: see arbiter.py.)
-        sockets = bind_listeners(config.smtp.listen, reuse_port=True)
     run_smtpd(config, sockets, heartbeat)
 
 
@@ -83,7 +99,7 @@ def _close(sockets: list[socket.socket]) -> None:
 KINDS: dict[str, Kind] = {
     "qmgr": Kind(lambda config: 1, _run_qmgr, exclusive=True, back_end=True),
     "delivery": Kind(lambda config: config.delivery.workers, _run_delivery, back_end=True),
-    "smtpd": Kind(_smtpd_count, _run_smtpd),
+    "smtpd": Kind(_smtpd_count, _run_smtpd, sockets=_smtpd_sockets),
 }
 
 
@@ -106,9 +122,15 @@ def _run_child(
 
 
 def spawn(
-    kind: str, config: Config, sockets: list[socket.socket], heartbeat: str, close_fds: list[int]
+    kind: str,
+    config: Config,
+    sockets: list[socket.socket],
+    heartbeat: str,
+    close_fds: list[int],
+    account: Account | None = None,
 ) -> int:
-    """Fork a child of ``kind``; return its pid in the parent, never return in the child."""
+    """Fork a child of ``kind`` that runs as ``account`` (None: as the master); return its
+    pid in the parent, never return in the child."""
     master = os.getpid()
     pid = os.fork()
     if pid:
@@ -125,6 +147,8 @@ def spawn(
             # When CPU is short, a client waiting for its reply comes before a message
             # that is already safe on disk: the queue absorbs a burst and drains after.
             os.nice(config.delivery.nice)
+        sockets = KINDS[kind].sockets(config, sockets)
+        drop(account)
         _run_child(kind, config, sockets, Heartbeat(heartbeat, master))
         code = 0
     except SystemExit as exc:

@@ -30,7 +30,8 @@ pytestmark = pytest.mark.timeout(30)
 
 GRACEFUL = 10.0
 HEARTBEAT = 4.0
-HEALTHY = Throttle().healthy_after  # a child that lived this long comes back at once
+SETTLED = 5.0  # seconds of beating rounds: every child is long since ready
+FIRST_DELAY = Throttle().first_delay  # the slot's delay after its first start-up failure
 SETTINGS: dict[str, Any] = {
     "smtp": {"listen": ["127.0.0.1:0"], "workers": 2},
     "delivery": {"workers": 1},
@@ -118,7 +119,7 @@ def test_the_first_round_starts_one_child_per_kind_and_slot(tree: Tree) -> None:
 
 
 def test_a_dead_child_is_reaped_and_replaced(tree: Tree, caplog: pytest.LogCaptureFixture) -> None:
-    tree.rounds(HEALTHY)  # it lived long enough: no throttling
+    tree.rounds(SETTLED)  # ready: no throttling
     dead = tree.pid("smtpd", 1)
     tree.processes.exit(dead, -signal.SIGKILL)
     tree.round(0.0)
@@ -153,13 +154,132 @@ def test_a_child_dying_at_start_is_throttled_not_respawned_in_a_loop(tree: Tree)
     assert tree.running() == WANTED
 
 
-def test_a_child_that_lived_long_enough_comes_back_at_once(tree: Tree) -> None:
+def test_a_child_that_was_ready_comes_back_at_once(tree: Tree) -> None:
     for _ in range(3):
-        tree.rounds(HEALTHY)
+        tree.rounds(SETTLED)
         tree.processes.exit(tree.pid("smtpd", 0), 1)
         before = len(tree.processes.spawned("smtpd"))
         tree.round(0.0)
         assert len(tree.processes.spawned("smtpd")) == before + 1
+
+
+def test_a_child_killed_a_moment_after_it_was_ready_is_replaced_in_the_same_round(
+    tree: Tree, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 10 item 5: a child that ran for a second and was killed is no start-up failure;
+    throttling it (up to 30 s) left the relay without smtpd."""
+    for _ in range(5):
+        pid = tree.pid("smtpd", 0)
+        tree.processes.beat(pid)
+        tree.round()  # the arbiter sees it ready
+        tree.clock.advance(0.25)
+        tree.processes.exit(pid, -signal.SIGKILL)
+        tree.round(0.0)  # SIGCHLD wakes the master
+        assert tree.slot_pid("smtpd", 0) not in (None, pid)
+    assert len(tree.processes.spawned("smtpd")) == 2 + 5
+    assert tree.arbiter.throttle.delay(("smtpd", 0)) == 0.0
+    assert "before it was ready" not in caplog.text
+
+
+def test_a_child_that_beat_once_between_two_rounds_was_ready(tree: Tree) -> None:
+    pid = tree.pid("qmgr")
+    tree.processes.beat(pid)  # its first beat, and it is killed before the next round
+    tree.processes.exit(pid, -signal.SIGKILL)
+    tree.round(0.0)
+    assert tree.slot_pid("qmgr") not in (None, pid)
+
+
+def test_a_child_killed_before_it_was_ready_is_throttled(
+    tree: Tree, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not ready means it may not be able to start at all: its slot waits (Postfix does the
+    same for a process that dies before it served anything)."""
+    pid = tree.pid("smtpd", 1)
+    tree.processes.exit(pid, -signal.SIGKILL)
+    tree.round(0.0)
+    assert tree.slot_pid("smtpd", 1) is None
+    assert f"smtpd#1[{pid}] died (signal SIGKILL) after 0.0s, before it was ready" in caplog.text
+    tree.round(FIRST_DELAY)
+    assert tree.slot_pid("smtpd", 1) not in (None, pid)
+
+
+def test_a_ready_child_resets_the_delay_of_its_slot(tree: Tree) -> None:
+    for _ in range(3):  # three start-up failures: the slot waits 0.5, 1 and 2 s
+        tree.processes.exit(tree.pid("smtpd", 0), 1)
+        tree.round(0.0)
+        while tree.slot_pid("smtpd", 0) is None:
+            tree.round(0.125)
+    assert tree.arbiter.throttle.delay(("smtpd", 0)) == 4 * FIRST_DELAY
+    tree.processes.beat(tree.pid("smtpd", 0))  # the fourth comes up
+    tree.round()
+    assert tree.arbiter.throttle.delay(("smtpd", 0)) == 0.0
+    tree.processes.exit(tree.pid("smtpd", 0), 1)  # the fifth fails at start: from the top
+    tree.round(0.0)
+    tree.processes.exit(tree.pid("smtpd", 0), 1)
+    tree.round(0.0)
+    assert tree.arbiter.throttle.delay(("smtpd", 0)) == FIRST_DELAY
+
+
+def test_a_crash_loop_of_ready_children_is_not_throttled(tree: Tree) -> None:
+    """A child that comes up and dies every second (a client or a message that crashes it)
+    is replaced at once every time: throttling it would make whoever can crash it an outage
+    for everyone.  Its start-up is what bounds the rate (throttle.py)."""
+    for _ in range(20):
+        for pid in tree.processes.running("smtpd"):
+            tree.processes.beat(pid)
+        tree.round()
+        tree.clock.advance(1.0 - _TICK)
+        for pid in tree.processes.running("smtpd"):
+            tree.processes.exit(pid, -signal.SIGSEGV)
+        tree.round(0.0)
+        assert len(tree.processes.running("smtpd")) == 2  # never a round without them
+    assert len(tree.processes.spawned("smtpd")) == 2 + 2 * 20
+
+
+def _smtpd_serving(tree: Tree) -> int:
+    """smtpd children that run and are not being stopped."""
+    return sum(
+        1
+        for c in tree.arbiter.children.values()
+        if c.kind == "smtpd" and c.stopping_since is None and c.pid in tree.processes.running()
+    )
+
+
+def test_hup_never_leaves_a_single_smtpd_slot_without_a_worker(tmp_path: Path) -> None:
+    """One smtpd worker, a reload, and its first successor fails at start: the old worker
+    serves until a successor is ready, so there is always one."""
+    config_path = tmp_path / "mta.toml"
+    write_config(config_path, smtp={"workers": 1})
+    tree = Tree(config_path)
+    try:
+        tree.round()
+        tree.rounds(1.0)
+        old = tree.pid("smtpd")
+        tree.signal(signal.SIGHUP)
+        failed: list[int] = []
+        for _ in range(20):
+            running = tree.processes.running()
+            successors = [p for p in tree.processes.running("smtpd") if p != old]
+            for pid in running:  # successors of smtpd do not beat: not ready yet
+                if pid not in successors:
+                    tree.processes.beat(pid)
+            if successors and not failed:
+                failed.append(successors[0])
+                tree.processes.exit(successors[0], 1)
+            tree.round()
+            assert _smtpd_serving(tree) >= 1
+            if failed and len(tree.processes.spawned("smtpd")) == 3:
+                break  # a second successor started, after the first one's delay
+        assert failed, "the reload never reached smtpd"
+        assert ("TERM", "smtpd", old) not in tree.processes.events
+        for _ in range(6):
+            tree.processes.beat_all()
+            tree.round()
+            assert _smtpd_serving(tree) >= 1
+        assert ("TERM", "smtpd", old) in tree.processes.events
+        assert tree.arbiter.children[tree.pid("smtpd")].generation == 1
+    finally:
+        tree.close()
 
 
 def test_a_configuration_error_in_a_child_stops_the_master(
@@ -345,7 +465,7 @@ def test_hup_keeps_the_listen_addresses(tree: Tree, caplog: pytest.LogCaptureFix
 def test_a_child_whose_heartbeat_goes_stale_is_killed_and_replaced(
     tree: Tree, caplog: pytest.LogCaptureFixture
 ) -> None:
-    tree.rounds(HEALTHY)
+    tree.rounds(SETTLED)
     wedged = tree.pid("smtpd", 1)
     tree.processes.beat(wedged)  # its last
     last_beat = tree.clock.monotonic()
