@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Generator
 
 import msgspec
 
@@ -78,6 +79,25 @@ class MessageFile:
                 head = f.read(min(limit, self.message_length))
         end = head.find(b"\r\n\r\n")
         return head if end < 0 else head[: end + 2]
+
+    def iter_message(self, chunk_size: int) -> Generator[bytes, None, None]:
+        """The message bytes in chunks of at most ``chunk_size`` octets, read from the file
+        as they are asked for (so a large message is never held whole); the file is open
+        until the generator is exhausted or closed.  Raises CorruptMessageFile if the file
+        ends before ``message_length`` octets."""
+        if self._message is not None:
+            for start in range(0, len(self._message), chunk_size):
+                yield self._message[start : start + chunk_size]
+            return
+        left = self.message_length
+        with open(self.path, "rb") as f:
+            f.seek(len(HEADER))
+            while left:
+                chunk = f.read(min(chunk_size, left))
+                if not chunk:
+                    raise CorruptMessageFile(f"{self.path}: message file cut short")
+                left -= len(chunk)
+                yield chunk
 
 
 READ_WHOLE = 256 * 1024  # files up to this size are read with one read(2), and kept
