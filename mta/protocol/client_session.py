@@ -422,10 +422,15 @@ class ClientSession:
         tx = self._tx
         assert tx is not None
         recipients = tx.recipients
+        message = tx.message
         if len(recipients) == 1 and rcpt_replies[0].is_positive and data_reply.code == 354:
             # the common case, one accepted recipient: no bookkeeping per recipient
             self._accepted = recipients  # and self._outcomes is empty
-            return self._send_message(tx.message, 1)
+            if isinstance(message, bytes):  # in memory: out whole now, as the commands were
+                self._out.append(dot_stuff(message))
+                self._go(MESSAGE)
+                return None
+            return self._stream(message, 1)
         pairs = list(zip(recipients, rcpt_replies, strict=True))
         accepted = [r for r, reply in pairs if reply.is_positive]
         outcomes = {r: reply for r, reply in pairs if not reply.is_positive}
@@ -434,22 +439,22 @@ class ClientSession:
             self._reset([RecipientReply(r, outcomes[r]) for r in recipients])
             return None
         if not accepted:  # a server that said 354 with no recipient: end it
-            message = tx.message
             self._out.append(dot_stuff(message) if isinstance(message, bytes) else b".\r\n")
             decided = [RecipientReply(r, outcomes[r]) for r in recipients]
             self._abandon(decided, then_rset=False)
             return None
         self._accepted = accepted
         self._outcomes = outcomes
-        return self._send_message(tx.message, len(accepted) if self.lmtp else 1)
-
-    def _send_message(self, message: bytes | StoredMessage, wanted: int) -> SendMessage | None:
-        """After 354: a message in memory goes out now, whole; a stored one is the I/O
-        layer's to feed (STREAM).  Then ``wanted`` final replies decide the transaction."""
+        wanted = len(accepted) if self.lmtp else 1
         if isinstance(message, bytes):
             self._out.append(dot_stuff(message))
             self._go(MESSAGE, wanted)
             return None
+        return self._stream(message, wanted)
+
+    def _stream(self, message: StoredMessage, wanted: int) -> SendMessage:
+        """After 354 to a stored message: the I/O layer feeds it (STREAM); then ``wanted``
+        final replies decide the transaction."""
         self._stuffer = DotStuffer()
         self._stream_left = message.message_length
         self._stream_wanted = wanted

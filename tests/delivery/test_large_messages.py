@@ -206,6 +206,13 @@ def transport_bound(conn: OutboundConnection) -> int:
     return high + CHUNK_SIZE * 2  # a chunk grows by its stuffed dots
 
 
+async def drop(conn: OutboundConnection, sending: asyncio.Task[Any]) -> None:
+    """Give up on ``conn`` at once, and on the transaction it was sending."""
+    sending.cancel()
+    conn.transport.abort()
+    await asyncio.wait_for(conn.stream.closed, 5)
+
+
 # -- arrival -------------------------------------------------------------------------------
 
 
@@ -280,15 +287,19 @@ def test_a_stalled_server_fills_the_transport_only_to_its_high_water_mark(
         sock = conn.transport.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SlowPeer.BUFFER)
         sending = asyncio.get_running_loop().create_task(conn.send(tx(counting)))
-        await wait_until(lambda: conn.transport.get_write_buffer_size() > 0)
-        assert slow_peer.at_data.is_set()
-        for _ in range(20):  # the sender is parked: nothing more is read or buffered
-            read = counting.read
-            await asyncio.sleep(0)
-            assert counting.read == read
-            assert conn.transport.get_write_buffer_size() <= transport_bound(conn)
-        # kernel buffers (a few times SO_SNDBUF and SO_RCVBUF) + transport + a chunk
-        assert counting.read < 2 * MIB, f"{counting.read} octets read while the peer waits"
+        try:
+            await wait_until(lambda: conn.transport.get_write_buffer_size() > 0)
+            assert slow_peer.at_data.is_set()
+            for _ in range(20):  # the sender is parked: nothing more is read or buffered
+                read = counting.read
+                await asyncio.sleep(0)
+                assert counting.read == read
+                assert conn.transport.get_write_buffer_size() <= transport_bound(conn)
+            # kernel buffers (a few times SO_SNDBUF and SO_RCVBUF) + transport + a chunk
+            assert counting.read < 2 * MIB, f"{counting.read} octets read while the peer waits"
+        except BaseException:
+            await drop(conn, sending)  # what the transport holds would keep the loop open
+            raise
         slow_peer.go.set()
         [result] = await sending
         await conn.quit()
