@@ -2,8 +2,10 @@
 
 It owns no scheduling decision: it reads the message (in ``active/`` or a segment), groups
 the recipients it was given by next hop, delivers every group concurrently and sends back
-one result per recipient.  If the queue manager goes away it reconnects; jobs it was doing
-are rescheduled by the queue manager, which owns them.
+one result per recipient.  A small message is read whole; a large one is sent from its file
+in chunks (:mod:`mta.delivery.stored`), so memory does not grow with message size.  If the
+queue manager goes away it reconnects; jobs it was doing are rescheduled by the queue
+manager, which owns them.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from mta.delivery.deliver import Deliverer
 from mta.delivery.dns import Resolver
 from mta.delivery.routing import Router
 from mta.delivery.smtp_client import Transaction
+from mta.delivery.stored import STREAM_THRESHOLD, MessageReadError, message_to_send
 from mta.queue.envelope import Envelope
 from mta.queue.ipc import FrameReader, Job, Result, agent_address, encode_frame
 from mta.queue.msgfile import CorruptMessageFile
@@ -38,7 +41,9 @@ log = logging.getLogger("mta.delivery")
 Heartbeat = Callable[[], None]
 
 RECONNECT_SECONDS = 0.2  # between attempts to reach a queue manager that is (re)starting
-LARGE_MESSAGE = 1 << 20  # octets; at most LARGE_JOBS such messages are held at once
+# Messages in files larger than this are sent from the file in chunks; at most LARGE_JOBS
+# of them are in flight at once, each holding about three chunks (mta/delivery/stored.py).
+LARGE_MESSAGE = STREAM_THRESHOLD
 LARGE_JOBS = 16
 
 
@@ -170,7 +175,7 @@ class DeliveryAgent:
                 message_file = read_record(path, job.offset, job.length)
             else:
                 message_file = self.spool.read("active", job.queue_id)
-            message = message_file.read_message()  # page cache: cheaper than a thread hop
+            message = message_to_send(message_file)  # page cache: cheaper than a thread hop
         except CorruptMessageFile as exc:
             log.error("%s: %s", job.queue_id, exc)
             return Result(queue_id=job.queue_id, problem="corrupt")
@@ -190,11 +195,15 @@ class DeliveryAgent:
             for hop, rcpts in self.router.group(recipients).items()
             for i in range(0, len(rcpts), limit)
         ]
-        if len(deliveries) == 1:  # the common case: no task per destination needed
-            results = await deliveries[0]
-        else:
-            outcomes = await asyncio.gather(*deliveries)
-            results = [r for group in outcomes for r in group]
+        try:
+            if len(deliveries) == 1:  # the common case: no task per destination needed
+                results = await deliveries[0]
+            else:
+                outcomes = await asyncio.gather(*deliveries)
+                results = [r for group in outcomes for r in group]
+        except MessageReadError as exc:  # the file went bad after it was verified
+            log.error("%s: %s", job.queue_id, exc)
+            return Result(queue_id=job.queue_id, problem="corrupt")
         self._log(envelope, results)
         return Result(queue_id=job.queue_id, results=results)
 

@@ -21,6 +21,7 @@ from mta.delivery.maildir import deliver_maildir
 from mta.delivery.results import DeliveryError
 from mta.delivery.routing import NextHop
 from mta.delivery.smtp_client import OutboundConnection, Transaction
+from mta.delivery.stored import MessageReadError
 from mta.queue.results import RecipientResult
 
 __all__ = ["Deliverer"]
@@ -54,15 +55,22 @@ class Deliverer:
                 )
                 for r in tx.recipients
             ]
-        if nexthop.kind == "maildir":
-            return await asyncio.to_thread(self._maildir, nexthop.target, tx)
-        limit = self._limits.get(nexthop.key)
-        if limit is None:
-            limit = self._limits[nexthop.key] = asyncio.Semaphore(
-                self.config.delivery.destination_concurrency
-            )
-        async with limit:
-            return await self._remote(nexthop, tx)
+        try:
+            if nexthop.kind == "maildir":
+                return await asyncio.to_thread(self._maildir, nexthop.target, tx)
+            limit = self._limits.get(nexthop.key)
+            if limit is None:
+                limit = self._limits[nexthop.key] = asyncio.Semaphore(
+                    self.config.delivery.destination_concurrency
+                )
+            async with limit:
+                return await self._remote(nexthop, tx)
+        except MessageReadError as exc:
+            if exc.corrupt:
+                raise  # the whole message is bad: the caller reports it
+            # an I/O error on our side: no server is to blame, try again later
+            error = DeliveryError(False, "4.3.0", f"451 4.3.0 {exc}", "local")
+            return [error.result_for(r) for r in tx.recipients]
 
     @staticmethod
     def _maildir(template: str, tx: Transaction) -> list[RecipientResult]:

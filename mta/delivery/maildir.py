@@ -4,7 +4,10 @@ The path template's ``{user}`` and ``{domain}`` come from the recipient; they ar
 that no address can climb out of the template (no ``/``, no leading dot).  Each delivered
 file starts with ``Return-Path`` and ``Delivered-To`` like Postfix's local(8), is fsynced,
 renamed into ``new/`` and the directory is fsynced before success is reported (the queue's
-durable write, mta/queue/durable.py).
+durable write, mta/queue/durable.py).  A stored (large) message is copied from its message
+file in chunks, never held whole; the steps are the same as ``replace_file``'s, which takes
+one buffer.  A failure to read it is raised (``MessageReadError``), not reported as the
+mailbox's: the partial file in ``tmp/`` is removed either way.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import os
 import socket
 import time
 
-from mta.queue.durable import replace_file
+from mta.delivery.stored import read_chunks
+from mta.protocol.client_events import StoredMessage
+from mta.queue.durable import fsync_directory, replace_file, write_all
 from mta.queue.results import RecipientResult
 
 __all__ = ["deliver_maildir"]
@@ -38,7 +43,31 @@ def _ensure_maildir(path: str) -> None:
         os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
 
 
-def deliver_maildir(template: str, recipient: str, sender: str, message: bytes) -> RecipientResult:
+def _copy_durably(path: str, header: bytes, message: StoredMessage, tmp_path: str) -> None:
+    """``replace_file`` for a stored message: ``header`` and the message, copied in chunks
+    into ``tmp_path`` (new), fsynced, renamed to ``path``, the directory fsynced."""
+    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        write_all(fd, header)
+        chunks = read_chunks(message)
+        try:
+            for chunk in chunks:
+                write_all(fd, chunk)
+        finally:
+            chunks.close()
+        os.fsync(fd)
+    except BaseException:  # not only OSError: a failed read must not leave the file either
+        os.close(fd)
+        os.unlink(tmp_path)
+        raise
+    os.close(fd)
+    os.rename(tmp_path, path)
+    fsync_directory(os.path.dirname(path))
+
+
+def deliver_maildir(
+    template: str, recipient: str, sender: str, message: bytes | StoredMessage
+) -> RecipientResult:
     """Deliver one copy; the result says sent, deferred (I/O trouble) or failed."""
     user, _, domain = recipient.rpartition("@")
     if not user:
@@ -59,7 +88,10 @@ def deliver_maildir(template: str, recipient: str, sender: str, message: bytes) 
         name = _unique_name()
         tmp = os.path.join(path, "tmp", name)
         header = f"Return-Path: <{sender}>\r\nDelivered-To: {recipient}\r\n".encode()
-        replace_file(os.path.join(path, "new", name), header + message, tmp)
+        if isinstance(message, bytes):
+            replace_file(os.path.join(path, "new", name), header + message, tmp)
+        else:
+            _copy_durably(os.path.join(path, "new", name), header, message, tmp)
     except OSError as exc:
         return RecipientResult(
             address=recipient,

@@ -18,6 +18,16 @@ session and wakes the one waiting coroutine only when the replies the session wa
 are in: one wake-up per phase of a transaction.  The command timeout is one timer per
 connection that is re-armed only when it fires early (see :meth:`_ReplyStream.wait`).
 
+A stored message (one too large to hold in memory, :mod:`mta.delivery.stored`) is sent from
+its file after the ``354`` (event :class:`SendMessage`): a chunk is read (plain reads: the
+file is in the page cache, having just been written or read to verify it), dot-stuffed by
+the session and written, and the next chunk is read only while the transport is not paused
+(``pause_writing``/``resume_writing``), so the transport holds at most its high-water mark
+and one chunk, over TLS too.  Each wait for the transport to drain has the command timeout.
+If reading the message fails midway, the connection is aborted, never ended with the ``.``
+line, and :class:`~mta.delivery.stored.MessageReadError` goes up to the caller: it is the
+message's trouble, not the server's, so no other server is tried for it.
+
 Errors are classified here: a failure to connect, a refused greeting, LHLO or HELO, a
 failed TLS handshake, or a broken or silent connection before the server took the message
 raise :class:`DeliveryError` (temporary), so the caller tries the next mail exchanger.
@@ -29,11 +39,14 @@ import asyncio
 import ssl
 
 from mta.delivery.results import DeliveryError
+from mta.delivery.stored import read_chunks
 from mta.protocol.client import ClientConnection, ProtocolError, Reply
 from mta.protocol.client_events import (
     ClientEvent,
     HandshakeRefused,
+    SendMessage,
     StartTlsNow,
+    StoredMessage,
     Transaction,
     TransactionDone,
     TransactionNotSent,
@@ -79,6 +92,8 @@ class _ReplyStream(asyncio.Protocol):
         # why nothing more will come
         self.lost: Exception | None = None
         self.closed: asyncio.Future[None] = loop.create_future()  # set by connection_lost
+        # flow control: the transport holds more than its high-water mark
+        self.paused = False
         # the one waiting coroutine
         self._waiter: asyncio.Future[None] | None = None
         self._deadline = 0.0
@@ -101,6 +116,13 @@ class _ReplyStream(asyncio.Protocol):
     def eof_received(self) -> bool:
         self._lose(_closed_by_server())
         return False  # let the transport close itself
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self._wake(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lose(exc if exc is not None else _closed_by_server())
@@ -130,6 +152,26 @@ class _ReplyStream(asyncio.Protocol):
             await self._waiter
         finally:
             self._waiter = None
+
+    async def writable(self, timeout: float) -> None:
+        """Return once the transport is not paused; raise why the connection is lost, or
+        TimeoutError when it stayed paused for ``timeout`` seconds.  A wake-up for a reply
+        that came meanwhile (a server may answer early) only makes it look again."""
+        loop = self.loop
+        deadline = loop.time() + timeout
+        while self.paused:
+            if self.lost is not None:
+                raise self.lost
+            if loop.time() + TIMER_SLACK >= deadline:
+                raise TimeoutError()
+            self._deadline = deadline
+            if self._timer is None:
+                self._timer = loop.call_at(deadline, self._on_timer)
+            self._waiter = loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -284,6 +326,11 @@ class OutboundConnection:
         self.transactions += 1
         try:
             event = await self._run()
+            if isinstance(event, SendMessage):  # 354 to a stored message: send it now
+                message = tx.message
+                assert not isinstance(message, bytes)
+                await self._send_stored(message)
+                event = await self._run()
         except DeliveryError:  # no reply in time, or the server hung up: close our side too
             self.abort()
             raise
@@ -321,6 +368,39 @@ class OutboundConnection:
             event = session.next_event()
             if event is not None:
                 return event
+
+    async def _send_stored(self, message: StoredMessage) -> None:
+        """Feed a stored message to the session chunk by chunk, each written only while
+        the transport takes more (see the module docstring).  A failure to read it aborts
+        the connection mid-message and is raised as it is."""
+        session = self.session
+        stream = self.stream
+        chunks = read_chunks(message)
+        try:
+            for chunk in chunks:
+                self._write(session.message_data(chunk))
+                if stream.paused:
+                    try:
+                        await stream.writable(self.command_timeout)
+                    except (OSError, TimeoutError) as exc:
+                        raise self._not_drained(exc) from None
+            self._write(session.end_message())
+        except BaseException:
+            # Whatever stopped us, the message must not be ended half sent; and what the
+            # transport holds is dropped (close() would still send it to a stalled server).
+            self.session.connection_lost()
+            self.transport.abort()
+            raise
+        finally:
+            chunks.close()
+
+    def _not_drained(self, exc: Exception) -> DeliveryError:
+        """Why the server stopped taking the message (in time)."""
+        self.session.connection_lost()
+        what = "timeout" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+        return DeliveryError(
+            False, "4.4.2", f"lost connection with {self.relay} while sending: {what}", self.relay
+        )
 
     def _result(self, recipient: str, reply: Reply) -> RecipientResult:
         """The recipient's result from the reply that decided it: 2xx/3xx sent, 4xx

@@ -2,14 +2,17 @@
 
 :class:`ClientConnection` keeps what a client must remember about a server (its EHLO
 extensions, its SIZE limit, whether it speaks LMTP) and turns intentions into bytes
-(``mail()``, ``rcpt()``, ``message()`` with dot-stuffing); :class:`ReplyParser` turns
-received bytes into :class:`Reply` objects.  What each reply means, and what is said next,
-is decided by :class:`~mta.protocol.client_session.ClientSession`, which uses both.
+(``mail()``, ``rcpt()``, ``message()`` with dot-stuffing, which :mod:`mta.protocol.dot_stuff`
+owns); :class:`ReplyParser` turns received bytes into :class:`Reply` objects.  What each
+reply means, and what is said next, is decided by
+:class:`~mta.protocol.client_session.ClientSession`, which uses both.
 """
 
 from __future__ import annotations
 
 import msgspec
+
+from mta.protocol.dot_stuff import dot_stuff
 
 __all__ = ["ClientConnection", "ProtocolError", "Reply", "ReplyParser", "dot_stuff"]
 
@@ -105,17 +108,6 @@ class ReplyParser:
 
 
 _SEPARATORS = (b" ", b"-", b"")
-
-
-def dot_stuff(message: bytes) -> bytes:
-    """The DATA payload for ``message``: dot-stuffed (RFC 5321 §4.5.2), CRLF-terminated,
-    followed by the ``.`` line."""
-    stuffed = message.replace(b"\r\n.", b"\r\n..")
-    if stuffed.startswith(b"."):
-        stuffed = b"." + stuffed
-    if stuffed and not stuffed.endswith(b"\r\n"):
-        stuffed += b"\r\n"
-    return stuffed + b".\r\n"
 
 
 class ClientConnection:

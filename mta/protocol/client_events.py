@@ -16,8 +16,9 @@ name and the status the reply class means, as it turns the other events into
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import msgspec
 
@@ -28,21 +29,38 @@ __all__ = [
     "HandshakeRefused",
     "Ready",
     "RecipientReply",
+    "SendMessage",
     "StartTlsNow",
+    "StoredMessage",
     "Transaction",
     "TransactionDone",
     "TransactionNotSent",
 ]
 
 
+class StoredMessage(Protocol):
+    """A message too large to hold in memory, left where it is stored: the I/O layer reads
+    it in chunks (:meth:`iter_message`) and feeds them to the session, which reads only its
+    length.  The queue's ``MessageFile`` is one."""
+
+    @property
+    def message_length(self) -> int:
+        """Octets of the message (what SIZE announces and the chunks add up to)."""
+        ...
+
+    def iter_message(self, chunk_size: int) -> Generator[bytes, None, None]:
+        """The message in chunks of at most ``chunk_size`` octets (I/O: the caller's)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Transaction:
     """One message for one server: the envelope and the message as it is to be sent
-    (not yet dot-stuffed)."""
+    (not yet dot-stuffed): in memory, or stored (sent in chunks after :class:`SendMessage`)."""
 
     sender: str
     recipients: list[str]
-    message: bytes
+    message: bytes | StoredMessage
     eight_bit: bool = False  # the body is 8BITMIME (RFC 6152)
     smtputf8: bool = False  # the envelope or header needs SMTPUTF8 (RFC 6531)
 
@@ -68,6 +86,12 @@ class StartTlsNow(msgspec.Struct, frozen=True, gc=False):
     :meth:`ClientSession.tls_started` (which says EHLO again, RFC 3207 §4.2)."""
 
 
+class SendMessage(msgspec.Struct, frozen=True, gc=False):
+    """The server said ``354`` to a transaction whose message is stored: send it now, each
+    chunk through :meth:`ClientSession.message_data` as the transport takes more, then
+    :meth:`ClientSession.end_message`; the session then waits for the final reply."""
+
+
 class HandshakeRefused(msgspec.Struct, frozen=True, gc=False):
     """The server will not talk to us: a greeting other than ``220``, or a refused LHLO
     or HELO.  The session is closed; try another server."""
@@ -91,4 +115,4 @@ class TransactionNotSent(msgspec.Struct, frozen=True, gc=False):
     limit: int | None  # the server's SIZE limit, for reason "size"
 
 
-ClientEvent = Ready | StartTlsNow | HandshakeRefused | TransactionDone
+ClientEvent = Ready | StartTlsNow | HandshakeRefused | SendMessage | TransactionDone

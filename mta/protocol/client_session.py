@@ -19,6 +19,8 @@ except where an API call is named)::
     READY --start_transaction()--> BATCH (PIPELINING: MAIL, RCPTs, DATA in one write)
                                \\-> MAIL --> RCPT ... --> DATA (one command at a time)
     BATCH / DATA --354--> MESSAGE --> READY                 (event TransactionDone)
+    BATCH / DATA --354--> STREAM (a stored message)         (event SendMessage)
+    STREAM --message_data()..., end_message()--> MESSAGE
     refused transaction --> [ABANDON: end a 354 nobody wanted] --> RSET (or READY)
     RSET --250--> READY, --other--> CLOSED (unusable)       (event TransactionDone)
     any state --quit() or connection_lost()--> CLOSED
@@ -41,6 +43,12 @@ here, and its logs and tests depend on them):
   :class:`~mta.protocol.client_events.TransactionNotSent` instead.
 * A reply that arrives while nothing was asked is kept, not dropped: it would be taken for
   the answer to the next command, so :attr:`~ClientSession.reusable` turns false.
+* A message in memory goes out whole with the commands; a stored one (too large to hold,
+  :class:`~mta.protocol.client_events.StoredMessage`) is fed by the I/O layer in chunks,
+  dot-stuffed here (:class:`~mta.protocol.dot_stuff.DotStuffer`), and the end line is sent
+  only once exactly its ``message_length`` octets were fed, so a short read can never end a
+  message early.  SIZE is its ``message_length`` either way.  A ``354`` nobody wanted gets
+  the whole message if it is in memory (as before), the empty message if it is stored.
 
 Outcomes are protocol-level: :class:`~mta.protocol.client_events.RecipientReply` (a
 recipient and the reply that decided it), not the queue's ``RecipientResult``, because
@@ -69,17 +77,20 @@ import enum
 from collections import deque
 from collections.abc import Callable
 
-from mta.protocol.client import ClientConnection, Reply, dot_stuff
+from mta.protocol.client import ClientConnection, Reply
 from mta.protocol.client_events import (
     ClientEvent,
     HandshakeRefused,
     Ready,
     RecipientReply,
+    SendMessage,
     StartTlsNow,
+    StoredMessage,
     Transaction,
     TransactionDone,
     TransactionNotSent,
 )
+from mta.protocol.dot_stuff import DotStuffer, dot_stuff
 from mta.protocol.errors import SessionUsageError
 
 __all__ = ["TRANSITIONS", "ClientSession", "ClientUsageError", "State"]
@@ -100,6 +111,7 @@ class State(enum.Enum):
     MAIL = "mail"  # one at a time: MAIL sent
     RCPT = "rcpt"  # one at a time: a RCPT sent
     DATA = "data"  # one at a time: DATA sent
+    STREAM = "stream"  # 354 to a stored message: the I/O layer feeds it in chunks
     MESSAGE = "message"  # the message sent: waiting for the final reply (LMTP: replies)
     ABANDON = "abandon"  # a 354 nobody wanted was ended: its reply decides nothing
     RSET = "rset"  # RSET sent after a refused transaction
@@ -123,6 +135,7 @@ class State(enum.Enum):
     MAIL,
     RCPT,
     DATA,
+    STREAM,
     MESSAGE,
     ABANDON,
     RSET,
@@ -137,10 +150,11 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     STARTTLS: frozenset({TLS, READY}),
     TLS: frozenset({EHLO}),  # tls_started()
     READY: frozenset({BATCH, MAIL}),  # start_transaction()
-    BATCH: frozenset({MESSAGE, ABANDON, RSET}),
+    BATCH: frozenset({MESSAGE, STREAM, ABANDON, RSET}),
     MAIL: frozenset({RCPT, READY}),
     RCPT: frozenset({RCPT, DATA, RSET}),
-    DATA: frozenset({MESSAGE, ABANDON, RSET}),
+    DATA: frozenset({MESSAGE, STREAM, ABANDON, RSET}),
+    STREAM: frozenset({MESSAGE}),  # end_message()
     MESSAGE: frozenset({READY}),
     ABANDON: frozenset({READY, RSET}),
     RSET: frozenset({READY, CLOSED}),
@@ -172,6 +186,9 @@ class ClientSession:
         self._outcomes: dict[str, Reply] = {}  # recipients decided before the message
         self._decided: list[RecipientReply] = []  # in RSET and ABANDON: every outcome
         self._then_rset = False  # in ABANDON: RSET after the reply
+        self._stuffer: DotStuffer | None = None  # in STREAM: the stored message's payload
+        self._stream_left = 0  # in STREAM: octets of the message not fed yet
+        self._stream_wanted = 0  # in STREAM: replies to wait for after end_message()
         self._handlers: dict[State, Callable[[], ClientEvent | None]] = {
             GREETING: self._on_greeting,
             EHLO: self._on_ehlo,
@@ -215,7 +232,7 @@ class ClientSession:
         """The next decision, or None when more replies are needed.
 
         Raises :class:`ClientUsageError` in a state that waits for the caller (READY, TLS,
-        CLOSED): waiting for replies there would wait for ever."""
+        STREAM, CLOSED): waiting for replies there would wait for ever."""
         replies = self._replies
         while len(replies) >= self._wanted:
             handler = self._handlers.get(self.state)
@@ -233,7 +250,8 @@ class ClientSession:
         if self.state is not READY:
             raise ClientUsageError(f"cannot start a transaction in state {self.state.value}")
         client = self.client
-        size = len(tx.message)
+        message = tx.message
+        size = len(message) if isinstance(message, bytes) else message.message_length
         limit = client.size_limit
         if limit is not None and size > limit:
             return TransactionNotSent("size", size, limit)
@@ -255,6 +273,31 @@ class ClientSession:
             self._rcpt_replies = []
             self._go(MAIL)
         return None
+
+    def message_data(self, chunk: bytes) -> bytes:
+        """The next ``chunk`` of a stored message (STREAM only), dot-stuffed: the bytes to
+        send.  Raises :class:`ClientUsageError` past the message's length."""
+        stuffer = self._stuffer
+        if self.state is not STREAM or stuffer is None:
+            raise ClientUsageError(f"cannot send message data in state {self.state.value}")
+        left = self._stream_left - len(chunk)
+        if left < 0:
+            raise ClientUsageError("more message data than the message's length")
+        self._stream_left = left
+        return stuffer.feed(chunk)
+
+    def end_message(self) -> bytes:
+        """The end of a stored message (STREAM only): the bytes to send, after which the
+        session waits for the final reply.  Raises :class:`ClientUsageError` unless exactly
+        the message's length was fed: a message cut short must never be ended."""
+        stuffer = self._stuffer
+        if self.state is not STREAM or stuffer is None:
+            raise ClientUsageError(f"cannot end a message in state {self.state.value}")
+        if self._stream_left:
+            raise ClientUsageError(f"{self._stream_left} octets of the message not sent")
+        self._stuffer = None
+        self._go(MESSAGE, self._stream_wanted)
+        return stuffer.end()
 
     def tls_started(self) -> None:
         """The TLS handshake the session asked for is done: say EHLO again (RFC 3207 §4.2)."""
@@ -379,12 +422,15 @@ class ClientSession:
         tx = self._tx
         assert tx is not None
         recipients = tx.recipients
+        message = tx.message
         if len(recipients) == 1 and rcpt_replies[0].is_positive and data_reply.code == 354:
             # the common case, one accepted recipient: no bookkeeping per recipient
             self._accepted = recipients  # and self._outcomes is empty
-            self._out.append(dot_stuff(tx.message))
-            self._go(MESSAGE)
-            return None
+            if isinstance(message, bytes):  # in memory: out whole now, as the commands were
+                self._out.append(dot_stuff(message))
+                self._go(MESSAGE)
+                return None
+            return self._stream(message, 1)
         pairs = list(zip(recipients, rcpt_replies, strict=True))
         accepted = [r for r, reply in pairs if reply.is_positive]
         outcomes = {r: reply for r, reply in pairs if not reply.is_positive}
@@ -392,15 +438,28 @@ class ClientSession:
             outcomes.update((r, data_reply) for r in accepted)
             self._reset([RecipientReply(r, outcomes[r]) for r in recipients])
             return None
-        self._out.append(dot_stuff(tx.message))
-        if not accepted:  # a server that said 354 with no recipient: end it, empty
+        if not accepted:  # a server that said 354 with no recipient: end it
+            self._out.append(dot_stuff(message) if isinstance(message, bytes) else b".\r\n")
             decided = [RecipientReply(r, outcomes[r]) for r in recipients]
             self._abandon(decided, then_rset=False)
             return None
         self._accepted = accepted
         self._outcomes = outcomes
-        self._go(MESSAGE, len(accepted) if self.lmtp else 1)
-        return None
+        wanted = len(accepted) if self.lmtp else 1
+        if isinstance(message, bytes):
+            self._out.append(dot_stuff(message))
+            self._go(MESSAGE, wanted)
+            return None
+        return self._stream(message, wanted)
+
+    def _stream(self, message: StoredMessage, wanted: int) -> SendMessage:
+        """After 354 to a stored message: the I/O layer feeds it (STREAM); then ``wanted``
+        final replies decide the transaction."""
+        self._stuffer = DotStuffer()
+        self._stream_left = message.message_length
+        self._stream_wanted = wanted
+        self._go(STREAM, 0)
+        return _SEND_MESSAGE
 
     def _on_message(self) -> ClientEvent | None:
         accepted = self._accepted
@@ -483,3 +542,6 @@ class ClientSession:
     def _expect_state(self, state: State, what: str) -> None:
         if self.state is not state:
             raise ClientUsageError(f"cannot {what} in state {self.state.value}")
+
+
+_SEND_MESSAGE = SendMessage()  # immutable and alike: one will do

@@ -40,6 +40,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from collections.abc import Generator
 from io import BufferedReader
 
 import msgspec
@@ -168,6 +169,27 @@ class MessageFile:
         if crc != self._expected_crc:
             raise ChecksumMismatch(f"{self.path}: checksum mismatch (damaged message file)")
         self._expected_crc = None
+
+    def iter_message(self, chunk_size: int) -> Generator[bytes, None, None]:
+        """The message bytes in chunks of at most ``chunk_size`` octets, read from the file
+        as they are asked for (so a large message is never held whole); the file is open
+        until the generator is exhausted or closed.  Raises CorruptMessageFile if the file
+        ends before ``message_length`` octets, and first checks the whole file against its
+        checksum if that was not done yet (ChecksumMismatch)."""
+        self.verify()
+        if self._message is not None:
+            for start in range(0, len(self._message), chunk_size):
+                yield self._message[start : start + chunk_size]
+            return
+        left = self.message_length
+        with open(self.path, "rb") as f:
+            f.seek(len(HEADER))
+            while left:
+                chunk = f.read(min(chunk_size, left))
+                if not chunk:
+                    raise CorruptMessageFile(f"{self.path}: message file cut short")
+                left -= len(chunk)
+                yield chunk
 
 
 def streamed_crc(f: BufferedReader, length: int) -> int:

@@ -12,6 +12,9 @@ Invariants:
   recipients whose own reply was 2xx are recorded with it.
 - Commands are processed strictly in the order their lines arrive; only CRLF ends a line
   and only CRLF "." CRLF ends a message.
+- With ``data_limit`` set (for tests that send many large messages) a record keeps only
+  the first ``data_limit`` octets of its data, with the whole data's length and SHA-256;
+  by default it keeps the data whole.
 - The server runs in its own thread and event loop (started and stopped as every test
   server is: loop_server.py); the test thread reads the results through copies taken
   under a lock and changes behaviour by assigning attributes.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import functools
+import hashlib
 import ipaddress
 import os
 import ssl
@@ -54,6 +58,8 @@ class Captured:
     mail_params: dict[str, str | None]  # ESMTP keywords upper-cased: {"SIZE": "12"}
     peer: str  # client IP
     tls: bool = False  # whether the transaction ran over STARTTLS
+    size: int = -1  # with the sink's data_limit: octets of the whole data (else -1)
+    sha256: str = ""  # with the sink's data_limit: the whole data's digest, hex (else "")
 
 
 class _SinkProtocol(asyncio.Protocol):
@@ -264,17 +270,20 @@ class _SinkProtocol(asyncio.Protocol):
         ok = [r for r, (code, _) in zip(self.rcpts, replies, strict=True) if 200 <= code < 300]
         if ok:
             assert self.mail_from is not None
-            self.sink._record(
-                Captured(
-                    mail_from=self.mail_from,
-                    rcpt_tos=ok,
-                    data=data,
-                    helo=self.helo,
-                    mail_params=self.mail_params,
-                    peer=self.peer,
-                    tls=self.tls,
-                )
+            captured = Captured(
+                mail_from=self.mail_from,
+                rcpt_tos=ok,
+                data=data,
+                helo=self.helo,
+                mail_params=self.mail_params,
+                peer=self.peer,
+                tls=self.tls,
             )
+            limit = self.sink.data_limit
+            if limit is not None:
+                captured.size, captured.sha256 = len(data), hashlib.sha256(data).hexdigest()
+                captured.data = data[:limit]
+            self.sink._record(captured)
         return replies if self.sink.lmtp else [default]
 
     def begin_tls(self) -> None:
@@ -342,11 +351,18 @@ class CaptureSink(LoopServer):
     """
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, *, lmtp: bool = False, tls: bool = False
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        lmtp: bool = False,
+        tls: bool = False,
+        data_limit: int | None = None,
     ) -> None:
         # where and what it serves
         super().__init__(host, port)
         self.lmtp, self.tls = lmtp, tls
+        self.data_limit = data_limit  # keep this much of each message's data (None: all)
         # behaviour knobs
         self.rcpt_replies: dict[str, Reply] = {}
         self.mail_reply: Reply | None = None

@@ -7,6 +7,7 @@ If these fail, delivery test failures mean nothing; so each knob the delivery te
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import shutil
 import smtplib
 import socket
@@ -113,6 +114,18 @@ def test_dot_stuffed_lines_come_back_unstuffed(sink: CaptureSink) -> None:
     with smtp(sink) as client:
         client.sendmail("a@x.test", ["b@x.test"], body)
     assert sink.wait_for(1)[0].data == body
+
+
+def test_with_a_data_limit_a_message_is_kept_as_its_first_octets_length_and_digest(
+    sink_factory: Callable[..., CaptureSink],
+) -> None:
+    sink = sink_factory(data_limit=16)
+    body = b"Subject: long\r\n\r\n" + b".dotted line\r\n" * 1000
+    with smtp(sink) as client:
+        client.sendmail("a@x.test", ["b@x.test"], body)
+    [got] = sink.wait_for(1)
+    assert got.data == body[:16]
+    assert (got.size, got.sha256) == (len(body), hashlib.sha256(body).hexdigest())
 
 
 def test_only_crlf_dot_crlf_ends_the_data(sink: CaptureSink, raw: Connect) -> None:
