@@ -17,6 +17,7 @@ import dataclasses
 import ipaddress
 
 from mta.protocol.session import SessionLimits
+from mta.server.policy import in_networks
 
 __all__ = ["DataLeniency"]
 
@@ -43,10 +44,4 @@ class DataLeniency:
         return limits
 
     def _listed(self, client_ip: str) -> bool:
-        try:
-            address = ipaddress.ip_address(client_ip.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in self._networks)
+        return in_networks(client_ip, self._networks)

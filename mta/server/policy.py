@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from mta.protocol import replies
 from mta.queue.space import SpoolSpace
 
-__all__ = ["RelayPolicy", "declared_size", "storage_refusal"]
+__all__ = ["RelayPolicy", "declared_size", "in_networks", "storage_refusal"]
 
 
 def declared_size(params: dict[str, str | None]) -> int:
@@ -69,10 +69,16 @@ class RelayPolicy:
         return recipient[at + 1 :].lower().rstrip(".") in self.domains
 
     def _in_networks(self, client_ip: str) -> bool:
-        try:
-            address = ipaddress.ip_address(client_ip.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in self.networks)
+        return in_networks(client_ip, self.networks)
+
+
+def in_networks(client_ip: str, networks: Iterable[Network]) -> bool:
+    """Is ``client_ip`` (an IPv4-mapped IPv6 address counts as its IPv4 address, a zone
+    suffix is ignored) in one of ``networks``?  Something that is no IP address never is."""
+    try:
+        address = ipaddress.ip_address(client_ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)

@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from mta import parser_backend
 from mta.protocol import replies
 from mta.protocol.session import ParserBackend
 from mta.queue.spool import Spool
@@ -30,19 +29,6 @@ pytestmark = pytest.mark.timeout(30)
 Start = Callable[..., WorkerContext]
 TIMEOUT = b"421 4.4.2 mx.test Error: timeout exceeded\r\n"
 TRANSACTION = b"MAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n"
-
-
-@pytest.fixture(scope="module")
-def parser() -> ParserBackend:
-    return parser_backend.select()
-
-
-@pytest.fixture
-def loop() -> Iterator[ClockLoop]:
-    loop = ClockLoop()
-    yield loop
-    loop.close()
-    assert loop.errors == [], "a callback failed"
 
 
 @pytest.fixture

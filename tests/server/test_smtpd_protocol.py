@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from mta import parser_backend
 from mta.protocol import replies
 from mta.protocol.session import ParserBackend
 from mta.queue.spool import IN_MEMORY_MAX, MessageWriter, Spool
@@ -32,19 +31,6 @@ Start = Callable[..., WorkerContext]
 TRANSACTION = b"MAIL FROM:<a@client.test>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n"
 MESSAGE = b"Subject: fast\r\n\r\nhello\r\n..a dot\r\n"
 _QUEUED = re.compile(rb"^250 2\.0\.0 Ok: queued as ([0-9A-F]{19})\r\n$")
-
-
-@pytest.fixture(scope="module")
-def parser() -> ParserBackend:
-    return parser_backend.select()
-
-
-@pytest.fixture
-def loop() -> Iterator[ClockLoop]:
-    loop = ClockLoop()
-    yield loop
-    loop.close()
-    assert loop.errors == [], "a callback failed"
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from mta import parser_backend
 from mta.protocol import replies
 from mta.protocol.session import ParserBackend
 from mta.queue.space import MAX_AGE, SpoolSpace
@@ -44,19 +43,6 @@ class Disk:
         self.calls += 1
         blocks = self.avail // 4096
         return os.statvfs_result((4096, 4096, 1 << 30, blocks, blocks, 0, 0, 0, 0, 255))
-
-
-@pytest.fixture(scope="module")
-def parser() -> ParserBackend:
-    return parser_backend.select()
-
-
-@pytest.fixture
-def loop() -> Iterator[ClockLoop]:
-    loop = ClockLoop()
-    yield loop
-    loop.close()
-    assert loop.errors == [], "a callback failed"
 
 
 @pytest.fixture
