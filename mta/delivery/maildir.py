@@ -5,20 +5,21 @@ that no address can climb out of the template (no ``/``, no leading dot).  Each 
 file starts with ``Return-Path`` and ``Delivered-To`` like Postfix's local(8), is fsynced,
 renamed into ``new/`` and the directory is fsynced before success is reported (the queue's
 durable write, mta/queue/durable.py).  A stored (large) message is copied from its message
-file in chunks, never held whole; the steps are the same as ``replace_file``'s, which takes
-one buffer.  A failure to read it is raised (``MessageReadError``), not reported as the
-mailbox's: the partial file in ``tmp/`` is removed either way.
+file in chunks, never held whole, by the same ``replace_file``.  A failure to read it is
+raised (``MessageReadError``), not reported as the mailbox's: the partial file in ``tmp/``
+is removed either way.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import time
 
 from mta.delivery.stored import read_chunks
 from mta.protocol.client_events import StoredMessage
-from mta.queue.durable import fsync_directory, replace_file, write_all
+from mta.queue.durable import replace_file
 from mta.queue.results import RecipientResult
 
 __all__ = ["deliver_maildir"]
@@ -44,25 +45,12 @@ def _ensure_maildir(path: str) -> None:
 
 
 def _copy_durably(path: str, header: bytes, message: StoredMessage, tmp_path: str) -> None:
-    """``replace_file`` for a stored message: ``header`` and the message, copied in chunks
-    into ``tmp_path`` (new), fsynced, renamed to ``path``, the directory fsynced."""
-    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    """``replace_file`` for a stored message: ``header``, then the message in chunks."""
+    chunks = read_chunks(message)
     try:
-        write_all(fd, header)
-        chunks = read_chunks(message)
-        try:
-            for chunk in chunks:
-                write_all(fd, chunk)
-        finally:
-            chunks.close()
-        os.fsync(fd)
-    except BaseException:  # not only OSError: a failed read must not leave the file either
-        os.close(fd)
-        os.unlink(tmp_path)
-        raise
-    os.close(fd)
-    os.rename(tmp_path, path)
-    fsync_directory(os.path.dirname(path))
+        replace_file(path, itertools.chain((header,), chunks), tmp_path)
+    finally:
+        chunks.close()
 
 
 def deliver_maildir(

@@ -22,6 +22,7 @@ real process tree instead; nothing here reads the environment.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 __all__ = ["fdatasync", "fsync", "fsync_directory", "replace_file", "write_all"]
 
@@ -52,19 +53,26 @@ def fsync_directory(path: str) -> None:
         os.close(dir_fd)
 
 
-def replace_file(path: str, data: bytes, tmp_path: str, *, exclusive: bool = True) -> None:
+def replace_file(
+    path: str, data: bytes | Iterable[bytes], tmp_path: str, *, exclusive: bool = True
+) -> None:
     """Make ``path`` hold ``data`` durably: write ``tmp_path`` (beside it, or in a
     directory on the same file system), fsync, rename it to ``path``, fsync the directory.
 
-    ``exclusive``: ``tmp_path`` must not exist yet (``O_EXCL``), as for a name only this
-    writer can have made; otherwise a leftover is truncated.
+    ``data`` is one buffer, or chunks (a large message copied from its file, never held
+    whole).  Whatever stops the write — a failed write or fsync, or an error raised by the
+    chunks' source — removes ``tmp_path`` and is raised.  ``exclusive``: ``tmp_path`` must
+    not exist yet (``O_EXCL``), as for a name only this writer can have made; otherwise a
+    leftover is truncated.
     """
+    chunks = (data,) if isinstance(data, bytes) else data
     flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
     fd = os.open(tmp_path, flags, 0o600)
     try:
-        write_all(fd, data)
+        for chunk in chunks:
+            write_all(fd, chunk)
         fsync(fd)
-    except OSError:
+    except BaseException:  # not only OSError: the chunks' reader may fail too; re-raised
         os.close(fd)
         os.unlink(tmp_path)
         raise
