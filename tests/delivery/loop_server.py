@@ -46,8 +46,21 @@ class LoopThread:
         try:
             self.loop.run_forever()
         finally:
+            self._abort_transports()
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.close()
+
+    def _abort_transports(self) -> None:
+        """Abort whatever connection is still open when the loop stops (one that slipped
+        past a server's own shutdown: accepted in the same turn that closed the listener), and
+        let its ``connection_lost`` run: a transport left behind with a closed loop is only
+        freed by a later garbage collection, whose ResourceWarning fails whatever test is
+        running then.  ``_transports`` is the selector loop's own registry (fd → transport)."""
+        transports = getattr(self.loop, "_transports", {})
+        for transport in list(transports.values()):
+            transport.abort()
+        for _ in range(ACCEPT_TURNS):
+            self.loop.run_until_complete(asyncio.sleep(0))
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = START_SECONDS) -> T:
         """Run ``coro`` on the loop and return its result (or raise its exception) here."""
