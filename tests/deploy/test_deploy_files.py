@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml  # PyYAML, one of the test extras
 
 from mta import metrics
 from mta.config import load_config, parse_hostport
@@ -114,7 +115,6 @@ def test_the_container_runs_as_its_mta_account_not_root() -> None:
 
 
 def test_kubernetes_pods_run_as_the_image_account_without_privileges(tmp_path: Path) -> None:
-    import yaml  # PyYAML, one of the test extras
     docs = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "mta.yaml").read_text()))
     [statefulset] = [d for d in docs if d["kind"] == "StatefulSet"]
     pod = statefulset["spec"]["template"]["spec"]
