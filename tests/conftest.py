@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.delivery.sink import CaptureSink
-from tests.helpers import MtaProcess
+from tests.helpers import MtaProcess, stop_all
 
 
 @pytest.fixture
@@ -25,11 +25,7 @@ def mta_factory(tmp_path: Path) -> Iterator[Callable[..., MtaProcess]]:
         return server.start(wait=wait)
 
     yield start
-    for server in started:
-        try:
-            server.stop(timeout=20)
-        except Exception:  # noqa: BLE001  -- teardown must kill whatever is left
-            server.kill_tree()
+    stop_all(started)
 
 
 @pytest.fixture

@@ -248,3 +248,12 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def stop_all(servers: list[MtaProcess]) -> None:
+    """Teardown of relays a test started: TERM and wait, else kill whatever is left."""
+    for server in servers:
+        try:
+            server.stop(timeout=20)
+        except Exception:  # noqa: BLE001  -- teardown must kill whatever is left
+            server.kill_tree()

@@ -26,7 +26,7 @@ import pytest
 from mta.config import ConfigError, MasterConfig, load_config
 from mta.master import privileges
 from tests.delivery.sink import CaptureSink
-from tests.helpers import MtaProcess, free_port, wait_until
+from tests.helpers import MtaProcess, free_port, stop_all, wait_until
 from tests.master import children_by_kind, port_accepts, scrape, send_messages
 
 pytestmark = pytest.mark.timeout(90)
@@ -80,11 +80,7 @@ def nobody_factory(
         return started[-1].start(wait=wait)
 
     yield start
-    for server in started:
-        try:
-            server.stop(timeout=20)
-        except Exception:  # noqa: BLE001  -- teardown must kill whatever is left
-            server.kill_tree()
+    stop_all(started)
 
 
 @pytest.fixture
