@@ -53,5 +53,10 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
 def _check_config(config: Config, args: argparse.Namespace) -> int:
     import msgspec
 
-    print(msgspec.json.format(msgspec.json.encode(config), indent=2).decode())
+    # The listeners as served: smtp.listen and [listeners] with every default filled in.
+    settings = msgspec.to_builtins(config)
+    settings["listeners"] = {
+        listener.name: msgspec.to_builtins(listener) for listener in config.resolved_listeners()
+    }
+    print(msgspec.json.format(msgspec.json.encode(settings), indent=2).decode())
     return 0

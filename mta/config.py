@@ -11,11 +11,20 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import msgspec
 
-__all__ = ["Config", "ConfigError", "load_config", "parse_hostport", "parse_route"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "Listener",
+    "ListenerConfig",
+    "load_config",
+    "parse_hostport",
+    "parse_route",
+]
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
@@ -80,8 +89,13 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     """
 
 
+DEFAULT_LISTEN = ("127.0.0.1:2525",)  # the MX listener when none is configured
+
+
 class SmtpConfig(_Section, frozen=True):
-    listen: tuple[str, ...] = ("127.0.0.1:2525",)
+    # MX listeners (role "mx", STARTTLS offered when tls_cert is set); empty: 127.0.0.1:2525
+    # unless [listeners] tables are configured (see Config.resolved_listeners)
+    listen: tuple[str, ...] = ()
     workers: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0 = one per CPU
     max_message_size: PositiveInt = 26_214_400
     max_recipients: PositiveInt = 1000
@@ -109,9 +123,10 @@ class SmtpConfig(_Section, frozen=True):
     tls_cert: str = ""  # PEM certificate chain; with tls_key, STARTTLS is offered
     tls_key: str = ""
 
+    # PROXY protocol headers are accepted only from these (listeners with proxy_protocol)
+    proxy_networks: tuple[str, ...] = ()
+
     def __post_init__(self) -> None:
-        if not self.listen:
-            raise ValueError("at least one listen address is needed")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert: tls_cert and tls_key go together")
         for address in self.listen:
@@ -120,6 +135,87 @@ class SmtpConfig(_Section, frozen=True):
             except ValueError as exc:
                 raise ValueError(f"listen: {exc}") from None
         _check_networks("normalize_networks", self.normalize_networks)
+        _check_networks("proxy_networks", self.proxy_networks)
+
+
+Role = Literal["mx", "submission", "submissions"]
+TlsMode = Literal["off", "offered", "required", "implicit"]
+
+
+class ListenerConfig(_Section, frozen=True):
+    """One ``[listeners.NAME]`` table: addresses and what is offered there, like a service
+    line of Postfix's master.cf (``smtp``, ``submission``, ``submissions``/``smtps``).
+
+    Unset keys (None) take the role's defaults (:func:`resolve_listener`): ``mx`` offers
+    STARTTLS when a certificate is configured and no AUTH; ``submission`` requires STARTTLS
+    and AUTH (RFC 6409); ``submissions`` is implicit TLS with AUTH required (RFC 8314).
+    """
+
+    listen: tuple[str, ...]
+    role: Role = "mx"
+    tls: TlsMode | None = None  # off | offered (STARTTLS) | required | implicit
+    tls_cert: str = ""  # default: smtp.tls_cert / smtp.tls_key
+    tls_key: str = ""
+    tls_min_version: Literal["1.2", "1.3"] = "1.2"
+    proxy_protocol: bool = False  # a PROXY v1/v2 header first, from smtp.proxy_networks
+    auth: bool | None = None  # offer AUTH (only under TLS unless auth_plaintext)
+    auth_plaintext: bool = False  # AUTH without TLS: for tests on loopback only
+    require_auth: bool | None = None  # MAIL needs AUTH first (530 5.7.0)
+
+    def __post_init__(self) -> None:
+        if not self.listen:
+            raise ValueError("listen: at least one address is needed")
+        for address in self.listen:
+            try:
+                parse_hostport(address)
+            except ValueError as exc:
+                raise ValueError(f"listen: {exc}") from None
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert: tls_cert and tls_key go together")
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """A listener with every setting decided (no None left); what smtpd serves."""
+
+    name: str
+    listen: tuple[str, ...]
+    role: Role
+    tls: TlsMode
+    tls_cert: str
+    tls_key: str
+    tls_min_version: str
+    proxy_protocol: bool
+    auth: bool
+    auth_plaintext: bool
+    require_auth: bool
+
+
+def resolve_listener(name: str, entry: ListenerConfig, smtp: SmtpConfig) -> Listener:
+    """Fill the unset keys of ``entry`` from its role and the [smtp] defaults."""
+    cert, key = entry.tls_cert or smtp.tls_cert, entry.tls_key or smtp.tls_key
+    submission = entry.role != "mx"
+    default_tls: TlsMode = (
+        "implicit" if entry.role == "submissions" else "required" if submission else "offered"
+    )
+    tls = entry.tls if entry.tls is not None else default_tls
+    if tls == "offered" and not cert and entry.tls is None:
+        tls = "off"  # an MX listener offers STARTTLS only when there is a certificate
+    if tls != "off" and not cert:
+        raise ValueError(f"{name}.tls: TLS mode {tls!r} needs tls_cert and tls_key")
+    return Listener(
+        name=name,
+        listen=entry.listen,
+        role=entry.role,
+        tls=tls,
+        tls_cert=cert if tls != "off" else "",
+        tls_key=key if tls != "off" else "",
+        tls_min_version=entry.tls_min_version,
+        proxy_protocol=entry.proxy_protocol,
+        auth=entry.auth if entry.auth is not None else submission,
+        auth_plaintext=entry.auth_plaintext,
+        require_auth=entry.require_auth if entry.require_auth is not None else submission,
+    )
 
 
 class RelayConfig(_Section, frozen=True):
@@ -211,6 +307,7 @@ class Config(_Section, frozen=True):
     queue: QueueConfig = QueueConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     routes: dict[str, str] = {}
+    listeners: dict[str, ListenerConfig] = {}
     master: MasterConfig = MasterConfig()
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
@@ -221,6 +318,26 @@ class Config(_Section, frozen=True):
                 parse_route(route)
             except ValueError as exc:
                 raise ValueError(f"routes.{domain}: {exc}") from None
+        try:
+            self.resolved_listeners()
+        except ValueError as exc:
+            raise ValueError(f"listeners.{exc}") from None
+
+    def resolved_listeners(self) -> list[Listener]:
+        """Every listener, its settings decided: ``smtp.listen`` as the MX listener named
+        ``smtp`` (127.0.0.1:2525 when neither it nor [listeners] is set), then [listeners]."""
+        smtp = self.smtp
+        listen = smtp.listen or (() if self.listeners else DEFAULT_LISTEN)
+        entries = dict(self.listeners)
+        if listen:
+            if "smtp" in entries:
+                raise ValueError("smtp: name taken by [smtp] listen; choose another name")
+            entries = {"smtp": ListenerConfig(listen=listen, role="mx"), **entries}
+        return [resolve_listener(name, entry, smtp) for name, entry in entries.items()]
+
+    def listen_addresses(self) -> tuple[str, ...]:
+        """Every address to bind, listener by listener (the order smtpd's sockets come in)."""
+        return tuple(a for listener in self.resolved_listeners() for a in listener.listen)
 
     @property
     def fqdn(self) -> str:

@@ -142,7 +142,7 @@ def _change(config: Config, args: argparse.Namespace) -> int:
 
 
 def _send(config: Config, args: argparse.Namespace) -> int:
-    host, port = parse_hostport(config.smtp.listen[0])
+    host, port = parse_hostport(config.listen_addresses()[0])
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1"
     body = (

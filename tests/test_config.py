@@ -16,7 +16,7 @@ from tests.helpers import REPO
 DOCUMENTED = """\
 hostname = "mx.example.test"
 [smtp]
-listen = ["127.0.0.1:2525"]
+listen = []
 max_message_size = 26214400
 max_recipients = 1000
 idle_timeout = 300
@@ -108,7 +108,8 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_defaults_without_a_file() -> None:
     config = load_config(None)
     assert config == Config()
-    assert config.smtp.listen == ("127.0.0.1:2525",)
+    assert config.smtp.listen == ()
+    assert config.listen_addresses() == ("127.0.0.1:2525",)
     assert config.queue.path == "spool"
     assert config.smtp.max_message_size == 26_214_400
     assert config.smtp.max_recipients == 1000
@@ -132,7 +133,8 @@ def test_check_config_without_a_file_prints_the_defaults(tmp_path: Path) -> None
     result = run_cli("check-config", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     settings = json.loads(result.stdout)
-    assert settings["smtp"]["listen"] == ["127.0.0.1:2525"]
+    assert settings["listeners"]["smtp"]["listen"] == ["127.0.0.1:2525"]
+    assert settings["listeners"]["smtp"]["role"] == "mx"
     assert settings["queue"]["path"] == "spool"
     assert settings["smtp"]["max_message_size"] == 26_214_400
     assert settings["relay"]["networks"] == ["127.0.0.0/8", "::1/128"]
@@ -146,7 +148,7 @@ def test_every_documented_key_is_accepted(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, DOCUMENTED))
     assert config.hostname == "mx.example.test"
     assert config.fqdn == "mx.example.test"
-    assert config.smtp.listen == ("127.0.0.1:2525",)
+    assert config.listen_addresses() == ("127.0.0.1:2525",)
     assert config.relay.networks == ("127.0.0.0/8", "::1/128")
     assert config.queue.path == "spool"
     assert config.delivery.workers == 2

@@ -25,5 +25,5 @@ def test_configuration_reference_is_a_valid_config(tmp_path: Path) -> None:
     path = tmp_path / "mta.toml"
     path.write_text(toml.group(1))
     config = load_config(str(path))
-    assert config.smtp.listen == ("127.0.0.1:2525",)
+    assert config.listen_addresses() == ("127.0.0.1:2525",)
     assert config.routes["local.example"] == "maildir:/var/mail/{domain}/{user}"

@@ -191,7 +191,7 @@ class Arbiter:
         self.run_dir = tempdirs.create("master")  # heartbeat files: see _start
         privileges.give(self.run_dir, account, 0o710, group_only=True)
         self.throttle = Throttle(clock=self.clock.monotonic)
-        self.sockets = bind_listeners(config.smtp.listen, config.smtp.reuse_port)
+        self.sockets = bind_listeners(config.listen_addresses(), config.smtp.reuse_port)
         if config.smtp.reuse_port:  # each smtpd binds its own (see the module docstring)
             for sock in self.sockets:
                 sock.close()
@@ -312,16 +312,17 @@ class Arbiter:
                 config.master, user=master.user, allow_root=master.allow_root
             )
             config = msgspec.structs.replace(config, master=new_master)
-        smtp = self.config.smtp
-        if (config.smtp.listen, config.smtp.reuse_port) != (smtp.listen, smtp.reuse_port):
+        old, smtp = self.config, self.config.smtp
+        bound = (old.listen_addresses(), smtp.reuse_port)
+        if (config.listen_addresses(), config.smtp.reuse_port) != bound:
             log.warning(
-                "reload: smtp.listen and smtp.reuse_port need a restart; keeping %s",
+                "reload: the listening addresses and smtp.reuse_port need a restart; keeping %s",
                 self._listen_names(),
             )
             new_smtp = msgspec.structs.replace(
                 config.smtp, listen=smtp.listen, reuse_port=smtp.reuse_port
             )
-            config = msgspec.structs.replace(config, smtp=new_smtp)
+            config = msgspec.structs.replace(config, smtp=new_smtp, listeners=old.listeners)
         return config
 
     # ----- children -----------------------------------------------------------------------
@@ -481,7 +482,7 @@ class Arbiter:
         metrics_dir.remove()
 
     def _listen_names(self) -> str:
-        return ", ".join(self.config.smtp.listen)
+        return ", ".join(self.config.listen_addresses())
 
 
 def _remove(path: str) -> None:
@@ -503,7 +504,7 @@ def run_master(config: Config, config_path: str | None) -> int:
     try:
         arbiter = Arbiter(config, config_path, account=account)
     except OSError as exc:
-        log.error("cannot listen on %s: %s", ", ".join(config.smtp.listen), exc.strerror)
+        log.error("cannot listen on %s: %s", ", ".join(config.listen_addresses()), exc.strerror)
         return 1
     return arbiter.run()
 

@@ -67,7 +67,7 @@ def _smtpd_sockets(config: Config, inherited: list[socket.socket]) -> list[socke
     # what waits in the accept queue of a worker that exits is reset (unless
     # net.ipv4.tcp_migrate_req=1), and nothing is queued while no worker is up.  (In this
     # mode the master hands down no socket: see arbiter.py.)
-    return bind_listeners(config.smtp.listen, reuse_port=True)
+    return bind_listeners(config.listen_addresses(), reuse_port=True)
 
 
 def _run_smtpd(config: Config, sockets: list[socket.socket], heartbeat: Heartbeat) -> None:

@@ -97,6 +97,11 @@ class SessionLimits:
     normalize_bare_line_endings: bool
     starttls: bool  # offer STARTTLS (RFC 3207)
     strip_nul: bool  # drop NUL octets from DATA instead of rejecting the message
+    # the listener's rules (mta.config.Listener)
+    require_tls: bool  # MAIL (and AUTH) only after STARTTLS: 530 5.7.0 (RFC 3207 §4)
+    auth: bool  # offer AUTH (RFC 4954): under TLS, or without it if auth_plaintext
+    auth_plaintext: bool  # AUTH also without TLS (tests on loopback only)
+    require_auth: bool  # MAIL only after AUTH: 530 5.7.0 Authentication required
 
 
 class DataScanner(Protocol):
@@ -177,7 +182,7 @@ MAX_HELO_LENGTH = 255  # octets: a domain's limit (RFC 5321 §4.5.3.1.2); Postfi
 class ServerSession:
     """One SMTP conversation, from greeting to close, with no I/O of its own."""
 
-    def __init__(self, limits: SessionLimits, parser: ParserBackend) -> None:
+    def __init__(self, limits: SessionLimits, parser: ParserBackend, greet: bool = True) -> None:
         # connection state
         self.limits = limits
         self.state = State.CONNECTED
@@ -192,8 +197,10 @@ class ServerSession:
         self._parser = parser
         self._buf = bytearray()
         self._discarding_long_line = False
-        self._out: list[bytes] = [replies.greeting(limits.hostname)]
-        self.reply_counts[2] += 1
+        self._out: list[bytes] = []
+        self.greeted = False
+        if greet:
+            self.greet()
         self._events: deque[Event] = deque()
         self._pending: Decision | None = None  # the decision we wait for
         # transaction state
@@ -205,6 +212,20 @@ class ServerSession:
         self._oversize = False
 
     # ----- the I/O layer's API -------------------------------------------------------------
+
+    def greet(self) -> None:
+        """Queue the 220 greeting.  The server may hold it back (``greet=False``) while it
+        decides about the connection: a PROXY header, an implicit TLS handshake, per-client
+        limits.  Input that arrives before it is not processed here (the server keeps it)."""
+        if not self.greeted:
+            self.greeted = True
+            self._out.append(replies.greeting(self.limits.hostname))
+            self.reply_counts[2] += 1
+
+    def refuse(self, reply: bytes) -> None:
+        """Refuse the connection instead of greeting it (``421``/``554``), then close."""
+        self.greeted = True
+        self._close_with(reply)
 
     def receive_data(self, data: bytes) -> None:
         """Append bytes read from the peer; they are processed by :meth:`next_event`."""

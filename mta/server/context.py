@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mta import metrics
-from mta.config import Config
+from mta.config import Config, Listener
 from mta.protocol import replies
 from mta.protocol.printable import for_log
 from mta.protocol.session import ParserBackend, SessionLimits
@@ -41,7 +41,7 @@ from mta.server.stats import SmtpdStats
 from mta.server.trace import DateCache
 
 if TYPE_CHECKING:
-    from mta.server.smtpd import SMTPProtocol
+    from mta.server.smtpd import ConnectCheck, SMTPProtocol
 
 __all__ = ["LogBudget", "WorkerContext", "fd_ceiling", "session_limits"]
 
@@ -63,11 +63,18 @@ def fd_ceiling(soft_limit: int) -> int:
     return soft_limit - max(16, soft_limit // 16)
 
 
-def session_limits(config: Config) -> SessionLimits:
-    """The session's limits, all from the configuration (the one owner of their defaults)."""
+def session_limits(config: Config, listener: Listener | None = None) -> SessionLimits:
+    """The session's limits on ``listener`` (default: the first one), all from the
+    configuration (the one owner of their defaults)."""
     smtp = config.smtp
+    if listener is None:
+        listener = config.resolved_listeners()[0]
     return SessionLimits(
-        starttls=bool(smtp.tls_cert),
+        starttls=listener.tls in ("offered", "required"),
+        require_tls=listener.tls == "required",
+        auth=listener.auth,
+        auth_plaintext=listener.auth_plaintext,
+        require_auth=listener.require_auth,
         hostname=config.fqdn,
         max_message_size=smtp.max_message_size,
         max_recipients=smtp.max_recipients,
@@ -125,6 +132,9 @@ class WorkerContext:
     idle_timeout: float = field(init=False)
     command_timeout: float = field(init=False)
     stressed: bool = False
+    # the connect stage's checks, in order, awaited before the greeting (smtpd._open);
+    # none (the default): the greeting goes out at once, with no task per connection
+    connect_checks: list[ConnectCheck] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.limits = session_limits(self.config)

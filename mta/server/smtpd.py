@@ -36,6 +36,7 @@ import asyncio
 import logging
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, cast
 
 from mta.protocol import replies
@@ -60,12 +61,16 @@ from mta.server.trace import protocol_name, received_header
 if TYPE_CHECKING:
     from mta.server.context import WorkerContext
 
-__all__ = ["SMTPProtocol"]
+__all__ = ["ConnectCheck", "SMTPProtocol"]
 
 log = logging.getLogger("mta.smtpd")
 
 _MAX_UNREAD = 1 << 20  # pause reading beyond this much unprocessed input
 _NEVER = float("inf")  # the request deadline while no request is in progress
+
+
+# A check of the connect stage: None lets the client be greeted, bytes refuse it with them.
+ConnectCheck = Callable[["SMTPProtocol"], Awaitable[bytes | None]]
 
 
 class SMTPProtocol(asyncio.Protocol):
@@ -75,8 +80,11 @@ class SMTPProtocol(asyncio.Protocol):
         # per-connection state
         self.ctx = ctx
         self.transport: asyncio.Transport | None = None
-        self.session = ServerSession(ctx.limits, ctx.parser)
+        self.session = ServerSession(ctx.limits, ctx.parser, greet=False)
         self.client_ip = ""
+        # before the greeting (see _open): input held back, and the task deciding it
+        self._early: bytearray | None = None
+        self._opening: asyncio.Task[None] | None = None
         # deadlines (loop time; see the module docstring)
         self.opened_at = 0.0
         self.last_activity = 0.0
@@ -108,13 +116,43 @@ class SMTPProtocol(asyncio.Protocol):
             transport.write(refusal)
             transport.close()
             return
-        if ctx.shutting_down:
-            self.session.request_shutdown()
         self.opened_at = self.last_activity = now = ctx.loop.time()
         self._arm_timer(min(now + ctx.idle_timeout, self._session_deadline()))
-        self._flush()
+        if ctx.connect_checks:
+            self._early = bytearray()
+            self._opening = ctx.loop.create_task(self._open())
+        else:
+            self._greet()
+
+    def _greet(self) -> None:
+        self.session.greet()
+        if self.ctx.shutting_down:
+            self.session.request_shutdown()
+        early, self._early = self._early, None
+        if early:  # pipelined before the greeting (a check that allows it let it stay)
+            self.data_received(bytes(early))
+        else:
+            self._flush()
+
+    async def _open(self) -> None:
+        """The connect stage (DESIGN.md §7), before the greeting: each check in
+        ``ctx.connect_checks`` may refuse the connection with a reply (``421``, ``554``)
+        instead of the greeting.  Input that arrives meanwhile waits in ``_early``."""
+        for check in self.ctx.connect_checks:
+            refusal = await check(self)
+            if self.transport is None:
+                return
+            if refusal is not None:
+                self.session.refuse(refusal)
+                self._flush()
+                return
+        self._opening = None
+        self._greet()
 
     def data_received(self, data: bytes) -> None:
+        if self._early is not None:  # not greeted yet: kept for the checks (see _open)
+            self._early += data
+            return
         self.last_activity = now = self.ctx.loop.time()
         if self.request_started is None:  # the first byte of a command line or message
             self._start_request(now)
@@ -126,6 +164,8 @@ class SMTPProtocol(asyncio.Protocol):
         self.transport = None
         if self._timer is not None:
             self._timer.cancel()
+        if self._opening is not None:
+            self._opening.cancel()
         if self.writer is not None and not self.session.waiting:
             self._discard_message()  # a client that vanishes mid-DATA leaves nothing behind
         self.ctx.connection_closed(self)

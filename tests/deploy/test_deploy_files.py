@@ -131,7 +131,7 @@ def test_kubernetes_pods_run_as_the_image_account_without_privileges(tmp_path: P
     config_path = tmp_path / "mta.toml"
     config_path.write_text(configmap["data"]["mta.toml"])
     config = load_config(str(config_path))
-    ports = {parse_hostport(address)[1] for address in config.smtp.listen}
+    ports = {parse_hostport(address)[1] for address in config.listen_addresses()}
     assert all(port >= 1024 for port in ports)
     smtp_port = next(p for p in container["ports"] if p["name"] == "smtp")
     assert smtp_port["containerPort"] in ports

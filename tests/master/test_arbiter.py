@@ -459,7 +459,7 @@ def test_hup_keeps_the_listen_addresses(tree: Tree, caplog: pytest.LogCaptureFix
     tree.round()
     assert tree.arbiter.config.smtp.listen == ("127.0.0.1:0",)
     assert tree.arbiter.config.smtp.max_message_size == 1000
-    assert "smtp.listen and smtp.reuse_port need a restart" in caplog.text
+    assert "the listening addresses and smtp.reuse_port need a restart" in caplog.text
 
 
 def test_a_child_whose_heartbeat_goes_stale_is_killed_and_replaced(

@@ -68,6 +68,10 @@ SCRIPT = textwrap.dedent(
         normalize_bare_line_endings=False,
         starttls=False,
         strip_nul=False,
+        require_tls=False,
+        auth=False,
+        auth_plaintext=False,
+        require_auth=False,
     )
     session = ServerSession(limits, _parser_py)
     session.receive_data(

@@ -37,6 +37,10 @@ def test_session_limits_of_the_default_configuration() -> None:
         normalize_bare_line_endings=False,
         starttls=False,
         strip_nul=False,
+        require_tls=False,
+        auth=False,
+        auth_plaintext=False,
+        require_auth=False,
     )
 
 
@@ -55,7 +59,9 @@ def test_session_limits_follow_the_configuration() -> None:
         },
     }
     limits = session_limits(msgspec.convert(settings, Config))
-    assert limits == SessionLimits("mx2.test", 1000, 2, 600, 3, True, True, True)
+    assert limits == SessionLimits(
+        "mx2.test", 1000, 2, 600, 3, True, True, True, False, False, False, False
+    )
 
 
 @pytest.fixture
