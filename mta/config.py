@@ -230,6 +230,30 @@ class RelayConfig(_Section, frozen=True):
                 raise ValueError(f"networks: {network!r} is not a network: {exc}") from None
 
 
+class AuthConfig(_Section, frozen=True):
+    """SMTP AUTH (RFC 4954) on the listeners that offer it (``[listeners.NAME] auth``)."""
+
+    passwords: str = ""  # file of password hashes (``mta passwd``); "": AUTH is not offered
+    sender_logins: str = ""  # file: which sender addresses each login may use; "": any
+    failure_delay: Annotated[float, msgspec.Meta(ge=0)] = 1.0  # seconds before a 535
+
+
+class LimitsConfig(_Section, frozen=True):
+    """Per-client limits that hold across all smtpd workers of the node (Postfix's anvil).
+    Rates count per minute; 0 turns a limit off."""
+
+    connections: Annotated[int, msgspec.Meta(ge=0)] = 50  # open at once, per client address
+    connection_rate: Annotated[int, msgspec.Meta(ge=0)] = 0
+    message_rate: Annotated[int, msgspec.Meta(ge=0)] = 0
+    recipient_rate: Annotated[int, msgspec.Meta(ge=0)] = 0
+    auth_failures: Annotated[int, msgspec.Meta(ge=0)] = 5  # beyond: 421 4.7.0, disconnect
+    exempt_networks: tuple[str, ...] | None = None  # None: relay.networks
+    store: Literal["local"] = "local"  # the counters' owner: this node's anvil
+
+    def __post_init__(self) -> None:
+        _check_networks("exempt_networks", self.exempt_networks or ())
+
+
 class QueueConfig(_Section, frozen=True):
     path: str = "spool"
     group_commit: bool = True  # false: one flush per message (for measurements)
@@ -304,6 +328,8 @@ class Config(_Section, frozen=True):
     hostname: str = ""
     smtp: SmtpConfig = SmtpConfig()
     relay: RelayConfig = RelayConfig()
+    auth: AuthConfig = AuthConfig()
+    limits: LimitsConfig = LimitsConfig()
     queue: QueueConfig = QueueConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     routes: dict[str, str] = {}
