@@ -31,15 +31,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def to_toml(data: dict[str, Any]) -> str:
-    """A tiny TOML writer for test configs (tables, strings, numbers, bools, lists)."""
+def to_toml(data: dict[str, Any], prefix: str = "") -> str:
+    """A tiny TOML writer for test configs (tables, nested tables such as
+    ``[listeners.submission]``, strings, numbers, bools, lists)."""
     scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
     tables = {k: v for k, v in data.items() if isinstance(v, dict)}
     lines = [f"{_key(k)} = {_value(v)}" for k, v in scalars.items()]
     for name, table in tables.items():
-        lines.append(f"[{_key(name)}]")
-        lines.extend(f"{_key(k)} = {_value(v)}" for k, v in table.items())
-    return "\n".join(lines) + "\n"
+        path = f"{prefix}{_key(name)}"
+        lines.append(f"[{path}]")
+        lines.append(to_toml(table, prefix=f"{path}.").rstrip("\n"))
+    return "\n".join(line for line in lines if line) + "\n"
 
 
 def _key(key: str) -> str:
