@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
+    if (problem := _check_tables(config)) is not None:
+        return problem
     setup_logging(config.log.level, config.log.format)
     from mta.master import metrics_dir
 
@@ -50,7 +52,22 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     return run_master(config, config_path=args.config)
 
 
+def _check_tables(config: Config) -> int | None:
+    """The files the configuration names (auth.passwords, auth.sender_logins): 1 with the
+    key, file and line when one cannot be used, before anything starts."""
+    from mta.policy.auth import load_tables
+
+    try:
+        load_tables(config)
+    except ConfigError as exc:
+        print(f"mta: configuration error: {exc}", file=sys.stderr)
+        return 1
+    return None
+
+
 def _check_config(config: Config, args: argparse.Namespace) -> int:
+    if (problem := _check_tables(config)) is not None:
+        return problem
     import msgspec
 
     # The listeners as served: smtp.listen and [listeners] with every default filled in.

@@ -193,7 +193,9 @@ def test_malformed_base64_ends_the_exchange_with_501(
     assert events == [] and out == b"501 5.5.2 Cannot decode response\r\n" + replies.OK
 
 
-@pytest.mark.parametrize("message", ["alice\x00pw", "\x00\x00pw", "\x00alice\x00", "a\x00b\x00c\x00d"])
+@pytest.mark.parametrize(
+    "message", ["alice\x00pw", "\x00\x00pw", "\x00alice\x00", "a\x00b\x00c\x00d"]
+)
 def test_malformed_plain_messages_are_refused(parser: ParserBackend, message: str) -> None:
     session = submission(parser)
     events, out = feed(session, b"AUTH PLAIN " + b64(message) + b"\r\n")
@@ -223,7 +225,7 @@ def test_auth_inside_a_transaction_and_before_ehlo(parser: ParserBackend) -> Non
     session.data_to_send()
     _, out = feed(session, b"AUTH LOGIN\r\n")
     assert out == replies.NEED_HELO
-    events, _ = feed(session, b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\n")
+    feed(session, b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\n")
     session.accept()
     session.data_to_send()
     _, out = feed(session, b"AUTH LOGIN\r\n")
@@ -256,7 +258,7 @@ def test_starttls_forgets_the_identity(parser: ParserBackend) -> None:
     session.data_to_send()
     feed(session, b"EHLO c.test\r\n")
     authenticate(session)
-    events, _ = feed(session, b"STARTTLS\r\n")
+    feed(session, b"STARTTLS\r\n")
     session.accept()
     assert session.authenticated is None  # RFC 3207 §4.2
 
