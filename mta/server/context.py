@@ -53,6 +53,8 @@ log = logging.getLogger("mta.smtpd")
 # Leaving stress mode takes a count this much below the level that entered it, so that a
 # node hovering at the threshold does not flap (and log) on every connection.
 _STRESS_HYSTERESIS = 0.9
+# A SASL username may be 9 KiB (RFC 4954 §4's 12288-octet responses): logged cut to this.
+_MAX_LOGGED_USERNAME = 256
 
 
 def fd_ceiling(soft_limit: int) -> int:
@@ -251,7 +253,7 @@ class WorkerContext:
             "client=unknown[%s], sasl_method=%s, sasl_username=%s",
             client_ip,
             request.mechanism,
-            for_log(request.username),
+            for_log(request.username[:_MAX_LOGGED_USERNAME]),
         )
 
     def auth_failed(self, client_ip: str, request: AuthRequest) -> None:
@@ -262,7 +264,7 @@ class WorkerContext:
             "warning: unknown[%s]: SASL %s authentication failed: sasl_username=%s",
             client_ip,
             request.mechanism,
-            for_log(request.username),
+            for_log(request.username[:_MAX_LOGGED_USERNAME]),
         )
 
     async def auth_failure_limit(self, client_ip: str) -> bytes | None:
