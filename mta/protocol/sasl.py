@@ -26,9 +26,13 @@ session applies to the AUTH verb and to MAIL's ``AUTH=`` parameter (RFC 4954 §5
 from __future__ import annotations
 
 import binascii
+from typing import TYPE_CHECKING
 
 from mta.protocol import replies
 from mta.protocol.events import AuthRequest
+
+if TYPE_CHECKING:
+    from mta.protocol.session import SessionLimits
 
 __all__ = [
     "MAX_RESPONSE_LINE",
@@ -107,25 +111,24 @@ def start(argument: bytes) -> tuple[SaslExchange | None, bytes | AuthRequest]:
     return exchange, exchange.begin(words[1] if len(words) == 2 else None)
 
 
-def auth_offered(auth: bool, auth_plaintext: bool, require_tls: bool, tls: bool) -> bool:
+def auth_offered(limits: SessionLimits, tls: bool) -> bool:
     """Is AUTH advertised and taken now?  Only under TLS, unless the listener explicitly
     allows plaintext (loopback tests); never before STARTTLS where TLS is required."""
-    return auth and (tls or (auth_plaintext and not require_tls))
+    return limits.auth and (tls or (limits.auth_plaintext and not limits.require_tls))
 
 
-def auth_refusal(
-    auth: bool, auth_plaintext: bool, starttls: bool, require_tls: bool, tls: bool
-) -> bytes | None:
+def auth_refusal(limits: SessionLimits, tls: bool, authenticated: bool) -> bytes | None:
     """The reply refusing the AUTH verb on this listener now, or None if it is taken.
 
     Not offered at all: ``502`` (RFC 5321 §4.2.4).  Offered only under TLS and the client
     has not started it: ``530 5.7.0`` (RFC 3207 §4, Postfix's reply), so it knows what to do.
+    Already authenticated: ``503`` (RFC 4954 §4: no second AUTH).
     """
-    if not auth:
+    if not limits.auth:
         return replies.NOT_IMPLEMENTED
-    if auth_offered(auth, auth_plaintext, require_tls, tls):
-        return None
-    return replies.MUST_STARTTLS if starttls else replies.NOT_IMPLEMENTED
+    if not auth_offered(limits, tls):
+        return replies.MUST_STARTTLS if limits.starttls else replies.NOT_IMPLEMENTED
+    return replies.ALREADY_AUTHENTICATED if authenticated else None
 
 
 _XTEXT_PLAIN = frozenset(range(33, 127)) - {ord("+"), ord("=")}

@@ -431,7 +431,9 @@ class ServerSession:
         if verb == "STARTTLS" and (not self.limits.starttls or self.tls):
             self._reply(replies.NOT_IMPLEMENTED)  # not offered (again) on this connection
             return None
-        if verb == "AUTH" and (refusal := self._auth_refusal()) is not None:
+        if verb == "AUTH" and (
+            refusal := sasl.auth_refusal(self.limits, self.tls, self.authenticated is not None)
+        ):
             self._reply(refusal)  # not offered here, not yet (STARTTLS first) or done
             return None
         if self.state not in command.states:
@@ -485,22 +487,9 @@ class ServerSession:
         ]
         if self.limits.starttls and not self.tls:
             extensions.append("STARTTLS")
-        if self._auth_offered():
+        if sasl.auth_offered(self.limits, self.tls):
             extensions.append("AUTH " + " ".join(sasl.MECHANISMS))
         return extensions
-
-    def _auth_offered(self) -> bool:
-        limits = self.limits
-        return sasl.auth_offered(limits.auth, limits.auth_plaintext, limits.require_tls, self.tls)
-
-    def _auth_refusal(self) -> bytes | None:
-        limits = self.limits
-        refusal = sasl.auth_refusal(
-            limits.auth, limits.auth_plaintext, limits.starttls, limits.require_tls, self.tls
-        )
-        if refusal is None and self.authenticated is not None:
-            return replies.ALREADY_AUTHENTICATED  # RFC 4954 §4: no second AUTH
-        return refusal
 
     def _mail_refusal(self) -> bytes | None:
         """The listener's rules for MAIL: TLS first, then AUTH first (530 5.7.0)."""
@@ -542,7 +531,7 @@ class ServerSession:
             elif name == "BODY":
                 if value is None or value.upper() not in _BODY_TYPES:
                     return replies.BAD_BODY_PARAM
-            elif name == "AUTH" and self._auth_offered():
+            elif name == "AUTH" and sasl.auth_offered(self.limits, self.tls):
                 if not sasl.valid_auth_param(value):
                     return replies.BAD_AUTH_PARAM
                 if self.authenticated is None:  # RFC 4954 §5: not trusted, so <>
