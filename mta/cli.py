@@ -1,4 +1,4 @@
-"""The ``mta`` command line: serve, check-config, queue ..., send.
+"""The ``mta`` command line: serve, check-config, passwd, queue ..., send.
 
 Exit codes: 0 success, 1 a problem the user can act on (the message says which), 2 usage.
 """
@@ -33,14 +33,21 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
     check = sub.add_parser("check-config", help="print the effective settings or the errors")
     check.set_defaults(handler=_check_config)
+    passwd = sub.add_parser("passwd", help="add, change or delete an SMTP AUTH user")
+    passwd.add_argument("user")
+    passwd.add_argument("--file", "-f", metavar="FILE", help="password file (auth.passwords)")
+    passwd.add_argument("--delete", action="store_true", help="remove the user")
+    passwd.set_defaults(handler=_passwd)
     from mta.queue_cli import add_commands
 
-    for command in (serve, check, *add_commands(sub)):
+    for command in (serve, check, passwd, *add_commands(sub)):
         command.add_argument("--config", "-c", metavar="FILE", default=argparse.SUPPRESS)
     return p
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
+    if (problem := _check_tables(config)) is not None:
+        return problem
     setup_logging(config.log.level, config.log.format)
     from mta.master import metrics_dir
 
@@ -50,7 +57,22 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     return run_master(config, config_path=args.config)
 
 
+def _check_tables(config: Config) -> int | None:
+    """The files the configuration names (auth.passwords, auth.sender_logins): 1 with the
+    key, file and line when one cannot be used, before anything starts."""
+    from mta.policy.auth import load_tables
+
+    try:
+        load_tables(config)
+    except ConfigError as exc:
+        print(f"mta: configuration error: {exc}", file=sys.stderr)
+        return 1
+    return None
+
+
 def _check_config(config: Config, args: argparse.Namespace) -> int:
+    if (problem := _check_tables(config)) is not None:
+        return problem
     import msgspec
 
     # The listeners as served: smtp.listen and [listeners] with every default filled in.
@@ -60,3 +82,54 @@ def _check_config(config: Config, args: argparse.Namespace) -> int:
     }
     print(msgspec.json.format(msgspec.json.encode(settings), indent=2).decode())
     return 0
+
+
+def _passwd(config: Config, args: argparse.Namespace) -> int:
+    """``mta passwd USER``: the password from a prompt (asked twice) or, when stdin is not
+    a terminal, its first line; the file is rewritten atomically, other users kept."""
+    from mta.policy import passwords
+
+    path = args.file or config.auth.passwords
+    if not path:
+        print("mta passwd: no password file: set auth.passwords or use --file", file=sys.stderr)
+        return 2
+    if not passwords.valid_username(args.user):
+        print(f"mta passwd: {args.user!r}: no ':', space or control character", file=sys.stderr)
+        return 2
+    try:
+        entries = passwords.read_entries(path)
+    except ConfigError as exc:
+        print(f"mta passwd: {exc}", file=sys.stderr)
+        return 1
+    if args.delete:
+        if entries.pop(args.user, None) is None:
+            print(f"mta passwd: no user {args.user!r} in {path}", file=sys.stderr)
+            return 1
+    else:
+        password = _read_new_password()
+        if password is None:
+            return 1
+        entries[args.user] = passwords.hash_password(password)
+    try:
+        passwords.write_entries(path, entries)
+    except OSError as exc:
+        print(f"mta passwd: cannot write {path}: {exc.strerror}", file=sys.stderr)
+        return 1
+    print(f"mta passwd: {'deleted' if args.delete else 'set'} {args.user} in {path}")
+    return 0
+
+
+def _read_new_password() -> str | None:
+    if not sys.stdin.isatty():
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        import getpass
+
+        password = getpass.getpass("New password: ")
+        if getpass.getpass("Again: ") != password:
+            print("mta passwd: the passwords differ; nothing changed", file=sys.stderr)
+            return None
+    if not password:
+        print("mta passwd: an empty password is not allowed", file=sys.stderr)
+        return None
+    return password

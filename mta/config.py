@@ -236,6 +236,8 @@ class AuthConfig(_Section, frozen=True):
     passwords: str = ""  # file of password hashes (``mta passwd``); "": AUTH is not offered
     sender_logins: str = ""  # file: which sender addresses each login may use; "": any
     failure_delay: Annotated[float, msgspec.Meta(ge=0)] = 1.0  # seconds before a 535
+    # "(Authenticated sender: USER)" in Received: (Postfix's smtpd_sasl_authenticated_header)
+    authenticated_header: bool = False
 
 
 class LimitsConfig(_Section, frozen=True):

@@ -40,6 +40,12 @@ BYTES_RECEIVED = Counter("mta_smtpd_received_bytes", "Octets of accepted message
 REPLIES = Counter("mta_smtpd_replies", "SMTP replies sent, by code class", ["code_class"])
 REJECTS = Counter("mta_smtpd_rejects", "Refused commands and messages, by reason", ["reason"])
 TLS_SESSIONS = Counter("mta_smtpd_tls_sessions", "TLS sessions established by smtpd")
+AUTH_SUCCESSES = Counter(
+    "mta_smtpd_auth_successes", "SMTP AUTH exchanges that succeeded, by mechanism", ["mechanism"]
+)
+AUTH_FAILURES = Counter(
+    "mta_smtpd_auth_failures", "SMTP AUTH exchanges that failed (535), by mechanism", ["mechanism"]
+)
 COMMIT_BATCHES = Counter("mta_queue_commit_batches", "Group commits (disk flushes) done")
 COMMIT_SECONDS = Histogram(
     "mta_queue_commit_seconds",

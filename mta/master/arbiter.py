@@ -57,6 +57,7 @@ from mta.master import metrics_dir, privileges, tempdirs
 from mta.master.children import KINDS, spawn
 from mta.master.privileges import Account, PrivilegeError
 from mta.master.throttle import Throttle
+from mta.policy.auth import load_tables
 from mta.server.listen import bind_listeners
 
 if TYPE_CHECKING:
@@ -289,6 +290,7 @@ class Arbiter:
     def handle_hup(self) -> None:
         try:
             config = load_config(self.config_path)
+            load_tables(config)  # the AUTH tables: a broken one keeps the running config
         except ConfigError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             return

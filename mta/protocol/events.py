@@ -60,10 +60,31 @@ class StartTls:
 
 
 @dataclass(slots=True, frozen=True)
+class AuthRequest:
+    """*Decision*: the client gave credentials with AUTH (RFC 4954); accept means ``235``
+    and the session is authenticated as ``username``, reject answers the server's reply
+    (``535``, or ``421`` which closes the session).  ``authzid`` is the identity to act
+    as (PLAIN's, RFC 4616), "" for none.  The password is kept out of ``repr``."""
+
+    mechanism: str  # "PLAIN" | "LOGIN"
+    authzid: str
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(slots=True, frozen=True)
 class TransactionReset:
     """RSET, HELO/EHLO or a failed transaction dropped the sender and recipients."""
 
 
 Event = (
-    MailFrom | RcptTo | DataStart | DataChunk | DataEnd | DataAborted | StartTls | TransactionReset
+    MailFrom
+    | RcptTo
+    | DataStart
+    | DataChunk
+    | DataEnd
+    | DataAborted
+    | StartTls
+    | AuthRequest
+    | TransactionReset
 )

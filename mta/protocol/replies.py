@@ -63,6 +63,19 @@ INSUFFICIENT_STORAGE = reply(452, "4.3.1 Insufficient system storage")
 READY_FOR_TLS = reply(220, "2.0.0 Ready to start TLS")
 TLS_UNAVAILABLE = reply(454, "4.7.0 TLS not available due to local problem")
 STARTTLS_IN_TRANSACTION = reply(503, "5.5.1 Error: STARTTLS not allowed during a mail transaction")
+# SMTP AUTH (RFC 4954 §6), in Postfix's words.
+MUST_STARTTLS = reply(530, "5.7.0 Must issue a STARTTLS command first")
+AUTH_REQUIRED = reply(530, "5.7.0 Authentication required")
+AUTH_OK = reply(235, "2.7.0 Authentication successful")
+AUTH_FAILED = reply(535, "5.7.8 Error: authentication failed")
+AUTH_ABORTED = reply(501, "5.7.0 Authentication aborted")
+AUTH_BAD_BASE64 = reply(501, "5.5.2 Cannot decode response")
+AUTH_BAD_PLAIN = reply(501, "5.5.2 Error: malformed PLAIN response")
+AUTH_SYNTAX = reply(501, "5.5.4 Syntax: AUTH mechanism")
+AUTH_MECHANISM_UNKNOWN = reply(504, "5.5.4 Unsupported authentication mechanism")
+ALREADY_AUTHENTICATED = reply(503, "5.5.1 Error: already authenticated")
+AUTH_IN_TRANSACTION = reply(503, "5.5.1 Error: MAIL transaction in progress")
+BAD_AUTH_PARAM = reply(501, "5.5.4 Bad AUTH parameter syntax")
 
 
 def closing(hostname: str) -> bytes:
@@ -87,6 +100,10 @@ def shutting_down(hostname: str) -> bytes:
 
 def too_many_connections(hostname: str) -> bytes:
     return reply(421, f"4.7.0 {hostname} Error: too many connections")
+
+
+def too_many_auth_failures(hostname: str) -> bytes:
+    return reply(421, f"4.7.0 {hostname} Error: too many authentication failures")
 
 
 def queued(queue_id: str) -> bytes:

@@ -21,6 +21,12 @@ Rules this module keeps:
 * While a *decision* event waits for :meth:`accept` / :meth:`reject`, no further input is
   processed, so replies stay in order and the server may take its time (fsync).  Which
   decision is waiting is a :class:`Decision`.
+* SMTP AUTH (RFC 4954, exchanges in sasl.py) is offered only where the listener allows it
+  and only under TLS unless it explicitly allows plaintext; once authenticated a session
+  cannot AUTH again (§4), and STARTTLS forgets the identity with everything else (RFC 3207
+  §4.2).  The listener's rules: ``require_tls`` answers MAIL and AUTH before STARTTLS with
+  ``530 5.7.0 Must issue a STARTTLS command first``; ``require_auth`` answers MAIL before
+  AUTH with ``530 5.7.0 Authentication required``.
 
 The parser backend (the compiled ``_parser_c`` or its twin ``_parser_py``) is passed in by
 the caller, which chooses it once (``mta.parser_backend``); this package reads no
@@ -36,9 +42,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from mta.protocol import replies
+from mta.protocol import replies, sasl
 from mta.protocol.errors import CommandSyntaxError, SessionUsageError
 from mta.protocol.events import (
+    AuthRequest,
     DataAborted,
     DataChunk,
     DataEnd,
@@ -79,6 +86,7 @@ class Decision(enum.Enum):
     DATA = "data"  # DataStart: ready to receive the message (354)?
     END = "end"  # DataEnd: is the message durable (250 with its queue id)?
     STARTTLS = "starttls"  # StartTls: will the server start TLS (220)?
+    AUTH = "auth"  # AuthRequest: are these credentials good (235)?
 
 
 @dataclass(slots=True, frozen=True)
@@ -157,9 +165,10 @@ COMMANDS: dict[str, Command] = {
     "VRFY": Command("_do_vrfy", _ANY, True),
     "HELP": Command("_do_help", _ANY),
     "STARTTLS": Command("_do_starttls", frozenset({State.READY}), False),
+    "AUTH": Command("_do_auth", frozenset({State.READY}), True),
 }
 # Known to us but deliberately not offered (RFC 5321 §4.2.4: 502 for unimplemented commands).
-NOT_IMPLEMENTED = frozenset({"AUTH", "BDAT", "EXPN", "ETRN", "TURN", "ATRN"})
+NOT_IMPLEMENTED = frozenset({"BDAT", "EXPN", "ETRN", "TURN", "ATRN"})
 
 # Reply for a verb used in the wrong state, by the state we are in.
 _OUT_OF_SEQUENCE: dict[tuple[str, State], bytes] = {
@@ -173,6 +182,8 @@ _OUT_OF_SEQUENCE: dict[tuple[str, State], bytes] = {
     ("DATA", State.MAIL): replies.NEED_RCPT,
     ("STARTTLS", State.MAIL): replies.STARTTLS_IN_TRANSACTION,
     ("STARTTLS", State.RCPT): replies.STARTTLS_IN_TRANSACTION,
+    ("AUTH", State.MAIL): replies.AUTH_IN_TRANSACTION,
+    ("AUTH", State.RCPT): replies.AUTH_IN_TRANSACTION,
 }
 
 _BODY_TYPES = frozenset({"7BIT", "8BITMIME"})
@@ -193,6 +204,11 @@ class ServerSession:
         self.reply_counts = [0] * 6  # replies sent by class (index 2 = 2xx), for metrics
         self.closing = False  # the last reply is queued; close after sending it
         self._shutdown_requested = False
+        # SMTP AUTH: the identity once authenticated, the exchange in progress
+        self.authenticated: str | None = None  # the SASL username (RFC 4954)
+        self.auth_mechanism = ""
+        self._sasl: sasl.SaslExchange | None = None
+        self._pending_auth: tuple[str, str] = ("", "")  # (mechanism, username) asked about
         # input and output
         self._parser = parser
         self._buf = bytearray()
@@ -260,7 +276,7 @@ class ServerSession:
             line = self._next_line()
             if line is None:
                 return None
-            event = self._dispatch(line)
+            event = self._dispatch(line) if self._sasl is None else self._sasl_step(line)
             if event is not None:
                 return event
         return self._events.popleft()
@@ -283,6 +299,8 @@ class ServerSession:
             self.tls = True
             self.helo = ""
             self.esmtp = False
+            self.authenticated = None
+            self.auth_mechanism = ""
             self.state = State.CONNECTED
         elif pending is Decision.DATA:
             self.state = State.DATA
@@ -292,6 +310,10 @@ class ServerSession:
             )
             self._oversize = False
             self._reply(reply or replies.START_DATA)
+        elif pending is Decision.AUTH:
+            self.authenticated = self._pending_auth[1]
+            self.auth_mechanism = self._pending_auth[0]
+            self._reply(reply or replies.AUTH_OK)
         else:  # end of data: the message is durable
             if reply is None:
                 raise SessionUsageError("accepting a message needs the reply with its queue id")
@@ -299,12 +321,16 @@ class ServerSession:
             self._end_transaction()
 
     def reject(self, reply: bytes) -> None:
-        """Say no to the pending decision with ``reply`` (a 4xx or 5xx line)."""
+        """Say no to the pending decision with ``reply`` (a 4xx or 5xx line); a ``421``
+        closes the session (RFC 5321 §3.8)."""
         pending = self._take_pending()
         if pending is Decision.MAIL:
             self.sender = None
             self.mail_params = {}
-        self._reply(reply)
+        if reply.startswith(b"421"):
+            self._close_with(reply)
+        else:
+            self._reply(reply)
         if pending is Decision.END:
             self._end_transaction()
 
@@ -327,23 +353,29 @@ class ServerSession:
     def _next_line(self) -> bytes | None:
         """The next well-formed command line without CRLF; bad lines are answered here."""
         buf = self._buf
+        limit = self.limits.max_line_length if self._sasl is None else sasl.MAX_RESPONSE_LINE
         while not self.closing:
             lf = buf.find(b"\n")
             if lf < 0:
-                if len(buf) > self.limits.max_line_length:
+                if len(buf) > limit:
                     self._discarding_long_line = True  # keep no unbounded line in memory
                     buf.clear()
                 return None
             line = bytes(buf[: lf + 1])
             del buf[: lf + 1]
-            if self._discarding_long_line or lf + 1 > self.limits.max_line_length:
+            if self._discarding_long_line or lf + 1 > limit:
                 self._discarding_long_line = False
-                self._reply(replies.LINE_TOO_LONG)
+                self._bad_line(replies.LINE_TOO_LONG)
             elif lf == 0 or line[lf - 1] != 0x0D or b"\r" in line[: lf - 1]:
-                self._reply(replies.BARE_LINE_ENDING_COMMAND)  # never guess where it ends
+                self._bad_line(replies.BARE_LINE_ENDING_COMMAND)  # never guess where it ends
             else:
                 return line[: lf - 1]
         return None
+
+    def _bad_line(self, reply: bytes) -> None:
+        """A line we cannot take; inside an AUTH exchange it ends the exchange too."""
+        self._sasl = None
+        self._reply(reply)
 
     def _scan_data(self) -> bool:
         """Feed buffered input to the DATA scanner; False when it needs more input."""
@@ -399,6 +431,11 @@ class ServerSession:
         if verb == "STARTTLS" and (not self.limits.starttls or self.tls):
             self._reply(replies.NOT_IMPLEMENTED)  # not offered (again) on this connection
             return None
+        if verb == "AUTH" and (
+            refusal := sasl.auth_refusal(self.limits, self.tls, self.authenticated is not None)
+        ):
+            self._reply(refusal)  # not offered here, not yet (STARTTLS first) or done
+            return None
         if self.state not in command.states:
             self._reply(_OUT_OF_SEQUENCE.get((verb, self.state), replies.NEED_HELO))
             return None
@@ -450,9 +487,23 @@ class ServerSession:
         ]
         if self.limits.starttls and not self.tls:
             extensions.append("STARTTLS")
+        if sasl.auth_offered(self.limits, self.tls):
+            extensions.append("AUTH " + " ".join(sasl.MECHANISMS))
         return extensions
 
+    def _mail_refusal(self) -> bytes | None:
+        """The listener's rules for MAIL: TLS first, then AUTH first (530 5.7.0)."""
+        if self.limits.require_tls and not self.tls:
+            return replies.MUST_STARTTLS
+        if self.limits.require_auth and self.authenticated is None:
+            return replies.AUTH_REQUIRED
+        return None
+
     def _do_mail(self, argument: bytes) -> Event | None:
+        refusal = self._mail_refusal()
+        if refusal is not None:
+            self._reply(refusal)
+            return None
         try:
             sender, params = self._parser.parse_path_argument(argument, b"FROM")
         except CommandSyntaxError as exc:
@@ -480,6 +531,11 @@ class ServerSession:
             elif name == "BODY":
                 if value is None or value.upper() not in _BODY_TYPES:
                     return replies.BAD_BODY_PARAM
+            elif name == "AUTH" and sasl.auth_offered(self.limits, self.tls):
+                if not sasl.valid_auth_param(value):
+                    return replies.BAD_AUTH_PARAM
+                if self.authenticated is None:  # RFC 4954 §5: not trusted, so <>
+                    params["AUTH"] = "<>"
             elif name != "SMTPUTF8" or value is not None:
                 return replies.UNSUPPORTED_PARAM
         return None
@@ -517,6 +573,28 @@ class ServerSession:
     def _do_starttls(self, argument: bytes) -> Event | None:
         self._pending = Decision.STARTTLS
         return StartTls()
+
+    def _do_auth(self, argument: bytes) -> Event | None:
+        exchange, step = sasl.start(argument)
+        self._sasl = exchange
+        return self._sasl_answer(step)
+
+    def _sasl_step(self, line: bytes) -> Event | None:
+        """A response line of the AUTH exchange in progress (RFC 4954 §4)."""
+        exchange = self._sasl
+        if exchange is None:
+            raise SessionUsageError("no AUTH exchange in progress")
+        return self._sasl_answer(exchange.respond(line))
+
+    def _sasl_answer(self, step: bytes | AuthRequest) -> Event | None:
+        if self._sasl is not None and self._sasl.done:
+            self._sasl = None
+        if isinstance(step, bytes):
+            self._reply(step)  # a 334 challenge, or the error that ended the exchange
+            return None
+        self._pending = Decision.AUTH
+        self._pending_auth = (step.mechanism, step.username)
+        return step
 
     def _do_rset(self, argument: bytes) -> Event | None:
         event = self._reset_transaction()

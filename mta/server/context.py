@@ -20,6 +20,7 @@ leaving it is logged once by each worker and shown by the ``mta_smtpd_stress`` g
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import ssl
 from dataclasses import dataclass, field
@@ -27,7 +28,9 @@ from typing import TYPE_CHECKING
 
 from mta import metrics
 from mta.config import Config, Listener
+from mta.policy.auth import Authenticator, FailureWindow, SenderLogins
 from mta.protocol import replies
+from mta.protocol.events import AuthRequest
 from mta.protocol.printable import for_log
 from mta.protocol.session import ParserBackend, SessionLimits
 from mta.queue.commit import GroupCommitter
@@ -36,7 +39,7 @@ from mta.queue.space import SpoolSpace
 from mta.queue.spool import Spool
 from mta.server.connections import LocalCounter, NodeCounter
 from mta.server.leniency import DataLeniency
-from mta.server.policy import RelayPolicy
+from mta.server.policy import RelayPolicy, in_networks
 from mta.server.stats import SmtpdStats
 from mta.server.trace import DateCache
 
@@ -50,6 +53,8 @@ log = logging.getLogger("mta.smtpd")
 # Leaving stress mode takes a count this much below the level that entered it, so that a
 # node hovering at the threshold does not flap (and log) on every connection.
 _STRESS_HYSTERESIS = 0.9
+# A SASL username may be 9 KiB (RFC 4954 §4's 12288-octet responses): logged cut to this.
+_MAX_LOGGED_USERNAME = 256
 
 
 def fd_ceiling(soft_limit: int) -> int:
@@ -72,7 +77,7 @@ def session_limits(config: Config, listener: Listener | None = None) -> SessionL
     return SessionLimits(
         starttls=listener.tls in ("offered", "required"),
         require_tls=listener.tls == "required",
-        auth=listener.auth,
+        auth=listener.auth and bool(config.auth.passwords),  # no users, no AUTH
         auth_plaintext=listener.auth_plaintext,
         require_auth=listener.require_auth,
         hostname=config.fqdn,
@@ -135,10 +140,27 @@ class WorkerContext:
     # the connect stage's checks, in order, awaited before the greeting (smtpd._open);
     # none (the default): the greeting goes out at once, with no task per connection
     connect_checks: list[ConnectCheck] = field(default_factory=list)
+    # SMTP AUTH (mta.policy.auth): None when auth.passwords (sender_logins) is not set
+    authenticator: Authenticator | None = None
+    sender_logins: SenderLogins | None = None
+    # each listener's per-client limits, by listener name (the first one is ``leniency``)
+    leniencies: dict[str, DataLeniency] = field(init=False)
 
     def __post_init__(self) -> None:
         self.limits = session_limits(self.config)
-        self.leniency = DataLeniency(self.limits, self.config.smtp.normalize_networks)
+        normalize = self.config.smtp.normalize_networks
+        self.leniencies = {
+            listener.name: DataLeniency(session_limits(self.config, listener), normalize)
+            for listener in self.config.resolved_listeners()
+        }
+        self.leniency = next(iter(self.leniencies.values()))
+        limits = self.config.limits
+        self.auth_failures = FailureWindow(limits.auth_failures)
+        exempt = limits.exempt_networks
+        self._auth_exempt = [
+            ipaddress.ip_network(n, strict=False)
+            for n in (self.config.relay.networks if exempt is None else exempt)
+        ]
         relay = self.config.relay
         local = (*relay.domains, *self.config.routes, *self.config.delivery.local_domains)
         self.policy = RelayPolicy(relay.networks, local)
@@ -222,6 +244,47 @@ class WorkerContext:
         )
         for protocol in list(self.connections):
             protocol.rearm_timer()  # the new deadlines apply to every session at once
+
+    # ----- SMTP AUTH ------------------------------------------------------------------------
+
+    def auth_succeeded(self, client_ip: str, request: AuthRequest) -> None:
+        metrics.AUTH_SUCCESSES.labels(request.mechanism).inc()
+        log.info(
+            "client=unknown[%s], sasl_method=%s, sasl_username=%s",
+            client_ip,
+            request.mechanism,
+            for_log(request.username[:_MAX_LOGGED_USERNAME]),
+        )
+
+    def auth_failed(self, client_ip: str, request: AuthRequest) -> None:
+        """Count and log a failed AUTH as Postfix does (never the password)."""
+        metrics.AUTH_FAILURES.labels(request.mechanism).inc()
+        self.count_reject("auth_failed")
+        log.warning(
+            "warning: unknown[%s]: SASL %s authentication failed: sasl_username=%s",
+            client_ip,
+            request.mechanism,
+            for_log(request.username[:_MAX_LOGGED_USERNAME]),
+        )
+
+    async def auth_failure_limit(self, client_ip: str) -> bytes | None:
+        """Count an AUTH failure of ``client_ip``; the ``421`` that disconnects it once it
+        is beyond ``limits.auth_failures`` a minute, else None.  Clients in the exempt
+        networks (``limits.exempt_networks``, default ``relay.networks``) are not limited.
+
+        Per worker for now (mta.policy.auth.FailureWindow); the node-wide counter store of
+        the per-client limits work replaces the body when merged, hence the awaitable."""
+        if in_networks(client_ip, self._auth_exempt):
+            return None
+        if not self.auth_failures.add(client_ip, self.loop.time()):
+            return None
+        self.count_reject("auth_failures")
+        log.warning(
+            "warning: unknown[%s]: too many AUTH failures (limit %d a minute); disconnecting",
+            client_ip,
+            self.auth_failures.limit,
+        )
+        return replies.too_many_auth_failures(self.limits.hostname)
 
     def message_received(self, envelope: Envelope) -> None:
         log.info(

@@ -1,7 +1,8 @@
 """What smtpd decides about a transaction: relay control (RCPT) and spool room (MAIL).
 
 Relay control: who may send mail where.  No open relay, ever, by default.  Clients inside
-``relay.networks`` (default: loopback) may relay to any domain; every other client may only
+``relay.networks`` (default: loopback) and clients that authenticated with SMTP AUTH may relay
+to any domain; every other client may only
 send to the domains we accept mail for (``relay.domains``, the routed and local domains)
 and to ``postmaster`` (RFC 5321 §4.5.1).  Everything else gets
 ``554 5.7.1 Relay access denied``, as Postfix's ``reject_unauth_destination`` does.
@@ -59,9 +60,10 @@ class RelayPolicy:
                 self._client_cache[client_ip] = allowed
         return allowed
 
-    def allows(self, client_ip: str, recipient: str) -> bool:
-        """May ``client_ip`` hand us mail for ``recipient``?"""
-        if self.client_may_relay(client_ip):
+    def allows(self, client_ip: str, recipient: str, sasl_username: str | None = None) -> bool:
+        """May ``client_ip`` hand us mail for ``recipient``?  A client that authenticated
+        (``sasl_username``) may relay anywhere (Postfix's permit_sasl_authenticated)."""
+        if sasl_username is not None or self.client_may_relay(client_ip):
             return True
         at = recipient.rfind("@")
         if at < 0:

@@ -39,8 +39,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, cast
 
+from mta.policy.auth import sender_refusal
 from mta.protocol import replies
 from mta.protocol.events import (
+    AuthRequest,
     DataAborted,
     DataChunk,
     DataEnd,
@@ -76,12 +78,14 @@ ConnectCheck = Callable[["SMTPProtocol"], Awaitable[bytes | None]]
 class SMTPProtocol(asyncio.Protocol):
     """One inbound SMTP connection."""
 
-    def __init__(self, ctx: WorkerContext) -> None:
+    def __init__(self, ctx: WorkerContext, listener: str = "") -> None:
         # per-connection state
         self.ctx = ctx
         self.transport: asyncio.Transport | None = None
-        self.session = ServerSession(ctx.limits, ctx.parser, greet=False)
+        self.leniency = ctx.leniencies.get(listener, ctx.leniency)  # the listener's limits
+        self.session = ServerSession(self.leniency.strict, ctx.parser, greet=False)
         self.client_ip = ""
+        self._auth_task: asyncio.Task[None] | None = None  # verifying an AUTH (_authenticate)
         # before the greeting (see _open): input held back, and the task deciding it
         self._early: bytearray | None = None
         self._opening: asyncio.Task[None] | None = None
@@ -109,7 +113,7 @@ class SMTPProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else ""
         ctx = self.ctx
-        self.session.limits = ctx.leniency.limits_for(self.client_ip)
+        self.session.limits = self.leniency.limits_for(self.client_ip)
         sock = transport.get_extra_info("socket")
         refusal = ctx.admit(self, sock.fileno() if sock is not None else -1)
         if refusal is not None:
@@ -166,6 +170,8 @@ class SMTPProtocol(asyncio.Protocol):
             self._timer.cancel()
         if self._opening is not None:
             self._opening.cancel()
+        if self._auth_task is not None:
+            self._auth_task.cancel()
         if self.writer is not None and not self.session.waiting:
             self._discard_message()  # a client that vanishes mid-DATA leaves nothing behind
         self.ctx.connection_closed(self)
@@ -202,6 +208,8 @@ class SMTPProtocol(asyncio.Protocol):
             elif kind is StartTls:
                 self._start_tls()
                 return
+            elif kind is AuthRequest:
+                self._decide_auth(event)  # type: ignore[arg-type]
         self._flush()
 
     def _flush(self) -> None:
@@ -269,9 +277,44 @@ class SMTPProtocol(asyncio.Protocol):
         self.ctx.stats.tls_sessions += 1
         self._drive()
 
+    def _decide_auth(self, request: AuthRequest) -> None:
+        """AUTH: verified off the loop (mta.policy.auth); the session waits meanwhile."""
+        self._auth_task = self.ctx.loop.create_task(self._authenticate(request))
+
+    async def _authenticate(self, request: AuthRequest) -> None:
+        ctx = self.ctx
+        authenticator = ctx.authenticator
+        good = authenticator is not None and await authenticator.verify(request)
+        if good:
+            ctx.auth_succeeded(self.client_ip, request)
+            self.session.accept()
+        else:
+            # Slowed down (Postfix's smtpd_error_sleep_time for AUTH), then counted.
+            await asyncio.sleep(ctx.config.auth.failure_delay)
+            ctx.auth_failed(self.client_ip, request)
+            refusal = await ctx.auth_failure_limit(self.client_ip)
+            self.session.reject(refusal or replies.AUTH_FAILED)
+        self._auth_task = None
+        if self.transport is not None:
+            self._drive()
+
     def _decide_mail(self, mail: MailFrom) -> None:
-        """MAIL: 452 4.3.1 while the spool lacks room for the transaction (Postfix's
-        queue_minfree, policy.py), so that a client is not sent to DATA only to get 451."""
+        """MAIL: an authenticated client only with a sender its login owns (553 5.7.1,
+        auth.sender_logins); 452 4.3.1 while the spool lacks room for the transaction
+        (Postfix's queue_minfree, policy.py), so that a client is not sent to DATA only to
+        get 451."""
+        login = self.session.authenticated
+        refusal = sender_refusal(self.ctx.sender_logins, login, mail.sender)
+        if refusal is not None:
+            self.ctx.count_reject("sender_login_mismatch")
+            log.info(
+                "NOQUEUE: reject: MAIL from unknown[%s]: %s; from=<%s>",
+                self.client_ip,
+                refusal[:-2].decode("utf-8", "replace"),
+                for_log(mail.sender),
+            )
+            self.session.reject(refusal)
+            return
         declared = declared_size(mail.params)
         refusal = storage_refusal(self.ctx.space, declared)
         if refusal is None:
@@ -281,7 +324,7 @@ class SMTPProtocol(asyncio.Protocol):
         self.session.reject(refusal)
 
     def _decide_recipient(self, recipient: str) -> None:
-        if self.ctx.policy.allows(self.client_ip, recipient):
+        if self.ctx.policy.allows(self.client_ip, recipient, self.session.authenticated):
             self.session.accept()
         else:
             self.ctx.count_reject("relay_denied")
@@ -297,11 +340,15 @@ class SMTPProtocol(asyncio.Protocol):
         queue_id = new_queue_id()
         self._received_at = time.time()
         session = self.session
+        login = session.authenticated
         header = received_header(
             helo=session.helo,
             client_ip=self.client_ip,
             hostname=ctx.limits.hostname,
-            protocol=protocol_name(session.esmtp, session.tls, "SMTPUTF8" in session.mail_params),
+            protocol=protocol_name(
+                session.esmtp, session.tls, "SMTPUTF8" in session.mail_params, login is not None
+            ),
+            authenticated=login if login and ctx.config.auth.authenticated_header else "",
             queue_id=queue_id,
             recipients=[address for address, _ in session.recipients],
             date=ctx.dates(self._received_at),

@@ -61,12 +61,17 @@ def received_header(
     queue_id: str,
     recipients: list[str],
     date: str,
+    authenticated: str = "",
 ) -> bytes:
-    """The complete header field, folded, ending in CRLF; ``date`` as from a DateCache."""
+    """The complete header field, folded, ending in CRLF; ``date`` as from a DateCache.
+    ``authenticated``: the SASL login to show (Postfix's smtpd_sasl_authenticated_header),
+    "" for none; never anything of the password."""
     clauses = [
         ["from", _client_token(helo) or "unknown", f"({_address_literal(client_ip)})"],
         ["by", hostname, "(mta)", "with", protocol, "id", queue_id],
     ]
+    if authenticated:
+        clauses.insert(1, ["(Authenticated", "sender:", f"{_client_token(authenticated)})"])
     if len(recipients) == 1:
         clauses.append(["for", f"<{_client_token(recipients[0])}>"])
     lines: list[str] = []
@@ -107,10 +112,10 @@ def _fold(prefix: str, words: list[str]) -> list[str]:
     return lines
 
 
-def protocol_name(esmtp: bool, tls: bool, smtputf8: bool) -> str:
-    """The ``with`` keyword: SMTP, ESMTP, ESMTPS, UTF8SMTP... (RFC 3848, RFC 6531 §3.7.3)."""
+def protocol_name(esmtp: bool, tls: bool, smtputf8: bool, authenticated: bool = False) -> str:
+    """The ``with`` keyword: SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA, UTF8SMTPSA... (RFC 3848:
+    S for TLS, A for SMTP AUTH; RFC 6531 §3.7.3 for UTF8)."""
     if not esmtp:
         return "SMTP"
-    if smtputf8:
-        return "UTF8SMTPS" if tls else "UTF8SMTP"
-    return "ESMTPS" if tls else "ESMTP"
+    base = "UTF8SMTP" if smtputf8 else "ESMTP"
+    return base + ("S" if tls else "") + ("A" if authenticated else "")

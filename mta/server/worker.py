@@ -19,12 +19,14 @@ import resource
 import signal
 import socket
 from collections.abc import Callable
+from functools import partial
 
 import uvloop
 
 from mta import metrics, parser_backend
-from mta.config import Config
+from mta.config import Config, ConfigError
 from mta.exitcodes import EXIT_CONFIG
+from mta.policy.auth import Authenticator, SenderLogins, load_tables
 from mta.protocol.session import ParserBackend
 from mta.queue.commit import GroupCommitter
 from mta.queue.spool import Spool
@@ -55,10 +57,15 @@ def run_smtpd(
     except (ValueError, ImportError) as exc:
         log.error("configuration error: parser backend (MTA_PARSER): %s", exc)
         raise SystemExit(EXIT_CONFIG) from None
+    try:
+        tables = load_tables(config)  # read at start: a HUP replaces the workers
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        raise SystemExit(EXIT_CONFIG) from None
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(_serve(config, sockets, loop, parser, heartbeat))
+        loop.run_until_complete(_serve(config, sockets, loop, parser, heartbeat, tables))
     finally:
         loop.close()
 
@@ -69,6 +76,7 @@ async def _serve(
     loop: asyncio.AbstractEventLoop,
     parser: ParserBackend,
     heartbeat: Heartbeat | None,
+    tables: tuple[Authenticator | None, SenderLogins | None] = (None, None),
 ) -> None:
     spool = Spool(config.queue.path)
     spool.create()
@@ -76,10 +84,14 @@ async def _serve(
     batch = 1024 if config.queue.group_commit else 1
     committer = GroupCommitter(spool, loop, max_batch=batch)
     ctx = WorkerContext(config, spool, committer, loop, parser, counter=_node_counter(spool))
+    ctx.authenticator, ctx.sender_logins = tables
     ctx.max_fd = fd_ceiling(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    _warn_unusable_listeners(config, ctx)
+    # the sockets come in listener order (Config.listen_addresses): each serves its rules
+    names = [listener.name for listener in config.resolved_listeners() for _ in listener.listen]
     servers = [
-        await loop.create_server(lambda: SMTPProtocol(ctx), sock=sock, backlog=BACKLOG)
-        for sock in sockets
+        await loop.create_server(partial(SMTPProtocol, ctx, name), sock=sock, backlog=BACKLOG)
+        for sock, name in zip(sockets, names, strict=False)
     ]
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -92,8 +104,23 @@ async def _serve(
     await _drain(ctx, config.master.graceful_timeout)
     committer.stop()
     beat.cancel()
+    if ctx.authenticator is not None:
+        ctx.authenticator.close()
     ctx.publish_stats()
     ctx.counter.close()
+
+
+def _warn_unusable_listeners(config: Config, ctx: WorkerContext) -> None:
+    """A listener that requires AUTH while no passwords are configured refuses every MAIL
+    (530): legal, and safe, but surely not meant."""
+    if ctx.authenticator is not None:
+        return
+    for listener in config.resolved_listeners():
+        if listener.require_auth:
+            log.warning(
+                "listener %s requires AUTH but auth.passwords is not set: it refuses all mail",
+                listener.name,
+            )
 
 
 def _node_counter(spool: Spool) -> NodeCounter:

@@ -142,6 +142,29 @@ def test_protocol_name(esmtp: bool, tls: bool, smtputf8: bool, expected: str) ->
     assert protocol_name(esmtp, tls, smtputf8) == expected  # RFC 3848, RFC 6531 §3.7.3
 
 
+@pytest.mark.parametrize(
+    ("tls", "smtputf8", "expected"),
+    [
+        (False, False, "ESMTPA"),
+        (True, False, "ESMTPSA"),
+        (False, True, "UTF8SMTPA"),
+        (True, True, "UTF8SMTPSA"),
+    ],
+)
+def test_protocol_name_after_auth(tls: bool, smtputf8: bool, expected: str) -> None:
+    assert protocol_name(True, tls, smtputf8, authenticated=True) == expected  # RFC 3848
+
+
+def test_authenticated_sender_clause_when_asked() -> None:
+    raw = header(protocol="ESMTPSA", authenticated="alice")
+    assert clauses(raw).startswith(
+        "from client.example ([192.0.2.1]) (Authenticated sender: alice) by mx.example.test"
+    )
+    assert b"Authenticated" not in header(protocol="ESMTPSA")
+    forged = header(authenticated="x\r\nBcc: y")  # never reaches the header as a line
+    assert [name for name, _ in parsed(forged)] == ["Received"]
+
+
 # ----- client text that is unsafe or over-long (issue 10, item 7) ----------------------------
 
 CONTROLS = "\x00\x1b\x7f\x85\u2028\r\n\t"
