@@ -58,6 +58,7 @@ bare_lf = "normalize"
 [relay]
 networks = ["10.0.0.0/8", "2001:db8::/32"]
 domains = ["example.org", "example.net"]
+recipients = "/etc/mta/recipients"
 [queue]
 path = "/var/spool/mta"
 [delivery]
@@ -176,6 +177,7 @@ def test_every_documented_key_takes_effect(tmp_path: Path) -> None:
     assert (smtp.idle_timeout, smtp.max_errors, smtp.bare_lf) == (60.5, 3, "normalize")
     assert config.relay.networks == ("10.0.0.0/8", "2001:db8::/32")
     assert config.relay.domains == ("example.org", "example.net")
+    assert config.relay.recipients == "/etc/mta/recipients"
     assert config.queue.path == "/var/spool/mta"
     d = config.delivery
     assert (d.workers, d.relayhost, d.smtp_port) == (8, "[smarthost.example]:587", 2525)

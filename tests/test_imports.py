@@ -26,6 +26,7 @@ LIBRARIES: dict[str, frozenset[str]] = {
     "mta.logs": frozenset(),
     "mta.parser_backend": frozenset({"mta.protocol"}),
     "mta.queue": frozenset({"mta.config", "mta.metrics", "mta.logs", "mta.exitcodes"}),
+    "mta.policy": frozenset({"mta.config", "mta.metrics", "mta.logs"}),
 }
 _BELOW_DAEMONS = frozenset(LIBRARIES) | {"mta"}
 DAEMONS: dict[str, frozenset[str]] = {

@@ -22,11 +22,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import TYPE_CHECKING
 
 from mta import metrics
 from mta.config import Config, Listener
+from mta.policy.dnsbl import DnsblChecker
+from mta.policy.tables import PolicyTables, load_tables
 from mta.protocol import replies
 from mta.protocol.printable import for_log
 from mta.protocol.session import ParserBackend, SessionLimits
@@ -34,6 +36,7 @@ from mta.queue.commit import GroupCommitter
 from mta.queue.envelope import Envelope
 from mta.queue.space import SpoolSpace
 from mta.queue.spool import Spool
+from mta.server.connect_access import access_connect_checks
 from mta.server.connections import LocalCounter, NodeCounter
 from mta.server.leniency import DataLeniency
 from mta.server.policy import RelayPolicy
@@ -135,13 +138,21 @@ class WorkerContext:
     # the connect stage's checks, in order, awaited before the greeting (smtpd._open);
     # none (the default): the greeting goes out at once, with no task per connection
     connect_checks: list[ConnectCheck] = field(default_factory=list)
+    # access tables and valid recipients (mta/policy), loaded once: a HUP replaces the
+    # worker), given as ``preloaded`` or read from the configuration (ConfigError if bad)
+    preloaded: InitVar[PolicyTables | None] = None
+    tables: PolicyTables = field(init=False)
+    dnsbl: DnsblChecker | None = field(init=False)  # [dnsbl] zones set: the lookups
 
-    def __post_init__(self) -> None:
-        self.limits = session_limits(self.config)
-        self.leniency = DataLeniency(self.limits, self.config.smtp.normalize_networks)
-        relay = self.config.relay
-        local = (*relay.domains, *self.config.routes, *self.config.delivery.local_domains)
-        self.policy = RelayPolicy(relay.networks, local)
+    def __post_init__(self, preloaded: PolicyTables | None) -> None:
+        config = self.config
+        self.limits = session_limits(config)
+        self.leniency = DataLeniency(self.limits, config.smtp.normalize_networks)
+        # accepted domains are listed explicitly: a [routes] entry alone is not one
+        self.policy = RelayPolicy(config.relay.networks, config.accepted_domains())
+        self.tables = preloaded if preloaded is not None else load_tables(config)
+        self.dnsbl = DnsblChecker(config.dnsbl) if config.dnsbl.zones else None
+        self.connect_checks.extend(access_connect_checks(config.access.greet_pause, self.dnsbl))
         self.space = SpoolSpace(
             self.spool.path,
             self.config.queue.min_free,

@@ -39,6 +39,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, cast
 
+from mta.policy.decide import Facts, recipient_stage
 from mta.protocol import replies
 from mta.protocol.events import (
     DataAborted,
@@ -59,6 +60,7 @@ from mta.server.policy import declared_size, storage_refusal
 from mta.server.trace import protocol_name, received_header
 
 if TYPE_CHECKING:
+    from mta.policy.dnsbl import Listing
     from mta.server.context import WorkerContext
 
 __all__ = ["ConnectCheck", "SMTPProtocol"]
@@ -95,7 +97,11 @@ class SMTPProtocol(asyncio.Protocol):
         self._timer_due = 0.0
         self._reading_paused = False
         self._writing_paused = False
+        # the DNSBL lookup started at connect (connect_access.py), applied at RCPT
+        self.dnsbl_lookup: asyncio.Task[Listing] | None = None
         # per-message state
+        self.hold = False  # an access table said HOLD: the message goes to hold/
+        self.discard = False  # an access table said DISCARD: 250, then dropped
         self.writer: MessageWriter | None = None
         self._write_failed = False
         self._received_at = 0.0
@@ -166,6 +172,8 @@ class SMTPProtocol(asyncio.Protocol):
             self._timer.cancel()
         if self._opening is not None:
             self._opening.cancel()
+        if self.dnsbl_lookup is not None:
+            self.dnsbl_lookup.cancel()
         if self.writer is not None and not self.session.waiting:
             self._discard_message()  # a client that vanishes mid-DATA leaves nothing behind
         self.ctx.connection_closed(self)
@@ -275,22 +283,76 @@ class SMTPProtocol(asyncio.Protocol):
         declared = declared_size(mail.params)
         refusal = storage_refusal(self.ctx.space, declared)
         if refusal is None:
+            self.hold = self.discard = False  # a new transaction
             self.session.accept()
             return
         self.ctx.mail_refused_for_space(self.client_ip, mail.sender, declared)
         self.session.reject(refusal)
 
     def _decide_recipient(self, recipient: str) -> None:
-        if self.ctx.policy.allows(self.client_ip, recipient):
-            self.session.accept()
-        else:
-            self.ctx.count_reject("relay_denied")
-            log.info(
-                "reject: RCPT from [%s]: 554 5.7.1 <%s>: Relay access denied",
-                self.client_ip,
-                for_log(recipient),
-            )
-            self.session.reject(replies.RELAY_DENIED)
+        """RCPT: the access tables, relay control, DNSBL and valid recipients, decided in
+        one place (mta/policy/decide.py).  A DNSBL lookup still running is waited for
+        (only then is the decision asynchronous; input waits in the session meanwhile)."""
+        lookup = self.dnsbl_lookup
+        if lookup is not None and not lookup.done():
+            self.ctx.loop.create_task(self._decide_after(lookup, recipient))
+            return
+        self._answer_recipient(recipient)
+
+    async def _decide_after(self, lookup: asyncio.Task[Listing], recipient: str) -> None:
+        await asyncio.wait([lookup])
+        if self.transport is not None:
+            self._answer_recipient(recipient)
+            self._drive()
+
+    def _answer_recipient(self, recipient: str) -> None:
+        ctx, session = self.ctx, self.session
+        client = self.client_ip  # read late: a PROXY header may have replaced it
+        facts = Facts(
+            client_ip=client,
+            helo=session.helo,
+            sender=session.sender or "",
+            recipient=recipient,
+            trusted_network=ctx.policy.client_may_relay(client),
+            authenticated=getattr(session, "auth_identity", None),  # AUTH may relay
+            dnsbl_zone=self._dnsbl_zone(),
+        )
+        verdict = recipient_stage(facts, ctx.tables)
+        if verdict.reply is None:
+            if verdict.note:
+                self.hold = self.hold or verdict.hold
+                self.discard = self.discard or verdict.discard
+                self._log_rcpt(verdict.reason, verdict.note, facts)
+            session.accept()
+            return
+        ctx.count_reject(verdict.reason)
+        self._log_rcpt("reject", verdict.reply.decode("utf-8", "replace").rstrip(), facts)
+        session.reject(verdict.reply)
+
+    def _dnsbl_zone(self) -> str | None:
+        lookup = self.dnsbl_lookup
+        if lookup is None or lookup.cancelled():
+            return None
+        error = lookup.exception()
+        if error is not None:  # a bug, not DNS trouble (dnsbl.py catches that): not listed
+            log.error("dnsbl lookup for [%s] failed: %r", self.client_ip, error)
+            self.dnsbl_lookup = None
+            return None
+        return lookup.result().zone
+
+    def _log_rcpt(self, what: str, text: str, facts: Facts) -> None:
+        """``NOQUEUE: reject: RCPT from unknown[ip]: 554 5.7.1 ...; from=<> to=<> proto=
+        ESMTP helo=<>``, Postfix's line (client text through for_log)."""
+        log.info(
+            "NOQUEUE: %s: RCPT from unknown[%s]: %s; from=<%s> to=<%s> proto=%s helo=<%s>",
+            what,
+            facts.client_ip,
+            for_log(text),
+            for_log(facts.sender),
+            for_log(facts.recipient),
+            "ESMTP" if self.session.esmtp else "SMTP",
+            for_log(facts.helo),
+        )
 
     def _open_message(self) -> None:
         ctx = self.ctx
@@ -329,12 +391,20 @@ class SMTPProtocol(asyncio.Protocol):
 
     def _commit_message(self) -> None:
         writer = self.writer
+        if self.discard:  # DISCARD: the client hears success, nothing is kept
+            self._discard_message()
+            queue_id = writer.queue_id if writer is not None else new_queue_id()
+            log.info("%s: discard: message from [%s] (access policy)", queue_id, self.client_ip)
+            self.session.accept(replies.queued(queue_id))
+            return
         if writer is None or self._write_failed:
             self._discard_message()
             self.session.reject(replies.LOCAL_ERROR)
             return
         envelope = self._envelope(writer)
         try:
+            if self.hold:  # the queue manager sees it in incoming/ and holds it
+                writer.spill()
             writer.finish(envelope)
         except OSError as exc:
             log.error("%s: queue file write error: %s", writer.queue_id, exc)
@@ -369,6 +439,7 @@ class SMTPProtocol(asyncio.Protocol):
             size=writer.length,
             body_type=(params.get("BODY") or "7BIT").upper(),
             smtputf8="SMTPUTF8" in params,
+            hold=self.hold,
         )
 
     def _discard_message(self) -> None:

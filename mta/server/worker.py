@@ -9,6 +9,8 @@ the ``250`` is only sent after the flush.
 A parser backend that cannot be used (``MTA_PARSER=c`` without the compiled module, or a
 value that names no backend) is a configuration error: the worker exits with
 :data:`~mta.exitcodes.EXIT_CONFIG`, which stops the master instead of a restart loop.
+So is an access table or recipient table that cannot be read (mta/policy/tables.py); the
+worker reads them once, at start, so the workers a HUP starts read them again.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from collections.abc import Callable
 import uvloop
 
 from mta import metrics, parser_backend
-from mta.config import Config
+from mta.config import Config, ConfigError
 from mta.exitcodes import EXIT_CONFIG
+from mta.policy.tables import PolicyTables, load_tables
 from mta.protocol.session import ParserBackend
 from mta.queue.commit import GroupCommitter
 from mta.queue.spool import Spool
@@ -55,10 +58,15 @@ def run_smtpd(
     except (ValueError, ImportError) as exc:
         log.error("configuration error: parser backend (MTA_PARSER): %s", exc)
         raise SystemExit(EXIT_CONFIG) from None
+    try:
+        tables = load_tables(config)  # once per worker: a HUP replaces the workers
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        raise SystemExit(EXIT_CONFIG) from None
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(_serve(config, sockets, loop, parser, heartbeat))
+        loop.run_until_complete(_serve(config, sockets, loop, parser, tables, heartbeat))
     finally:
         loop.close()
 
@@ -68,6 +76,7 @@ async def _serve(
     sockets: list[socket.socket],
     loop: asyncio.AbstractEventLoop,
     parser: ParserBackend,
+    tables: PolicyTables,
     heartbeat: Heartbeat | None,
 ) -> None:
     spool = Spool(config.queue.path)
@@ -75,7 +84,9 @@ async def _serve(
     metrics.PARSER_BACKEND.labels(parser_backend.backend_name(parser)).set(1)
     batch = 1024 if config.queue.group_commit else 1
     committer = GroupCommitter(spool, loop, max_batch=batch)
-    ctx = WorkerContext(config, spool, committer, loop, parser, counter=_node_counter(spool))
+    ctx = WorkerContext(
+        config, spool, committer, loop, parser, counter=_node_counter(spool), preloaded=tables
+    )
     ctx.max_fd = fd_ceiling(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     servers = [
         await loop.create_server(lambda: SMTPProtocol(ctx), sock=sock, backlog=BACKLOG)
