@@ -8,11 +8,11 @@ and advance a rolling reload.
 
 * TERM/INT: children get SIGTERM and drain (sessions and deliveries in flight finish) for up
   to ``master.graceful_timeout`` seconds; whatever is left then gets SIGKILL; exit 0.
-* HUP: read the configuration (and the access tables) again.  If it is invalid, log why and keep the old one;
-  otherwise replace children one at a time: the new one starts, and the old one is told to
-  stop only once the new one has proven it is alive, so the service keeps answering.  An
-  exclusive kind (the queue manager) is the exception: the old one stops first, since two
-  would race over the queue.  A child that does not stop within the graceful timeout (plus
+* HUP: read the configuration (and the access tables) again.  If it is invalid, log why
+  and keep the old one; otherwise replace children one at a time: the new one starts, and
+  the old one is told to stop only once the new one has proven it is alive, so the service
+  keeps answering.  An exclusive kind (the queue manager) is the exception: the old one
+  stops first, since two would race over the queue.  A child that does not stop within the graceful timeout (plus
   a margin) is killed, so a reload cannot hang on it.
 * A child exiting with :data:`EXIT_CONFIG` stops the master with that child's message.
 * A child is *ready* once it has beaten (each kind beats only after it has set up).  One

@@ -53,9 +53,7 @@ def parse_recipients(text: str, source: str) -> RecipientTable:
             continue
         local, at, domain = entry.lower().rstrip(".").rpartition("@")
         if not at or not domain or " " in entry or "\t" in entry:
-            raise TableError(
-                f"{source}, line {number}: {entry!r}: not user@domain or @domain"
-            )
+            raise TableError(f"{source}, line {number}: {entry!r}: not user@domain or @domain")
         if local:
             addresses.add(f"{local}@{domain}")
         else:

@@ -22,8 +22,8 @@ import heapq
 import logging
 from collections import deque
 
-from mta.qmgr.housekeeping import is_staged, publish_orphans, quarantine
 from mta.protocol.printable import for_log
+from mta.qmgr.housekeeping import is_staged, publish_orphans, quarantine
 from mta.queue.ids import is_queue_id
 from mta.queue.ipc import Job
 from mta.queue.msgfile import CorruptMessageFile, read_message_file

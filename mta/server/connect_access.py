@@ -45,9 +45,7 @@ def access_connect_checks(greet_pause: float, dnsbl: DnsblChecker | None) -> lis
 def _dnsbl_starter(checker: DnsblChecker) -> ConnectCheck:
     async def start_dnsbl(protocol: SMTPProtocol) -> bytes | None:
         if not protocol.ctx.policy.client_may_relay(protocol.client_ip):
-            protocol.dnsbl_lookup = protocol.ctx.loop.create_task(
-                checker.check(protocol.client_ip)
-            )
+            protocol.dnsbl_lookup = protocol.ctx.loop.create_task(checker.check(protocol.client_ip))
         return None
 
     return start_dnsbl

@@ -81,7 +81,7 @@ def test_reply_text_is_postfix_s() -> None:
 def test_client_table() -> None:
     table = parse_table(CLIENTS, "clients", client=True)
     assert len(table) == 4
-    kind = lambda ip: (a.kind if (a := table.client(ip)) else None)  # noqa: E731
+    kind = lambda ip: a.kind if (a := table.client(ip)) else None  # noqa: E731
     assert kind("192.0.2.7") is Kind.REJECT  # first match in file order, like cidr:
     assert kind("::ffff:192.0.2.7") is Kind.REJECT  # IPv4-mapped: its IPv4 address
     assert kind("192.0.2.8") is Kind.OK
@@ -109,7 +109,7 @@ def test_domain_and_address_keys() -> None:
 
 def test_address_table() -> None:
     table = parse_table(ADDRESSES, "addresses")
-    kind = lambda a: (x.kind if (x := table.address(a)) else None)  # noqa: E731
+    kind = lambda a: x.kind if (x := table.address(a)) else None  # noqa: E731
     assert kind("spammer@example.com") is Kind.REJECT
     assert table.address("SPAMMER@Example.Com").text == "go away"  # type: ignore[union-attr]
     assert kind("other@example.com") is Kind.DEFER  # the domain

@@ -84,8 +84,18 @@ def test_any_accepts_every_local_part_and_postmaster_is_always_valid() -> None:
     [
         ({"client": "192.0.2.0/24 REJECT"}, "Client host", f"unknown[{OUTSIDER}]", "access_client"),
         ({"helo": ".example REJECT"}, "Helo command", "client.example", "access_helo"),
-        ({"sender": "client.example REJECT"}, "Sender address", "s@client.example", "access_sender"),
-        ({"recipient": "alice@ REJECT"}, "Recipient address", "alice@ours.test", "access_recipient"),
+        (
+            {"sender": "client.example REJECT"},
+            "Sender address",
+            "s@client.example",
+            "access_sender",
+        ),
+        (
+            {"recipient": "alice@ REJECT"},
+            "Recipient address",
+            "alice@ours.test",
+            "access_recipient",
+        ),
     ],
 )
 def test_each_table_rejects_with_its_own_wording(
@@ -143,9 +153,9 @@ def test_hold_marks_and_goes_on_discard_marks_and_stops() -> None:
     assert dropped.accepted and dropped.discard
     assert dropped.note == "<alice@ours.test>: Recipient address triggers DISCARD action"
     # DISCARD does not make an unknown recipient known
-    assert recipient_stage(facts("bob@ours.test"), tables(recipient="ours.test DISCARD")).reason == (
-        "unknown_recipient"
-    )
+    assert recipient_stage(
+        facts("bob@ours.test"), tables(recipient="ours.test DISCARD")
+    ).reason == ("unknown_recipient")
 
 
 def test_dnsbl_refuses_outsiders_only() -> None:
@@ -158,4 +168,6 @@ def test_dnsbl_refuses_outsiders_only() -> None:
     assert verdict.reason == "dnsbl"
     trusted = facts(dnsbl_zone="zen.example.test", trusted_network=True)
     assert recipient_stage(trusted, tables()).accepted
-    assert recipient_stage(facts(dnsbl_zone="zen.example.test", authenticated="a"), tables()).accepted
+    assert recipient_stage(
+        facts(dnsbl_zone="zen.example.test", authenticated="a"), tables()
+    ).accepted

@@ -71,7 +71,9 @@ def greeted(ctx: WorkerContext, peer: str = OUTSIDER) -> Connection:
     return conn
 
 
-def transaction(conn: Connection, *recipients: bytes, sender: bytes = b"s@client.example") -> list[bytes]:
+def transaction(
+    conn: Connection, *recipients: bytes, sender: bytes = b"s@client.example"
+) -> list[bytes]:
     conn.send(b"MAIL FROM:<" + sender + b">\r\n")
     for rcpt in recipients:
         conn.send(b"RCPT TO:<" + rcpt + b">\r\n")
@@ -149,8 +151,10 @@ def test_hold_puts_the_message_in_a_file_of_its_own_marked_hold(
     assert send_message(conn, loop).startswith(b"250 2.0.0 Ok: queued as ")
     (name,) = [p.name for p in Path(ctx.spool.dir("incoming")).iterdir()]
     assert read_message_file(ctx.spool.file("incoming", name)).envelope.hold
-    assert "NOQUEUE: hold: RCPT from unknown[192.0.2.7]: <s@hold.example>: Sender address " \
+    assert (
+        "NOQUEUE: hold: RCPT from unknown[192.0.2.7]: <s@hold.example>: Sender address "
         "triggers HOLD action; from=<s@hold.example>" in caplog.text
+    )
     # the next transaction of the session is not held
     assert transaction(conn, b"alice@ours.test")[1] == b"250 2.1.5 Ok\r\n"
     send_message(conn, loop)
@@ -200,14 +204,15 @@ def test_the_dnsbl_verdict_is_awaited_at_rcpt_not_before_the_greeting(
     conn = Connection(ctx, OUTSIDER)
     loop.run_until(conn.has_output)
     assert conn.codes() == [b"220"]  # greeted while the lookup runs
-    conn.send(b"EHLO client.example\r\nMAIL FROM:<s@client.example>\r\nRCPT TO:<alice@ours.test>\r\n")
+    conn.send(
+        b"EHLO client.example\r\nMAIL FROM:<s@client.example>\r\nRCPT TO:<alice@ours.test>\r\n"
+    )
     loop.run_until(lambda: checker.answer is not None)
     assert conn.codes() == [b"250", b"250"]  # RCPT waits for the lookup
     checker.answer.set_result(Listing("zen.example.test"))  # type: ignore[union-attr]
     loop.run_until(conn.has_output)
     assert conn.replies() == [
-        b"554 5.7.1 Service unavailable; Client host [192.0.2.7] blocked using "
-        b"zen.example.test\r\n"
+        b"554 5.7.1 Service unavailable; Client host [192.0.2.7] blocked using zen.example.test\r\n"
     ]
     assert checker.asked == [OUTSIDER]
     trusted = Connection(ctx, "127.0.0.1")
