@@ -12,8 +12,8 @@ and advance a rolling reload.
   and keep the old one; otherwise replace children one at a time: the new one starts, and
   the old one is told to stop only once the new one has proven it is alive, so the service
   keeps answering.  An exclusive kind (the queue manager) is the exception: the old one
-  stops first, since two would race over the queue.  A child that does not stop within the graceful timeout (plus
-  a margin) is killed, so a reload cannot hang on it.
+  stops first, since two would race over the queue.  A child that does not stop within
+  the graceful timeout (plus a margin) is killed, so a reload cannot hang on it.
 * A child exiting with :data:`EXIT_CONFIG` stops the master with that child's message.
 * A child is *ready* once it has beaten (each kind beats only after it has set up).  One
   that dies before that is a start-up failure and its slot is throttled; one that dies
