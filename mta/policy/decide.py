@@ -25,19 +25,23 @@ HOLD / DISCARD, what happens to the message.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from mta.policy.access import Action, Kind
 from mta.policy.tables import PolicyTables
 
 __all__ = ["Facts", "Verdict", "destination_is_ours", "recipient_stage", "routed_local_part"]
 
-_ROUTING = frozenset("%!@")  # routing operators in a local part (RFC 1123 §5.2.16, UUCP)
+_ROUTING = frozenset("%!@")
+_Hit = tuple[
+    Action, str, str, str
+]  # an access table's action, key, wording, reason  # routing operators in a local part (RFC 1123 §5.2.16, UUCP)
 
 
-@dataclass(frozen=True, slots=True)
-class Facts:
-    """What the session knows when a RCPT arrives."""
+class Facts(NamedTuple):
+    """What the session knows when a RCPT arrives (a tuple: made for every RCPT)."""
 
     client_ip: str  # as relay control sees it (from PROXY, or the socket)
     helo: str
@@ -74,9 +78,8 @@ def recipient_stage(facts: Facts, tables: PolicyTables) -> Verdict:
     """Decide one RCPT (see the module docstring for the order)."""
     hold = discard = permitted = False
     note = ""
-    for action, key, what, reason in _access_lookups(facts, tables):
-        if action is None:
-            continue
+    hits = _access_lookups(facts, tables) if tables.has_access else ()
+    for action, key, what, reason in hits:
         kind = action.kind
         if kind is Kind.REJECT or kind is Kind.DEFER:
             return _refusal(action.reply_text(key, what), reason)
@@ -112,23 +115,17 @@ def recipient_stage(facts: Facts, tables: PolicyTables) -> Verdict:
     return ACCEPT
 
 
-def _access_lookups(
-    facts: Facts, tables: PolicyTables
-) -> list[tuple[Action | None, str, str, str]]:
-    """Each access table's answer with the key and wording of its reply, in order.
-
-    Lazily evaluated tables would save a lookup or two; the empty ones cost nothing here
-    (each lookup returns at once), which is the common case."""
-    client = tables.client.client(facts.client_ip) if tables.client else None
-    helo = tables.helo.helo(facts.helo) if tables.helo else None
-    sender = tables.sender.address(facts.sender) if tables.sender else None
-    rcpt = tables.recipient.address(facts.recipient) if tables.recipient else None
-    return [
-        (client, f"unknown[{facts.client_ip}]", "Client host", "access_client"),
-        (helo, facts.helo, "Helo command", "access_helo"),
-        (sender, facts.sender, "Sender address", "access_sender"),
-        (rcpt, facts.recipient, "Recipient address", "access_recipient"),
-    ]
+def _access_lookups(facts: Facts, tables: PolicyTables) -> Iterator[_Hit]:
+    """The access tables' answers, in order, each with the key and wording of its reply;
+    an empty table (the common case) costs one truth test."""
+    if tables.client and (action := tables.client.client(facts.client_ip)) is not None:
+        yield action, f"unknown[{facts.client_ip}]", "Client host", "access_client"
+    if tables.helo and (action := tables.helo.helo(facts.helo)) is not None:
+        yield action, facts.helo, "Helo command", "access_helo"
+    if tables.sender and (action := tables.sender.address(facts.sender)) is not None:
+        yield action, facts.sender, "Sender address", "access_sender"
+    if tables.recipient and (action := tables.recipient.address(facts.recipient)) is not None:
+        yield action, facts.recipient, "Recipient address", "access_recipient"
 
 
 def _recipient_known(recipient: str, tables: PolicyTables) -> bool:

@@ -27,6 +27,11 @@ class PolicyTables:
     recipient: AccessTable = field(default_factory=AccessTable)
     accepted_domains: frozenset[str] = frozenset()
     recipients: RecipientTable = field(default_factory=RecipientTable.accepting_any)
+    has_access: bool = field(init=False)  # any access table has entries
+
+    def __post_init__(self) -> None:
+        tables = (self.client, self.helo, self.sender, self.recipient)
+        object.__setattr__(self, "has_access", any(tables))  # frozen: set once, here
 
 
 def load_tables(config: Config) -> PolicyTables:

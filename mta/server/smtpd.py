@@ -99,6 +99,7 @@ class SMTPProtocol(asyncio.Protocol):
         self._writing_paused = False
         # the DNSBL lookup started at connect (connect_access.py), applied at RCPT
         self.dnsbl_lookup: asyncio.Task[Listing] | None = None
+        self._rcpt_waiting: asyncio.Task[None] | None = None  # a RCPT waiting for it
         # per-message state
         self.hold = False  # an access table said HOLD: the message goes to hold/
         self.discard = False  # an access table said DISCARD: 250, then dropped
@@ -295,12 +296,13 @@ class SMTPProtocol(asyncio.Protocol):
         (only then is the decision asynchronous; input waits in the session meanwhile)."""
         lookup = self.dnsbl_lookup
         if lookup is not None and not lookup.done():
-            self.ctx.loop.create_task(self._decide_after(lookup, recipient))
+            self._rcpt_waiting = self.ctx.loop.create_task(self._decide_after(lookup, recipient))
             return
         self._answer_recipient(recipient)
 
     async def _decide_after(self, lookup: asyncio.Task[Listing], recipient: str) -> None:
         await asyncio.wait([lookup])
+        self._rcpt_waiting = None
         if self.transport is not None:
             self._answer_recipient(recipient)
             self._drive()
