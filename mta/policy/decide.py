@@ -34,10 +34,8 @@ from mta.policy.tables import PolicyTables
 
 __all__ = ["Facts", "Verdict", "destination_is_ours", "recipient_stage", "routed_local_part"]
 
-_ROUTING = frozenset("%!@")
-_Hit = tuple[
-    Action, str, str, str
-]  # an access table's action, key, wording, reason  # routing operators in a local part (RFC 1123 §5.2.16, UUCP)
+_ROUTING = frozenset("%!@")  # routing operators in a local part (RFC 1123 §5.2.16, UUCP)
+_Hit = tuple[Action, str, str, str]  # an access table's action, key, wording, reason
 
 
 class Facts(NamedTuple):
