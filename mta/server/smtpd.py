@@ -159,6 +159,10 @@ class SMTPProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._early is not None:  # not greeted yet: kept for the checks (see _open)
             self._early += data
+            transport = self.transport
+            if len(self._early) > _MAX_UNREAD and not self._reading_paused and transport:
+                self._reading_paused = True  # bounded (access.greet_pause may last 60 s)
+                transport.pause_reading()  # _greet's first _flush resumes it
             return
         self.last_activity = now = self.ctx.loop.time()
         if self.request_started is None:  # the first byte of a command line or message

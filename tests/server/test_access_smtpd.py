@@ -253,3 +253,16 @@ def test_a_patient_client_is_greeted_after_the_pause_and_trusted_ones_at_once(
     trusted = Connection(ctx, "127.0.0.1")
     loop.run_until(trusted.has_output)
     assert trusted.codes() == [b"220"]
+
+
+def test_input_before_the_greeting_is_bounded(start: Start, loop: ClockLoop) -> None:
+    """A client that floods during the pause stops being read (the session's own limit on
+    unread input), and is refused once the pause is over."""
+    ctx = start(access={"greet_pause": 2.0})
+    conn = Connection(ctx, OUTSIDER)
+    loop.advance(0)
+    for _ in range(40):
+        conn.send(b"x" * 65536)
+    assert not conn.transport.reading
+    loop.advance(2.5)
+    assert conn.replies() == [PREGREET]
