@@ -140,7 +140,7 @@ def routed_local_part(local: str) -> bool:
     Quotes and backslash escapes are undone first, as Postfix's resolver does."""
     if local.startswith('"') and local.endswith('"') and len(local) >= 2:
         local = local[1:-1].replace("\\\\", "\0").replace("\\", "").replace("\0", "\\")
-    return any(c in _ROUTING for c in local)
+    return not _ROUTING.isdisjoint(local)
 
 
 def destination_is_ours(recipient: str, domains: frozenset[str]) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mta.policy.access import (
     Kind,
@@ -168,3 +170,18 @@ def test_recipient_table(tmp_path: Path) -> None:
         parse_recipients("a@b.test\nalice\n", "rcpts")
     with pytest.raises(RecipientsError, match="cannot read"):
         load_recipients(str(tmp_path / "missing"))
+
+
+@given(
+    st.lists(st.sampled_from(["a", "b", "x.y", "", "."]), min_size=0, max_size=4),
+    st.sampled_from(["user", "USER", "", "other"]),
+)
+def test_address_lookup_walks_address_keys_in_order(labels: list[str], local: str) -> None:
+    """The lookup without a list of keys finds what the documented order finds."""
+    domain = ".".join(labels) or "example"
+    keys = ["user@a.b", "a.b", ".b", ".x.y", "user@", "example", ".example", "<>", "other@"]
+    table = parse_table("".join(f"{k} 550 5.7.1 {k}\n" for k in keys), "t")
+    for address in (f"{local}@{domain}", "", domain):
+        expected = next((k for k in address_keys(address) if k in table.names), None)
+        found = table.address(address)
+        assert (found.text if found else None) == expected, address
