@@ -7,7 +7,8 @@
 * DNSBL (``[dnsbl]``): the lookup starts here and runs while the session goes on; the
   verdict is applied at RCPT (mta/policy/decide.py), so the greeting never waits for DNS.
 
-Clients in ``relay.networks`` are exempt from both (postscreen's ``permit_mynetworks``).
+Clients in ``relay.networks`` are exempt from both (postscreen's ``permit_mynetworks``),
+and the pause applies on MX listeners only (a ``submissions`` client speaks TLS first).
 The client address is read when the check runs, after a PROXY header has replaced it, so
 these checks come after the PROXY check in ``WorkerContext.connect_checks``.
 """
@@ -51,10 +52,18 @@ def _dnsbl_starter(checker: DnsblChecker) -> ConnectCheck:
     return start_dnsbl
 
 
+def _on_mx_listener(protocol: SMTPProtocol) -> bool:
+    """Like postscreen, the pause is for port 25: a client of an implicit-TLS listener
+    rightly speaks first (its TLS ClientHello).  ``protocol.listener`` is the Listener it
+    came on, where the listeners work sets it; without one, the MX listener is assumed."""
+    listener = getattr(protocol, "listener", None)
+    return listener is None or getattr(listener, "role", "mx") == "mx"
+
+
 def _early_talker(pause: float) -> ConnectCheck:
     async def pregreet(protocol: SMTPProtocol) -> bytes | None:
         client = protocol.client_ip
-        if protocol.ctx.policy.client_may_relay(client):
+        if protocol.ctx.policy.client_may_relay(client) or not _on_mx_listener(protocol):
             return None
         await asyncio.sleep(pause)
         early = protocol._early
