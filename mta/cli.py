@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from mta.config import Config, ConfigError, load_config
+from mta.exitcodes import EXIT_CONFIG
 from mta.logs import setup_logging
 
 __all__ = ["main"]
@@ -46,8 +47,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
-    if (problem := _check_tables(config)) is not None:
-        return problem
+    if (problem := _check_tables(config, EXIT_CONFIG)) is not None:
+        return problem  # EX_CONFIG: a service manager does not restart it in a loop
     setup_logging(config.log.level, config.log.format)
     from mta.master import metrics_dir
 
@@ -57,16 +58,19 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     return run_master(config, config_path=args.config)
 
 
-def _check_tables(config: Config) -> int | None:
-    """The files the configuration names (auth.passwords, auth.sender_logins): 1 with the
-    key, file and line when one cannot be used, before anything starts."""
-    from mta.policy.auth import load_tables
+def _check_tables(config: Config, status: int = 1) -> int | None:
+    """The files the configuration names (auth.passwords, auth.sender_logins, the access
+    and recipient tables): 1 with the key, file and line when one cannot be used, before
+    anything starts."""
+    from mta.policy.auth import load_auth_tables
+    from mta.policy.tables import load_tables
 
     try:
+        load_auth_tables(config)
         load_tables(config)
     except ConfigError as exc:
         print(f"mta: configuration error: {exc}", file=sys.stderr)
-        return 1
+        return status
     return None
 
 

@@ -220,7 +220,12 @@ def resolve_listener(name: str, entry: ListenerConfig, smtp: SmtpConfig) -> List
 
 class RelayConfig(_Section, frozen=True):
     networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
-    domains: tuple[str, ...] = ()
+    domains: tuple[str, ...] = ()  # accepted from anyone (with delivery.local_domains)
+    # Valid recipients at the accepted domains (Postfix's relay_recipient_maps /
+    # local_recipient_maps): a file of ``user@domain`` / ``@domain`` lines, or "any".
+    # Required once there are accepted domains: unknown recipients are refused at RCPT
+    # (550 5.1.1), never accepted and bounced later (backscatter).
+    recipients: str = ""
 
     def __post_init__(self) -> None:
         for network in self.networks:
@@ -254,6 +259,41 @@ class LimitsConfig(_Section, frozen=True):
 
     def __post_init__(self) -> None:
         _check_networks("exempt_networks", self.exempt_networks or ())
+
+
+class AccessConfig(_Section, frozen=True):
+    """Access tables (Postfix's access(5), check_{client,helo,sender,recipient}_access):
+    file paths, "" for none; read by every smtpd worker at start (so again on HUP)."""
+
+    client: str = ""  # IP addresses and networks
+    helo: str = ""  # HELO/EHLO names and parent domains
+    sender: str = ""  # MAIL FROM addresses, domains, user@
+    recipient: str = ""  # RCPT TO addresses, domains, user@
+    # Seconds to wait before the greeting; a client that talks meanwhile is refused
+    # (postscreen_greet_wait / smtpd's pre-greeting check).  0: off; relay.networks exempt.
+    greet_pause: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.0
+
+
+class DnsblConfig(_Section, frozen=True):
+    """DNS blocklists of client addresses (Postfix's reject_rbl_client, postscreen's
+    postscreen_dnsbl_sites with ``zone*weight`` and postscreen_dnsbl_threshold)."""
+
+    zones: tuple[str, ...] = ()  # e.g. ["zen.spamhaus.org", "bl.example*2"]; empty: off
+    threshold: PositiveInt = 1  # the sum of the listing zones' weights that refuses
+    dns_servers: tuple[str, ...] = ()  # "host[:port]"; empty: the system resolver
+    timeout: Seconds = 5.0  # a lookup not answered by then counts as not listed
+    cache_size: PositiveInt = 10_000  # addresses remembered (each for its answer's TTL)
+
+    def __post_init__(self) -> None:
+        for zone in self.zones:
+            name, star, weight = zone.partition("*")
+            if not name.strip(".") or (star and not weight.isdigit()):
+                raise ValueError(f"zones: {zone!r} is not a zone or zone*weight")
+        for server in self.dns_servers:
+            try:
+                parse_hostport(server, 53)
+            except ValueError as exc:
+                raise ValueError(f"dns_servers: {exc}") from None
 
 
 class QueueConfig(_Section, frozen=True):
@@ -332,6 +372,8 @@ class Config(_Section, frozen=True):
     relay: RelayConfig = RelayConfig()
     auth: AuthConfig = AuthConfig()
     limits: LimitsConfig = LimitsConfig()
+    access: AccessConfig = AccessConfig()
+    dnsbl: DnsblConfig = DnsblConfig()
     queue: QueueConfig = QueueConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     routes: dict[str, str] = {}
@@ -350,6 +392,16 @@ class Config(_Section, frozen=True):
             self.resolved_listeners()
         except ValueError as exc:
             raise ValueError(f"listeners.{exc}") from None
+        if self.accepted_domains() and not self.relay.recipients:
+            raise ValueError(
+                "relay.recipients: relay.domains / delivery.local_domains are set, so give "
+                'a file of valid recipients, or "any" to accept every local part explicitly'
+            )
+
+    def accepted_domains(self) -> frozenset[str]:
+        """The domains anyone may send mail to (a [routes] entry alone is not one)."""
+        domains = (*self.relay.domains, *self.delivery.local_domains)
+        return frozenset(d.lower().rstrip(".") for d in domains)
 
     def resolved_listeners(self) -> list[Listener]:
         """Every listener, its settings decided: ``smtp.listen`` as the MX listener named

@@ -38,6 +38,9 @@ CONNECTIONS_CURRENT = Gauge(
 MESSAGES_RECEIVED = Counter("mta_smtpd_messages_received", "Messages accepted with 250")
 BYTES_RECEIVED = Counter("mta_smtpd_received_bytes", "Octets of accepted messages")
 REPLIES = Counter("mta_smtpd_replies", "SMTP replies sent, by code class", ["code_class"])
+# Reasons of the access policy (mta/policy/decide.py, mta/server/connect_access.py):
+# access_client, access_helo, access_sender, access_recipient, relay_denied, dnsbl,
+# unknown_recipient, pregreet.
 REJECTS = Counter("mta_smtpd_rejects", "Refused commands and messages, by reason", ["reason"])
 TLS_SESSIONS = Counter("mta_smtpd_tls_sessions", "TLS sessions established by smtpd")
 AUTH_SUCCESSES = Counter(

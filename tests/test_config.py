@@ -58,6 +58,7 @@ bare_lf = "normalize"
 [relay]
 networks = ["10.0.0.0/8", "2001:db8::/32"]
 domains = ["example.org", "example.net"]
+recipients = "/etc/mta/recipients"
 [queue]
 path = "/var/spool/mta"
 [delivery]
@@ -176,6 +177,7 @@ def test_every_documented_key_takes_effect(tmp_path: Path) -> None:
     assert (smtp.idle_timeout, smtp.max_errors, smtp.bare_lf) == (60.5, 3, "normalize")
     assert config.relay.networks == ("10.0.0.0/8", "2001:db8::/32")
     assert config.relay.domains == ("example.org", "example.net")
+    assert config.relay.recipients == "/etc/mta/recipients"
     assert config.queue.path == "/var/spool/mta"
     d = config.delivery
     assert (d.workers, d.relayhost, d.smtp_port) == (8, "[smarthost.example]:587", 2525)
@@ -242,12 +244,32 @@ def test_unknown_key_is_an_error(tmp_path: Path, text: str, expected: str) -> No
         ('[routes]\n"example.org" = "smtp:[10.0.0.5]:x"\n', "routes.example.org"),
         ('[routes]\n"local.example" = "maildir:relative/path"\n', "routes.local.example"),
         ("hostname = 5\n", "hostname"),
+        ('[relay]\ndomains = ["example.org"]\n', "relay.recipients"),
+        ('[delivery]\nlocal_domains = ["example.org"]\n', "relay.recipients"),
+        ("[access]\ngreet_pause = -1\n", "access.greet_pause"),
+        ("[access]\nclient = 5\n", "access.client"),
+        ('[dnsbl]\nzones = ["bl.test*x"]\n', "dnsbl.zones"),
+        ('[dnsbl]\nzones = ["."]\n', "dnsbl.zones"),
+        ("[dnsbl]\nthreshold = 0\n", "dnsbl.threshold"),
+        ('[dnsbl]\ndns_servers = ["1.2.3.4:x"]\n', "dnsbl.dns_servers"),
     ],
 )
 def test_bad_value_names_the_key(tmp_path: Path, text: str, key: str) -> None:
     message = config_error(tmp_path, text)
     assert message.startswith(f"{key}: ") or message.startswith(f"{key.rsplit('.', 1)[0]}: ")
     assert key.rsplit(".", 1)[-1] in message
+
+
+def test_accepted_domains_need_a_recipient_table_or_any(tmp_path: Path) -> None:
+    """Unknown recipients at an accepted domain are refused at RCPT; "any" must be said."""
+    message = config_error(tmp_path, '[relay]\ndomains = ["example.org"]\n')
+    assert message.startswith("relay.recipients: ") and '"any"' in message
+    config = load_config(
+        write(tmp_path, '[relay]\ndomains = ["Example.ORG."]\nrecipients = "any"\n')
+    )
+    assert config.accepted_domains() == frozenset({"example.org"})
+    routed = load_config(write(tmp_path, '[routes]\n"routed.test" = "smtp:[10.0.0.5]:25"\n'))
+    assert routed.accepted_domains() == frozenset()  # a route alone accepts nothing
 
 
 def test_bad_route_kind_says_which_kinds_exist(tmp_path: Path) -> None:

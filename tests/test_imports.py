@@ -26,8 +26,8 @@ LIBRARIES: dict[str, frozenset[str]] = {
     "mta.logs": frozenset(),
     "mta.parser_backend": frozenset({"mta.protocol"}),
     "mta.queue": frozenset({"mta.config", "mta.metrics", "mta.logs", "mta.exitcodes"}),
-    # the edge's decisions (AUTH, ...): tables and pure functions over the session's facts
-    "mta.policy": frozenset({"mta.config", "mta.protocol"}),
+    # the edge's decisions: tables and pure functions over the session's facts
+    "mta.policy": frozenset({"mta.config", "mta.protocol", "mta.metrics", "mta.logs"}),
 }
 _BELOW_DAEMONS = frozenset(LIBRARIES) | {"mta"}
 DAEMONS: dict[str, frozenset[str]] = {

@@ -8,12 +8,12 @@ and advance a rolling reload.
 
 * TERM/INT: children get SIGTERM and drain (sessions and deliveries in flight finish) for up
   to ``master.graceful_timeout`` seconds; whatever is left then gets SIGKILL; exit 0.
-* HUP: read the configuration again.  If it is invalid, log why and keep the old one;
-  otherwise replace children one at a time: the new one starts, and the old one is told to
-  stop only once the new one has proven it is alive, so the service keeps answering.  An
-  exclusive kind (the queue manager) is the exception: the old one stops first, since two
-  would race over the queue.  A child that does not stop within the graceful timeout (plus
-  a margin) is killed, so a reload cannot hang on it.
+* HUP: read the configuration (and the access tables) again.  If it is invalid, log why
+  and keep the old one; otherwise replace children one at a time: the new one starts, and
+  the old one is told to stop only once the new one has proven it is alive, so the service
+  keeps answering.  An exclusive kind (the queue manager) is the exception: the old one
+  stops first, since two would race over the queue.  A child that does not stop within
+  the graceful timeout (plus a margin) is killed, so a reload cannot hang on it.
 * A child exiting with :data:`EXIT_CONFIG` stops the master with that child's message.
 * A child is *ready* once it has beaten (each kind beats only after it has set up).  One
   that dies before that is a start-up failure and its slot is throttled; one that dies
@@ -57,7 +57,8 @@ from mta.master import metrics_dir, privileges, tempdirs
 from mta.master.children import KINDS, spawn
 from mta.master.privileges import Account, PrivilegeError
 from mta.master.throttle import Throttle
-from mta.policy.auth import load_tables
+from mta.policy.auth import load_auth_tables
+from mta.policy.tables import load_tables
 from mta.server.listen import bind_listeners
 
 if TYPE_CHECKING:
@@ -290,7 +291,9 @@ class Arbiter:
     def handle_hup(self) -> None:
         try:
             config = load_config(self.config_path)
-            load_tables(config)  # the AUTH tables: a broken one keeps the running config
+            # a broken table is refused here, not by a new worker: the running ones stay
+            load_auth_tables(config)
+            load_tables(config)
         except ConfigError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             return
@@ -498,6 +501,12 @@ def _remove(path: str) -> None:
 def run_master(config: Config, config_path: str | None) -> int:
     """``mta serve``: run the process tree until TERM; the exit status of the master."""
     raise_file_limit(config.smtp.max_connections)
+    try:
+        load_auth_tables(config)  # every table it names: errors before serving
+        load_tables(config)
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        return EXIT_CONFIG
     try:
         account = prepare_for_children(config)
     except PrivilegeError as exc:

@@ -1,4 +1,4 @@
-"""The edge's decisions library (DESIGN.md §6, §7): what smtpd decides about a client, as
-functions of the session's facts and tables loaded from files (password hashes, sender
-logins).  No daemon of its own and no I/O beyond reading its tables: ``mta.server``
-imports it; it imports only the libraries below it (configuration, protocol replies)."""
+"""What the edge decides (DESIGN.md §6, §7): access tables, recipient validation, DNS
+blocklists, per-client limits and AUTH.  A library: smtpd asks, these modules answer, as
+functions of a session's facts and tables loaded from files; no daemon of its own (the
+limits' owner, anvil, is one, and imports this)."""

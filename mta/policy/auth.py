@@ -33,12 +33,12 @@ from mta.policy.passwords import PasswordFile
 from mta.protocol import replies
 from mta.protocol.events import AuthRequest
 
-__all__ = ["Authenticator", "FailureWindow", "SenderLogins", "load_tables", "sender_refusal"]
+__all__ = ["Authenticator", "FailureWindow", "SenderLogins", "load_auth_tables", "sender_refusal"]
 
 _VERIFY_THREADS = 2  # scrypt is CPU and memory bound: more threads only queue elsewhere
 
 
-def load_tables(config: Config) -> tuple[Authenticator | None, SenderLogins | None]:
+def load_auth_tables(config: Config) -> tuple[Authenticator | None, SenderLogins | None]:
     """The AUTH tables ``config`` names (None for a key left empty); ConfigError if one
     cannot be used.  smtpd loads them at start, and a HUP replaces the workers, so a HUP
     re-reads them; the master loads them too, at start and on HUP, to refuse a broken file

@@ -19,16 +19,21 @@ Time is an argument (``now``), never read here, so the scheduler is tested witho
 from __future__ import annotations
 
 import heapq
+import logging
 from collections import deque
 
+from mta.protocol.printable import for_log
 from mta.qmgr.housekeeping import is_staged, publish_orphans, quarantine
 from mta.queue.ids import is_queue_id
 from mta.queue.ipc import Job
+from mta.queue.msgfile import CorruptMessageFile, read_message_file
 from mta.queue.segment import RecordRef
 from mta.queue.spool import Spool
 from mta.queue.state import StateStore
 
 __all__ = ["ACTIVE_WINDOW", "Scheduler"]
+
+log = logging.getLogger("mta.qmgr")
 
 ACTIVE_WINDOW = 5000  # messages active at once
 
@@ -87,11 +92,36 @@ class Scheduler:
             if not is_queue_id(name):
                 quarantine(self.spool, "incoming", name, "not a queue file name", "name")
                 continue
+            if self._put_on_hold(name):
+                continue
             try:
                 self.spool.move(name, "incoming", "active")
             except FileNotFoundError:
                 continue  # an operator (queue hold/delete) was faster
             self.schedule(name)
+
+    def _put_on_hold(self, queue_id: str) -> bool:
+        """A new message whose envelope says ``hold`` (an access table's HOLD) goes to
+        ``hold/`` instead of being delivered, until ``mta queue release``.  Only files come
+        this way (smtpd gives such a message a file of its own, never a segment record), so
+        reading the envelope costs nothing on the path of most mail."""
+        try:
+            envelope = read_message_file(self.spool.file("incoming", queue_id), False).envelope
+        except (CorruptMessageFile, FileNotFoundError):
+            return False  # the usual path deals with it (corrupt/, or gone)
+        if not envelope.hold:
+            return False
+        try:
+            self.spool.move(queue_id, "incoming", "hold")
+        except FileNotFoundError:
+            return True
+        log.info(
+            "%s: hold: from=<%s> client=[%s] (access policy)",
+            queue_id,
+            for_log(envelope.sender),
+            envelope.client_address,
+        )
+        return True
 
     def claim_due(self, now: float) -> None:
         """Claim deferred messages whose time has come, earliest first."""

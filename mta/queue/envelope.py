@@ -30,6 +30,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     body_type: str = "7BIT"  # "7BIT" | "8BITMIME" (RFC 6152)
     smtputf8: bool = False  # RFC 6531
     is_bounce: bool = False  # a DSN we generated: never bounce it again
+    hold: bool = False  # an access table said HOLD: the queue manager puts it in hold/
 
 
 _encoder = msgspec.msgpack.Encoder()

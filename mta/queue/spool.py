@@ -326,6 +326,14 @@ class MessageWriter:
         """Append the envelope and the end marker; :meth:`persist` writes what is left."""
         self._pending.append(trailer_for(envelope, self.length, self._checksum))
 
+    def spill(self) -> None:
+        """Give the message a file of its own now, not a segment record: one that the
+        queue manager must find in ``incoming/`` (a message put on hold).  OSError as
+        :meth:`write`."""
+        if not self.created:
+            self._flush_buffer()
+            self._release()
+
     @property
     def in_memory(self) -> bool:
         """Nothing is on disk yet: the message can go into a segment."""

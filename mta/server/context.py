@@ -23,12 +23,14 @@ import asyncio
 import ipaddress
 import logging
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import TYPE_CHECKING
 
 from mta import metrics
 from mta.config import Config, Listener
 from mta.policy.auth import Authenticator, FailureWindow, SenderLogins
+from mta.policy.dnsbl import DnsblChecker
+from mta.policy.tables import PolicyTables, load_tables
 from mta.protocol import replies
 from mta.protocol.events import AuthRequest
 from mta.protocol.printable import for_log
@@ -37,6 +39,7 @@ from mta.queue.commit import GroupCommitter
 from mta.queue.envelope import Envelope
 from mta.queue.space import SpoolSpace
 from mta.queue.spool import Spool
+from mta.server.connect_access import access_connect_checks
 from mta.server.connections import LocalCounter, NodeCounter
 from mta.server.leniency import DataLeniency
 from mta.server.policy import RelayPolicy, in_networks
@@ -145,25 +148,33 @@ class WorkerContext:
     sender_logins: SenderLogins | None = None
     # each listener's per-client limits, by listener name (the first one is ``leniency``)
     leniencies: dict[str, DataLeniency] = field(init=False)
+    # access tables and valid recipients (mta/policy), loaded once: a HUP replaces the
+    # worker), given as ``preloaded`` or read from the configuration (ConfigError if bad)
+    preloaded: InitVar[PolicyTables | None] = None
+    tables: PolicyTables = field(init=False)
+    dnsbl: DnsblChecker | None = field(init=False)  # [dnsbl] zones set: the lookups
 
-    def __post_init__(self) -> None:
-        self.limits = session_limits(self.config)
-        normalize = self.config.smtp.normalize_networks
+    def __post_init__(self, preloaded: PolicyTables | None) -> None:
+        config = self.config
+        self.limits = session_limits(config)
+        normalize = config.smtp.normalize_networks
         self.leniencies = {
-            listener.name: DataLeniency(session_limits(self.config, listener), normalize)
-            for listener in self.config.resolved_listeners()
+            listener.name: DataLeniency(session_limits(config, listener), normalize)
+            for listener in config.resolved_listeners()
         }
         self.leniency = next(iter(self.leniencies.values()))
-        limits = self.config.limits
+        limits = config.limits
         self.auth_failures = FailureWindow(limits.auth_failures)
         exempt = limits.exempt_networks
         self._auth_exempt = [
             ipaddress.ip_network(n, strict=False)
-            for n in (self.config.relay.networks if exempt is None else exempt)
+            for n in (config.relay.networks if exempt is None else exempt)
         ]
-        relay = self.config.relay
-        local = (*relay.domains, *self.config.routes, *self.config.delivery.local_domains)
-        self.policy = RelayPolicy(relay.networks, local)
+        # accepted domains are listed explicitly: a [routes] entry alone is not one
+        self.policy = RelayPolicy(config.relay.networks, config.accepted_domains())
+        self.tables = preloaded if preloaded is not None else load_tables(config)
+        self.dnsbl = DnsblChecker(config.dnsbl) if config.dnsbl.zones else None
+        self.connect_checks.extend(access_connect_checks(config.access.greet_pause, self.dnsbl))
         self.space = SpoolSpace(
             self.spool.path,
             self.config.queue.min_free,

@@ -1,11 +1,14 @@
 """What smtpd decides about a transaction: relay control (RCPT) and spool room (MAIL).
 
 Relay control: who may send mail where.  No open relay, ever, by default.  Clients inside
-``relay.networks`` (default: loopback) and clients that authenticated with SMTP AUTH may relay
-to any domain; every other client may only
-send to the domains we accept mail for (``relay.domains``, the routed and local domains)
-and to ``postmaster`` (RFC 5321 §4.5.1).  Everything else gets
-``554 5.7.1 Relay access denied``, as Postfix's ``reject_unauth_destination`` does.
+``relay.networks`` (default: loopback) and clients that authenticated with SMTP AUTH may
+relay to any domain; every other client may only
+send to the domains we accept mail for (``relay.domains`` and ``delivery.local_domains``;
+a ``[routes]`` entry alone is not one) and to ``postmaster`` (RFC 5321 §4.5.1), without
+routing in the local part (mta/policy/decide.py).  Everything else gets
+``554 5.7.1 <addr>: Relay access denied``, as Postfix's ``reject_unauth_destination`` does.
+The RCPT stage as a whole (access tables, DNSBL, valid recipients) is decided in
+mta/policy/decide.py; this class answers "is the client in relay.networks".
 
 Spool room: ``MAIL`` gets ``452 4.3.1 Insufficient system storage`` while the spool lacks
 room for the transaction (:func:`storage_refusal`; the rule is in mta/queue/space.py).
@@ -16,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
+from mta.policy.decide import destination_is_ours
 from mta.protocol import replies
 from mta.queue.space import SpoolSpace
 
@@ -60,15 +64,9 @@ class RelayPolicy:
                 self._client_cache[client_ip] = allowed
         return allowed
 
-    def allows(self, client_ip: str, recipient: str, sasl_username: str | None = None) -> bool:
-        """May ``client_ip`` hand us mail for ``recipient``?  A client that authenticated
-        (``sasl_username``) may relay anywhere (Postfix's permit_sasl_authenticated)."""
-        if sasl_username is not None or self.client_may_relay(client_ip):
-            return True
-        at = recipient.rfind("@")
-        if at < 0:
-            return recipient.lower() == "postmaster"
-        return recipient[at + 1 :].lower().rstrip(".") in self.domains
+    def allows(self, client_ip: str, recipient: str) -> bool:
+        """May ``client_ip`` hand us mail for ``recipient``?"""
+        return self.client_may_relay(client_ip) or destination_is_ours(recipient, self.domains)
 
     def _in_networks(self, client_ip: str) -> bool:
         return in_networks(client_ip, self.networks)

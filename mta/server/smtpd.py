@@ -40,6 +40,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, cast
 
 from mta.policy.auth import sender_refusal
+from mta.policy.decide import Facts, recipient_stage
 from mta.protocol import replies
 from mta.protocol.events import (
     AuthRequest,
@@ -61,6 +62,7 @@ from mta.server.policy import declared_size, storage_refusal
 from mta.server.trace import protocol_name, received_header
 
 if TYPE_CHECKING:
+    from mta.policy.dnsbl import Listing
     from mta.server.context import WorkerContext
 
 __all__ = ["ConnectCheck", "SMTPProtocol"]
@@ -99,7 +101,12 @@ class SMTPProtocol(asyncio.Protocol):
         self._timer_due = 0.0
         self._reading_paused = False
         self._writing_paused = False
+        # the DNSBL lookup started at connect (connect_access.py), applied at RCPT
+        self.dnsbl_lookup: asyncio.Task[Listing] | None = None
+        self._rcpt_waiting: asyncio.Task[None] | None = None  # a RCPT waiting for it
         # per-message state
+        self.hold = False  # an access table said HOLD: the message goes to hold/
+        self.discard = False  # an access table said DISCARD: 250, then dropped
         self.writer: MessageWriter | None = None
         self._write_failed = False
         self._received_at = 0.0
@@ -156,6 +163,10 @@ class SMTPProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._early is not None:  # not greeted yet: kept for the checks (see _open)
             self._early += data
+            transport = self.transport
+            if len(self._early) > _MAX_UNREAD and not self._reading_paused and transport:
+                self._reading_paused = True  # bounded (access.greet_pause may last 60 s)
+                transport.pause_reading()  # _greet's first _flush resumes it
             return
         self.last_activity = now = self.ctx.loop.time()
         if self.request_started is None:  # the first byte of a command line or message
@@ -172,6 +183,8 @@ class SMTPProtocol(asyncio.Protocol):
             self._opening.cancel()
         if self._auth_task is not None:
             self._auth_task.cancel()
+        if self.dnsbl_lookup is not None:
+            self.dnsbl_lookup.cancel()
         if self.writer is not None and not self.session.waiting:
             self._discard_message()  # a client that vanishes mid-DATA leaves nothing behind
         self.ctx.connection_closed(self)
@@ -318,22 +331,77 @@ class SMTPProtocol(asyncio.Protocol):
         declared = declared_size(mail.params)
         refusal = storage_refusal(self.ctx.space, declared)
         if refusal is None:
+            self.hold = self.discard = False  # a new transaction
             self.session.accept()
             return
         self.ctx.mail_refused_for_space(self.client_ip, mail.sender, declared)
         self.session.reject(refusal)
 
     def _decide_recipient(self, recipient: str) -> None:
-        if self.ctx.policy.allows(self.client_ip, recipient, self.session.authenticated):
-            self.session.accept()
-        else:
-            self.ctx.count_reject("relay_denied")
-            log.info(
-                "reject: RCPT from [%s]: 554 5.7.1 <%s>: Relay access denied",
-                self.client_ip,
-                for_log(recipient),
-            )
-            self.session.reject(replies.RELAY_DENIED)
+        """RCPT: the access tables, relay control, DNSBL and valid recipients, decided in
+        one place (mta/policy/decide.py).  A DNSBL lookup still running is waited for
+        (only then is the decision asynchronous; input waits in the session meanwhile)."""
+        lookup = self.dnsbl_lookup
+        if lookup is not None and not lookup.done():
+            self._rcpt_waiting = self.ctx.loop.create_task(self._decide_after(lookup, recipient))
+            return
+        self._answer_recipient(recipient)
+
+    async def _decide_after(self, lookup: asyncio.Task[Listing], recipient: str) -> None:
+        await asyncio.wait([lookup])
+        self._rcpt_waiting = None
+        if self.transport is not None:
+            self._answer_recipient(recipient)
+            self._drive()
+
+    def _answer_recipient(self, recipient: str) -> None:
+        ctx, session = self.ctx, self.session
+        client = self.client_ip  # read late: a PROXY header may have replaced it
+        facts = Facts(
+            client_ip=client,
+            helo=session.helo,
+            sender=session.sender or "",
+            recipient=recipient,
+            trusted_network=ctx.policy.client_may_relay(client),
+            authenticated=session.authenticated,  # AUTH may relay
+            dnsbl_zone=self._dnsbl_zone(),
+        )
+        verdict = recipient_stage(facts, ctx.tables)
+        if verdict.reply is None:
+            if verdict.note:
+                self.hold = self.hold or verdict.hold
+                self.discard = self.discard or verdict.discard
+                self._log_rcpt(verdict.reason, verdict.note, facts)
+            session.accept()
+            return
+        ctx.count_reject(verdict.reason)
+        self._log_rcpt("reject", verdict.reply.decode("utf-8", "replace").rstrip(), facts)
+        session.reject(verdict.reply)
+
+    def _dnsbl_zone(self) -> str | None:
+        lookup = self.dnsbl_lookup
+        if lookup is None or lookup.cancelled():
+            return None
+        error = lookup.exception()
+        if error is not None:  # a bug, not DNS trouble (dnsbl.py catches that): not listed
+            log.error("dnsbl lookup for [%s] failed: %r", self.client_ip, error)
+            self.dnsbl_lookup = None
+            return None
+        return lookup.result().zone
+
+    def _log_rcpt(self, what: str, text: str, facts: Facts) -> None:
+        """``NOQUEUE: reject: RCPT from unknown[ip]: 554 5.7.1 ...; from=<> to=<> proto=
+        ESMTP helo=<>``, Postfix's line (client text through for_log)."""
+        log.info(
+            "NOQUEUE: %s: RCPT from unknown[%s]: %s; from=<%s> to=<%s> proto=%s helo=<%s>",
+            what,
+            facts.client_ip,
+            for_log(text),
+            for_log(facts.sender),
+            for_log(facts.recipient),
+            "ESMTP" if self.session.esmtp else "SMTP",
+            for_log(facts.helo),
+        )
 
     def _open_message(self) -> None:
         ctx = self.ctx
@@ -376,12 +444,20 @@ class SMTPProtocol(asyncio.Protocol):
 
     def _commit_message(self) -> None:
         writer = self.writer
+        if self.discard:  # DISCARD: the client hears success, nothing is kept
+            self._discard_message()
+            queue_id = writer.queue_id if writer is not None else new_queue_id()
+            log.info("%s: discard: message from [%s] (access policy)", queue_id, self.client_ip)
+            self.session.accept(replies.queued(queue_id))
+            return
         if writer is None or self._write_failed:
             self._discard_message()
             self.session.reject(replies.LOCAL_ERROR)
             return
         envelope = self._envelope(writer)
         try:
+            if self.hold:  # the queue manager sees it in incoming/ and holds it
+                writer.spill()
             writer.finish(envelope)
         except OSError as exc:
             log.error("%s: queue file write error: %s", writer.queue_id, exc)
@@ -416,6 +492,7 @@ class SMTPProtocol(asyncio.Protocol):
             size=writer.length,
             body_type=(params.get("BODY") or "7BIT").upper(),
             smtputf8="SMTPUTF8" in params,
+            hold=self.hold,
         )
 
     def _discard_message(self) -> None:

@@ -9,6 +9,8 @@ the ``250`` is only sent after the flush.
 A parser backend that cannot be used (``MTA_PARSER=c`` without the compiled module, or a
 value that names no backend) is a configuration error: the worker exits with
 :data:`~mta.exitcodes.EXIT_CONFIG`, which stops the master instead of a restart loop.
+So is an access table or recipient table that cannot be read (mta/policy/tables.py); the
+worker reads them once, at start, so the workers a HUP starts read them again.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import uvloop
 from mta import metrics, parser_backend
 from mta.config import Config, ConfigError
 from mta.exitcodes import EXIT_CONFIG
-from mta.policy.auth import Authenticator, SenderLogins, load_tables
+from mta.policy.auth import Authenticator, SenderLogins, load_auth_tables
+from mta.policy.tables import PolicyTables, load_tables
 from mta.protocol.session import ParserBackend
 from mta.queue.commit import GroupCommitter
 from mta.queue.spool import Spool
@@ -58,14 +61,18 @@ def run_smtpd(
         log.error("configuration error: parser backend (MTA_PARSER): %s", exc)
         raise SystemExit(EXIT_CONFIG) from None
     try:
-        tables = load_tables(config)  # read at start: a HUP replaces the workers
+        # read once per worker, at start: a HUP replaces the workers
+        auth_tables = load_auth_tables(config)
+        tables = load_tables(config)
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
         raise SystemExit(EXIT_CONFIG) from None
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(_serve(config, sockets, loop, parser, heartbeat, tables))
+        loop.run_until_complete(
+            _serve(config, sockets, loop, parser, tables, heartbeat, auth_tables)
+        )
     finally:
         loop.close()
 
@@ -75,16 +82,19 @@ async def _serve(
     sockets: list[socket.socket],
     loop: asyncio.AbstractEventLoop,
     parser: ParserBackend,
+    tables: PolicyTables,
     heartbeat: Heartbeat | None,
-    tables: tuple[Authenticator | None, SenderLogins | None] = (None, None),
+    auth_tables: tuple[Authenticator | None, SenderLogins | None] = (None, None),
 ) -> None:
     spool = Spool(config.queue.path)
     spool.create()
     metrics.PARSER_BACKEND.labels(parser_backend.backend_name(parser)).set(1)
     batch = 1024 if config.queue.group_commit else 1
     committer = GroupCommitter(spool, loop, max_batch=batch)
-    ctx = WorkerContext(config, spool, committer, loop, parser, counter=_node_counter(spool))
-    ctx.authenticator, ctx.sender_logins = tables
+    ctx = WorkerContext(
+        config, spool, committer, loop, parser, counter=_node_counter(spool), preloaded=tables
+    )
+    ctx.authenticator, ctx.sender_logins = auth_tables
     ctx.max_fd = fd_ceiling(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     _warn_unusable_listeners(config, ctx)
     # the sockets come in listener order (Config.listen_addresses): each serves its rules

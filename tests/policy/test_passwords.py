@@ -259,6 +259,6 @@ def test_verification_runs_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_default_config_loads_no_tables() -> None:
-    from mta.policy.auth import load_tables
+    from mta.policy.auth import load_auth_tables
 
-    assert load_tables(Config()) == (None, None)
+    assert load_auth_tables(Config()) == (None, None)

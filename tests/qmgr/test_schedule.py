@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from mta.qmgr.schedule import Scheduler
+from mta.queue.envelope import Envelope
 from mta.queue.ids import new_queue_id
 from mta.queue.ipc import Job
 from mta.queue.segment import RecordRef
@@ -172,3 +173,28 @@ def test_a_staged_incoming_file_waits_for_its_writer_or_its_death(spool: Spool) 
     assert [job.queue_id for job in sched.pending] == [dead]  # acknowledged, or never answered
     assert spool.list("incoming") == ["." + live]
     assert spool.list("corrupt") == []
+
+
+def put_message(spool: Spool, hold: bool) -> str:
+    """A complete message file in ``incoming/`` whose envelope says ``hold`` or not."""
+    queue_id = new_queue_id()
+    writer = spool.new_message(queue_id)
+    writer.write(b"Subject: held?\r\n\r\nbody\r\n")
+    writer.spill()
+    writer.finish(Envelope(queue_id=queue_id, sender="s@x.test", recipients=[], hold=hold))
+    writer.persist()
+    spool.move(queue_id, "tmp", "incoming")
+    return queue_id
+
+
+def test_a_message_an_access_table_held_goes_to_hold_not_to_delivery(spool: Spool) -> None:
+    held, normal = put_message(spool, hold=True), put_message(spool, hold=False)
+    sched = scheduler(spool)
+    sched.claim_incoming()
+    assert jobs(sched) == [normal]
+    assert spool.list("hold") == [held] and spool.list("incoming") == []
+    spool.move(held, "hold", "deferred")  # mta queue release
+    spool.set_next_try(held, NOW)
+    sched.load_deferred()
+    sched.claim_due(NOW)
+    assert jobs(sched) == [normal, held]  # released: delivered like any other

@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from mta.config import Config
-from mta.policy.auth import load_tables
+from mta.policy.auth import load_auth_tables
 from mta.policy.passwords import hash_password
 from mta.protocol.session import ParserBackend
 from mta.queue.spool import Spool
@@ -52,7 +52,7 @@ def make_ctx(loop: ClockLoop, tmp_path: Path, parser: ParserBackend, **auth: Any
     }  # fmt: skip
     config = msgspec.convert(settings, Config)
     ctx = WorkerContext(config, spool, HeldCommitter(spool, loop), loop, parser)
-    ctx.authenticator, ctx.sender_logins = load_tables(config)
+    ctx.authenticator, ctx.sender_logins = load_auth_tables(config)
     return ctx
 
 

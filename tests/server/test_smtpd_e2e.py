@@ -418,7 +418,9 @@ def test_many_transactions_pipelined_in_one_burst(server: MtaProcess) -> None:
 @pytest.fixture(scope="module")
 def relay_server(tmp_path_factory: pytest.TempPathFactory, dead_relay: str) -> Iterator[MtaProcess]:
     """Loopback is *not* a relay client here; only example.org is ours."""
-    overrides = {"relay": {"networks": ["10.0.0.0/8"], "domains": ["example.org"]}}
+    overrides = {
+        "relay": {"networks": ["10.0.0.0/8"], "domains": ["example.org"], "recipients": "any"}
+    }
     yield from running_relay(tmp_path_factory, dead_relay, overrides)
 
 
