@@ -8,7 +8,8 @@ and advance a rolling reload.
 
 * TERM/INT: children get SIGTERM and drain (sessions and deliveries in flight finish) for up
   to ``master.graceful_timeout`` seconds; whatever is left then gets SIGKILL; exit 0.
-* HUP: read the configuration again.  If it is invalid, log why and keep the old one;
+* HUP: read the configuration again (and load the listeners' certificates, which the new
+  smtpd workers serve).  If it is invalid, log why and keep the old one;
   otherwise replace children one at a time: the new one starts, and the old one is told to
   stop only once the new one has proven it is alive, so the service keeps answering.  An
   exclusive kind (the queue manager) is the exception: the old one stops first, since two
@@ -27,7 +28,8 @@ SO_REUSEPORT it never strands queued connections in the accept queue of a worker
 ``smtp.reuse_port = true`` gives each worker its own socket instead, bound by the worker
 (children.py); the master then binds each address only to check it can be had, and closes
 it, since a listening socket of its own would take a share of the connections and never
-accept them.  ``smtp.listen`` and ``smtp.reuse_port`` keep their values across a HUP.
+accept them.  The listening addresses (``smtp.listen``, ``[listeners]``) and
+``smtp.reuse_port`` keep their values across a HUP.
 
 What the arbiter asks of the system goes through two small seams, so that tests can run it
 in their own process, one round at a time (tests/master/test_arbiter.py): a ``clock``
@@ -58,6 +60,7 @@ from mta.master.children import KINDS, spawn
 from mta.master.privileges import Account, PrivilegeError
 from mta.master.throttle import Throttle
 from mta.server.listen import bind_listeners
+from mta.server.tls import check_certificates
 
 if TYPE_CHECKING:
     import socket
@@ -289,6 +292,7 @@ class Arbiter:
     def handle_hup(self) -> None:
         try:
             config = load_config(self.config_path)
+            check_certificates(config)  # a certificate a new smtpd could not load
         except ConfigError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             return
@@ -496,6 +500,11 @@ def _remove(path: str) -> None:
 def run_master(config: Config, config_path: str | None) -> int:
     """``mta serve``: run the process tree until TERM; the exit status of the master."""
     raise_file_limit(config.smtp.max_connections)
+    try:
+        check_certificates(config)
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        return EXIT_CONFIG
     try:
         account = prepare_for_children(config)
     except PrivilegeError as exc:

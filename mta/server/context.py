@@ -36,6 +36,7 @@ from mta.queue.space import SpoolSpace
 from mta.queue.spool import Spool
 from mta.server.connections import LocalCounter, NodeCounter
 from mta.server.leniency import DataLeniency
+from mta.server.listeners import ListenerState, listener_states
 from mta.server.policy import RelayPolicy
 from mta.server.stats import SmtpdStats
 from mta.server.trace import DateCache
@@ -116,6 +117,9 @@ class WorkerContext:
     committer: GroupCommitter
     loop: asyncio.AbstractEventLoop
     parser: ParserBackend  # chosen once per process (mta.parser_backend.select)
+    # every listener's state, in Config.resolved_listeners() order (listeners.py); the
+    # first one's limits, leniency and TLS context are also ctx.limits, .leniency and .tls
+    listeners: list[ListenerState] = field(init=False)
     limits: SessionLimits = field(init=False)
     policy: RelayPolicy = field(init=False)
     space: SpoolSpace = field(init=False)  # measured at most every MAX_AGE (loop time)
@@ -137,8 +141,9 @@ class WorkerContext:
     connect_checks: list[ConnectCheck] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.limits = session_limits(self.config)
-        self.leniency = DataLeniency(self.limits, self.config.smtp.normalize_networks)
+        self.listeners = listener_states(self.config, session_limits)  # ConfigError: a cert
+        first = self.listeners[0]
+        self.limits, self.leniency, self.tls = first.limits, first.leniency, first.tls
         relay = self.config.relay
         local = (*relay.domains, *self.config.routes, *self.config.delivery.local_domains)
         self.policy = RelayPolicy(relay.networks, local)
@@ -149,9 +154,6 @@ class WorkerContext:
             clock=self.loop.time,
         )
         smtp = self.config.smtp
-        if smtp.tls_cert:
-            self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            self.tls.load_cert_chain(smtp.tls_cert, smtp.tls_key)
         self.idle_timeout = smtp.idle_timeout
         self.command_timeout = smtp.command_timeout
         hostname = self.limits.hostname
