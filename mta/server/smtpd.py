@@ -91,6 +91,7 @@ class SMTPProtocol(asyncio.Protocol):
         self._early: bytearray | None = None
         self._opening: asyncio.Task[None] | None = None
         self._input_waiter: asyncio.Future[None] | None = None  # _open waits for bytes
+        self._handshaking = False  # a TLS handshake is under way (see _tls_handshake)
         # deadlines (loop time; see the module docstring)
         self.opened_at = 0.0
         self.last_activity = 0.0
@@ -255,8 +256,8 @@ class SMTPProtocol(asyncio.Protocol):
         self.transport = None
         if self._timer is not None:
             self._timer.cancel()
-        if self._opening is not None:
-            self._opening.cancel()
+        if self._opening is not None and not self._handshaking:
+            self._opening.cancel()  # (a handshake in progress fails by itself, and is logged)
         if self.writer is not None and not self.session.waiting:
             self._discard_message()  # a client that vanishes mid-DATA leaves nothing behind
         self.ctx.connection_closed(self)
@@ -350,6 +351,7 @@ class SMTPProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return False
+        self._handshaking = True
         try:
             tls_transport = await tls.start_tls(
                 self.ctx.loop, transport, self, context, early, self.ctx.idle_timeout
@@ -357,6 +359,8 @@ class SMTPProtocol(asyncio.Protocol):
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             self._tls_failed(transport, str(exc) or type(exc).__name__)
             return False
+        finally:
+            self._handshaking = False
         if tls_transport.is_closing():
             self._tls_failed(transport, "lost connection")
             return False
@@ -368,7 +372,8 @@ class SMTPProtocol(asyncio.Protocol):
         log.info("SSL_accept error from [%s] on %s: %s", self.client_ip, self.listener.name, detail)
         self.ctx.count_reject("tls_handshake_failed")
         transport.abort()
-        # The TLS protocol reports no loss to us while it handshakes: we end the session.
+        # uvloop's TLS protocol reports a failed handshake to us (connection_lost, which
+        # clears self.transport); should a loop not, the session ends here all the same.
         self._opening = None
         if self.transport is not None:
             self.connection_lost(None)

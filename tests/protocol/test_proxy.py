@@ -27,8 +27,10 @@ def v2(
 
 
 def inet(src: str, dst: str, sport: int, dport: int) -> bytes:
-    return bytes(map(int, src.split("."))) + bytes(map(int, dst.split("."))) + struct.pack(
-        "!HH", sport, dport
+    return (
+        bytes(map(int, src.split(".")))
+        + bytes(map(int, dst.split(".")))
+        + struct.pack("!HH", sport, dport)
     )
 
 
@@ -100,9 +102,7 @@ def test_a_valid_header_whole(data: bytes, expected: ProxyHeader) -> None:
 
 
 @pytest.mark.parametrize(("data", "expected"), VALID)
-def test_what_follows_the_header_is_left_to_the_caller(
-    data: bytes, expected: ProxyHeader
-) -> None:
+def test_what_follows_the_header_is_left_to_the_caller(data: bytes, expected: ProxyHeader) -> None:
     buffer = data + FOLLOW
     header = parse(buffer)
     assert header == expected
@@ -110,9 +110,7 @@ def test_what_follows_the_header_is_left_to_the_caller(
 
 
 @pytest.mark.parametrize(("data", "expected"), VALID)
-def test_byte_by_byte_needs_more_until_the_last_octet(
-    data: bytes, expected: ProxyHeader
-) -> None:
+def test_byte_by_byte_needs_more_until_the_last_octet(data: bytes, expected: ProxyHeader) -> None:
     for end in range(len(data)):
         assert parse(data[:end]) is None, data[:end]
     assert parse(data) == expected

@@ -150,9 +150,7 @@ def test_a_malformed_header_is_refused(ctx: WorkerContext, loop: ClockLoop, data
     _refused_without_a_word(conn, ctx, "proxy_malformed")
 
 
-def test_a_slow_header_is_refused_after_proxy_timeout(
-    ctx: WorkerContext, loop: ClockLoop
-) -> None:
+def test_a_slow_header_is_refused_after_proxy_timeout(ctx: WorkerContext, loop: ClockLoop) -> None:
     conn = Connection(ctx, BALANCER, listener=edge(ctx))
     conn.send(HEADER[:10])
     run(loop)
