@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from mta.exitcodes import EXIT_CONFIG
+from mta.protocol.proxy import V2_SIGNATURE
 from tests.delivery.sink import CaptureSink
 from tests.edge.conftest import Certs
 from tests.helpers import REPO, MtaProcess, free_port, to_toml, wait_until
@@ -75,6 +76,51 @@ def test_implicit_tls_with_smtp_ssl_then_mail_is_relayed_with_esmtps(
     assert b" with ESMTPS id " in message.data.split(b"\r\n\r\n")[0]
 
 
+def _tls_greeting(raw: socket.socket, first: bytes, certs: Certs) -> bytes:
+    """Handshake over ``raw`` with ``first`` sent in the same packet as the ClientHello;
+    the server's greeting once it comes."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = certs.client().wrap_bio(incoming, outgoing, server_hostname="mx.test")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    raw.sendall(first + outgoing.read())  # the header and the ClientHello: one write
+    greeting = b""
+    while not greeting.endswith(b"\r\n"):
+        try:
+            if tls.version() is None:
+                tls.do_handshake()
+            greeting += tls.read(1024)
+        except ssl.SSLWantReadError:
+            raw.sendall(outgoing.read())
+            data = raw.recv(65536)
+            assert data, "closed by the server"
+            incoming.write(data)
+    raw.sendall(outgoing.read())
+    return greeting
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 465\r\n",
+        V2_SIGNATURE + b"\x21\x11\x00\x0c" + bytes([192, 0, 2, 7, 127, 0, 0, 1]) + bytes(4),
+    ],
+)
+def test_a_proxy_header_and_the_client_hello_in_one_packet(
+    mta_factory: Callable[..., MtaProcess], certs: Certs, header: bytes
+) -> None:
+    port = free_port()
+    server = mta_factory(
+        {
+            "smtp": {"proxy_networks": ["127.0.0.1/32"]},
+            "listeners": {"smtps": implicit(port, certs, proxy_protocol=True)},
+        }
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        assert _tls_greeting(raw, header, certs).startswith(b"220 mx.test ")
+    assert "connect from [192.0.2.7] via [127.0.0.1] on smtps" in server.log()
+
+
 def test_tls_min_version_13_refuses_a_tls12_client_and_logs_it(
     mta_factory: Callable[..., MtaProcess], certs: Certs
 ) -> None:
@@ -112,14 +158,15 @@ def test_a_failed_implicit_handshake_is_closed_without_a_greeting(
     wait_until(counted)
 
 
+@pytest.mark.parametrize("reuse_port", [False, True])  # inherited sockets, or each its own
 def test_listeners_served_by_two_workers_each_with_its_own_tls_mode(
-    mta_factory: Callable[..., MtaProcess], certs: Certs
+    mta_factory: Callable[..., MtaProcess], certs: Certs, reuse_port: bool
 ) -> None:
     starttls, smtps = free_port(), free_port()
     cert = {"tls_cert": str(certs.cert), "tls_key": str(certs.key)}
     server = mta_factory(
         {
-            "smtp": {"workers": 2},
+            "smtp": {"workers": 2, "reuse_port": reuse_port},
             "listeners": {
                 "starttls": {"listen": [f"127.0.0.1:{starttls}"], **cert},
                 "smtps": implicit(smtps, certs),
