@@ -79,11 +79,13 @@ async def _serve(
     metrics.PARSER_BACKEND.labels(parser_backend.backend_name(parser)).set(1)
     batch = 1024 if config.queue.group_commit else 1
     committer = GroupCommitter(spool, loop, max_batch=batch)
+    counter = _node_counter(spool)
     try:
-        ctx = WorkerContext(config, spool, committer, loop, parser, counter=_node_counter(spool))
+        ctx = WorkerContext(config, spool, committer, loop, parser, counter=counter)
     except ConfigError as exc:  # a certificate that cannot be loaded: restarting won't help
         log.error("configuration error: %s", exc)
         committer.stop()
+        counter.close()
         raise SystemExit(EXIT_CONFIG) from None
     ctx.max_fd = fd_ceiling(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     servers = [

@@ -3,6 +3,7 @@ a worker pairs its sockets with the listeners (no sockets served here)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 from pathlib import Path
@@ -73,3 +74,28 @@ def test_each_socket_is_paired_with_its_listener(tmp_path: Path) -> None:
     finally:
         for sock in sockets:
             sock.close()
+
+
+def test_a_worker_that_cannot_load_a_certificate_exits_with_exit_config(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The master checks the files first; a worker that still cannot read them (another
+    account, a file replaced meanwhile) stops the master instead of restarting in a loop."""
+    from mta.exitcodes import EXIT_CONFIG
+    from mta.server.worker import run_smtpd
+
+    missing = tmp_path / "missing.pem"
+    config = msgspec.convert(
+        {
+            "queue": {"path": str(tmp_path / "spool")},
+            "smtp": {"tls_cert": str(missing), "tls_key": str(missing)},
+        },
+        Config,
+    )
+    try:
+        with pytest.raises(SystemExit) as exited:
+            run_smtpd(config, [])
+    finally:
+        asyncio.set_event_loop(None)  # run_smtpd left its own (closed) loop set
+    assert exited.value.code == EXIT_CONFIG
+    assert f"smtp.tls_cert: cannot load {missing}" in caplog.text
