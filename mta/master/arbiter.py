@@ -501,14 +501,13 @@ def run_master(config: Config, config_path: str | None) -> int:
     """``mta serve``: run the process tree until TERM; the exit status of the master."""
     raise_file_limit(config.smtp.max_connections)
     try:
+        account = prepare_for_children(config)  # first: which files the children can read
         check_certificates(config)
-    except ConfigError as exc:
-        log.error("configuration error: %s", exc)
-        return EXIT_CONFIG
-    try:
-        account = prepare_for_children(config)
     except PrivilegeError as exc:
         log.error("%s", exc)
+        return EXIT_CONFIG
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
         return EXIT_CONFIG
     try:
         arbiter = Arbiter(config, config_path, account=account)
