@@ -533,6 +533,9 @@ class SMTPProtocol(asyncio.Protocol):
         if self.session.waiting:  # we are the slow one (a commit is running), not the client
             self._arm_timer(now + 1.0)
             return
+        if self._handshaking:  # bounded by its own timeout; no plaintext 421 in the middle
+            self._arm_timer(now + 1.0)
+            return
         which = "session" if now >= session else "request" if now >= request else "idle"
         if which == "request" and self.session.state is State.DATA:
             which = "data"
