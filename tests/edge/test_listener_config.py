@@ -38,7 +38,15 @@ def test_an_address_in_two_listeners_is_an_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("value", ["0", "-1", '"soon"'])
 def test_proxy_timeout_must_be_positive_seconds(tmp_path: Path, value: str) -> None:
-    assert _error(tmp_path, f"[smtp]\nproxy_timeout = {value}\n").startswith("smtp.proxy_timeout: ")
+    message = _error(tmp_path, f"[smtp]\nproxy_timeout = {value}\n")
+    assert message.startswith("smtp.proxy_timeout: ") and "unknown" not in message
+
+
+def test_proxy_timeout_defaults_to_postfix_5_seconds(tmp_path: Path) -> None:
+    assert Config().smtp.proxy_timeout == 5.0
+    path = tmp_path / "mta.toml"
+    path.write_text("[smtp]\nproxy_timeout = 2.5\n")
+    assert load_config(str(path)).smtp.proxy_timeout == 2.5
 
 
 def test_the_readme_listeners_example_is_a_valid_config(tmp_path: Path) -> None:
