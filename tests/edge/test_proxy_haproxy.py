@@ -144,7 +144,11 @@ def test_a_proxy_header_from_outside_proxy_networks_gets_no_greeting(
         ("127.0.0.1", edge.plain), timeout=10, source_address=client_source()
     ) as raw:
         raw.sendall(header + b"EHLO forged.test\r\n")
-        assert raw.recv(1024) == b""  # closed, not one reply
+        try:
+            answer = raw.recv(1024)
+        except ConnectionResetError:  # closed before our bytes were read: a reset
+            answer = b""
+        assert answer == b""  # closed, not one reply
     assert f"PROXY header from [{CLIENT}]" in edge.relay.log()
     rejects = "mta_smtpd_rejects_total"
     wait_until(lambda: scrape(edge.relay.metrics_port).value(rejects, reason="proxy_untrusted"))
