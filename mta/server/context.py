@@ -1,5 +1,7 @@
 """What every connection of one smtpd worker shares: configuration, parser backend, spool,
-committer, policy, the spool's free space.
+committer, policy, the spool's free space, and each listener's state (listeners.py: its
+session limits, leniency and TLS context; ``limits``, ``leniency`` and ``tls`` here are the
+first listener's, for code that serves one).
 
 It also keeps the worker's bookkeeping (open connections, shutdown, counters) and is the one
 place where the receive path reports to logs and metrics, so the protocol code stays about

@@ -173,3 +173,27 @@ def test_a_client_gone_during_the_header_leaves_nothing(
     assert not ctx.connections
     assert conn.transport.writes == []
     assert not loop.errors
+
+
+def test_each_listener_gives_its_sessions_its_own_rules(
+    loop: ClockLoop, tmp_path: Path, parser: ParserBackend
+) -> None:
+    sections = {
+        "listeners": {
+            "mx": {"listen": ["127.0.0.1:2525"]},
+            "submission": {"listen": ["127.0.0.1:2587"], "role": "submission", "tls": "off"},
+        }
+    }
+    ctx = make_context(loop, Spool(str(tmp_path / "spool")), parser, sections)
+    try:
+        mx, submission = (Connection(ctx, listener=state) for state in ctx.listeners)
+        assert (mx.protocol.listener.name, submission.protocol.listener.name) == (
+            "mx",
+            "submission",
+        )
+        assert not mx.protocol.session.limits.require_auth
+        assert submission.protocol.session.limits.require_auth
+        assert submission.protocol.session.limits.auth
+        assert ctx.limits is ctx.listeners[0].limits  # ctx.limits: the first listener's
+    finally:
+        ctx.committer.stop()
