@@ -206,6 +206,12 @@ def test_certificates_are_reloaded_on_hup(
     wait_until(lambda: all(f"{name} stopped" in server.log() for name in old_workers), timeout=60)
     after = {peer_fingerprint(port, certs) for _ in range(6)}
     assert len(after) == 1 and before not in after
+    # a certificate that cannot be loaded: the reload is refused, the workers keep theirs
+    certs.cert.write_text("not a certificate\n")
+    server.signal(signal.SIGHUP)
+    refused = "reload failed, keeping the running configuration: listeners.smtps.tls_cert: "
+    wait_until(lambda: refused + f"cannot load {certs.cert}" in server.log())
+    assert {peer_fingerprint(port, certs) for _ in range(3)} == after
 
 
 def _write(tmp_path: Path, config: dict[str, Any]) -> Path:
