@@ -79,6 +79,14 @@ def _check_config(config: Config, args: argparse.Namespace) -> int:
         return problem
     import msgspec
 
+    from mta.server.tls import check_certificates
+
+    try:
+        check_certificates(config)
+    except ConfigError as exc:
+        print(f"mta: configuration error: {exc}", file=sys.stderr)
+        return 1
+
     # The listeners as served: smtp.listen and [listeners] with every default filled in.
     settings = msgspec.to_builtins(config)
     settings["listeners"] = {

@@ -125,6 +125,8 @@ class SmtpConfig(_Section, frozen=True):
 
     # PROXY protocol headers are accepted only from these (listeners with proxy_protocol)
     proxy_networks: tuple[str, ...] = ()
+    # the whole PROXY header must arrive within this (Postfix's postscreen_upstream_proxy_timeout)
+    proxy_timeout: Seconds = 5.0
 
     def __post_init__(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -203,6 +205,10 @@ def resolve_listener(name: str, entry: ListenerConfig, smtp: SmtpConfig) -> List
         tls = "off"  # an MX listener offers STARTTLS only when there is a certificate
     if tls != "off" and not cert:
         raise ValueError(f"{name}.tls: TLS mode {tls!r} needs tls_cert and tls_key")
+    if entry.proxy_protocol and not smtp.proxy_networks:
+        raise ValueError(
+            f"{name}.proxy_protocol: needs smtp.proxy_networks (the balancers it trusts)"
+        )
     return Listener(
         name=name,
         listen=entry.listen,
@@ -389,9 +395,17 @@ class Config(_Section, frozen=True):
             except ValueError as exc:
                 raise ValueError(f"routes.{domain}: {exc}") from None
         try:
-            self.resolved_listeners()
+            listeners = self.resolved_listeners()
         except ValueError as exc:
             raise ValueError(f"listeners.{exc}") from None
+        seen: dict[str, str] = {}
+        for listener in listeners:
+            for address in listener.listen:
+                if address in seen:
+                    raise ValueError(
+                        f"listeners.{listener.name}.listen: {address} is also {seen[address]}'s"
+                    )
+                seen[address] = listener.name
         if self.accepted_domains() and not self.relay.recipients:
             raise ValueError(
                 "relay.recipients: relay.domains / delivery.local_domains are set, so give "

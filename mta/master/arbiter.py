@@ -8,12 +8,13 @@ and advance a rolling reload.
 
 * TERM/INT: children get SIGTERM and drain (sessions and deliveries in flight finish) for up
   to ``master.graceful_timeout`` seconds; whatever is left then gets SIGKILL; exit 0.
-* HUP: read the configuration (and the access tables) again.  If it is invalid, log why
-  and keep the old one; otherwise replace children one at a time: the new one starts, and
-  the old one is told to stop only once the new one has proven it is alive, so the service
-  keeps answering.  An exclusive kind (the queue manager) is the exception: the old one
-  stops first, since two would race over the queue.  A child that does not stop within
-  the graceful timeout (plus a margin) is killed, so a reload cannot hang on it.
+* HUP: read the configuration again, with the tables it names (access, recipients, AUTH)
+  and the listeners' certificates, which the new smtpd workers load.  If anything is
+  invalid, log why and keep the old one; otherwise replace children one at a time: the new
+  one starts, and the old one is told to stop only once the new one has proven it is alive,
+  so the service keeps answering.  An exclusive kind (the queue manager) is the exception:
+  the old one stops first, since two would race over the queue.  A child that does not
+  stop within the graceful timeout (plus a margin) is killed, so a reload cannot hang on it.
 * A child exiting with :data:`EXIT_CONFIG` stops the master with that child's message.
 * A child is *ready* once it has beaten (each kind beats only after it has set up).  One
   that dies before that is a start-up failure and its slot is throttled; one that dies
@@ -27,7 +28,8 @@ SO_REUSEPORT it never strands queued connections in the accept queue of a worker
 ``smtp.reuse_port = true`` gives each worker its own socket instead, bound by the worker
 (children.py); the master then binds each address only to check it can be had, and closes
 it, since a listening socket of its own would take a share of the connections and never
-accept them.  ``smtp.listen`` and ``smtp.reuse_port`` keep their values across a HUP.
+accept them.  The listening addresses (``smtp.listen``, ``[listeners]``) and
+``smtp.reuse_port`` keep their values across a HUP.
 
 What the arbiter asks of the system goes through two small seams, so that tests can run it
 in their own process, one round at a time (tests/master/test_arbiter.py): a ``clock``
@@ -60,6 +62,7 @@ from mta.master.throttle import Throttle
 from mta.policy.auth import load_auth_tables
 from mta.policy.tables import load_tables
 from mta.server.listen import bind_listeners
+from mta.server.tls import check_certificates
 
 if TYPE_CHECKING:
     import socket
@@ -291,9 +294,10 @@ class Arbiter:
     def handle_hup(self) -> None:
         try:
             config = load_config(self.config_path)
-            # a broken table is refused here, not by a new worker: the running ones stay
+            # a broken table or certificate is refused here, not by a new worker
             load_auth_tables(config)
             load_tables(config)
+            check_certificates(config)
         except ConfigError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             return
@@ -508,9 +512,13 @@ def run_master(config: Config, config_path: str | None) -> int:
         log.error("configuration error: %s", exc)
         return EXIT_CONFIG
     try:
-        account = prepare_for_children(config)
+        account = prepare_for_children(config)  # first: which files the children can read
+        check_certificates(config)
     except PrivilegeError as exc:
         log.error("%s", exc)
+        return EXIT_CONFIG
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
         return EXIT_CONFIG
     try:
         arbiter = Arbiter(config, config_path, account=account)

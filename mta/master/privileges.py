@@ -233,10 +233,16 @@ def _access_problem(config: Config, account: Account, import_path: list[str]) ->
     spool = os.path.abspath(config.queue.path)
     if not os.access(spool, os.R_OK | os.W_OK | os.X_OK):
         return f"queue.path: user {account.name} cannot use {spool}: {_blocker(spool)}"
-    for key in ("tls_cert", "tls_key"):
-        path = getattr(config.smtp, key)
-        if path and not os.access(path, os.R_OK):
-            return f"smtp.{key}: user {account.name} cannot read {path}: {_blocker(path)}"
+    sections = [
+        ("smtp", config.smtp),
+        *((f"listeners.{n}", x) for n, x in config.listeners.items()),
+    ]
+    for section, table in sections:
+        for key in ("tls_cert", "tls_key"):
+            path = getattr(table, key)
+            if path and not os.access(path, os.R_OK):
+                blocker = _blocker(path)
+                return f"{section}.{key}: user {account.name} cannot read {path}: {blocker}"
     return ""
 
 

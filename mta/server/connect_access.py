@@ -54,10 +54,8 @@ def _dnsbl_starter(checker: DnsblChecker) -> ConnectCheck:
 
 def _on_mx_listener(protocol: SMTPProtocol) -> bool:
     """Like postscreen, the pause is for port 25: a client of an implicit-TLS listener
-    rightly speaks first (its TLS ClientHello).  ``protocol.listener`` is the Listener it
-    came on, where the listeners work sets it; without one, the MX listener is assumed."""
-    listener = getattr(protocol, "listener", None)
-    return listener is None or getattr(listener, "role", "mx") == "mx"
+    rightly speaks first (its TLS ClientHello), and submission clients are known users."""
+    return protocol.listener.listener.role == "mx"
 
 
 def _early_talker(pause: float) -> ConnectCheck:

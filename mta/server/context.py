@@ -1,5 +1,7 @@
 """What every connection of one smtpd worker shares: configuration, parser backend, spool,
-committer, policy, the spool's free space.
+committer, policy, the spool's free space, and each listener's state (listeners.py: its
+session limits, leniency and TLS context; ``limits``, ``leniency`` and ``tls`` here are the
+first listener's, for code that serves one).
 
 It also keeps the worker's bookkeeping (open connections, shutdown, counters) and is the one
 place where the receive path reports to logs and metrics, so the protocol code stays about
@@ -42,6 +44,7 @@ from mta.queue.spool import Spool
 from mta.server.connect_access import access_connect_checks
 from mta.server.connections import LocalCounter, NodeCounter
 from mta.server.leniency import DataLeniency
+from mta.server.listeners import ListenerState, listener_states
 from mta.server.policy import RelayPolicy, in_networks
 from mta.server.stats import SmtpdStats
 from mta.server.trace import DateCache
@@ -124,6 +127,9 @@ class WorkerContext:
     committer: GroupCommitter
     loop: asyncio.AbstractEventLoop
     parser: ParserBackend  # chosen once per process (mta.parser_backend.select)
+    # every listener's state, in Config.resolved_listeners() order (listeners.py); the
+    # first one's limits, leniency and TLS context are also ctx.limits, .leniency and .tls
+    listeners: list[ListenerState] = field(init=False)
     limits: SessionLimits = field(init=False)
     policy: RelayPolicy = field(init=False)
     space: SpoolSpace = field(init=False)  # measured at most every MAX_AGE (loop time)
@@ -146,8 +152,6 @@ class WorkerContext:
     # SMTP AUTH (mta.policy.auth): None when auth.passwords (sender_logins) is not set
     authenticator: Authenticator | None = None
     sender_logins: SenderLogins | None = None
-    # each listener's per-client limits, by listener name (the first one is ``leniency``)
-    leniencies: dict[str, DataLeniency] = field(init=False)
     # access tables and valid recipients (mta/policy), loaded once: a HUP replaces the
     # worker), given as ``preloaded`` or read from the configuration (ConfigError if bad)
     preloaded: InitVar[PolicyTables | None] = None
@@ -156,13 +160,9 @@ class WorkerContext:
 
     def __post_init__(self, preloaded: PolicyTables | None) -> None:
         config = self.config
-        self.limits = session_limits(config)
-        normalize = config.smtp.normalize_networks
-        self.leniencies = {
-            listener.name: DataLeniency(session_limits(config, listener), normalize)
-            for listener in config.resolved_listeners()
-        }
-        self.leniency = next(iter(self.leniencies.values()))
+        self.listeners = listener_states(config, session_limits)  # ConfigError: a cert
+        first = self.listeners[0]
+        self.limits, self.leniency, self.tls = first.limits, first.leniency, first.tls
         limits = config.limits
         self.auth_failures = FailureWindow(limits.auth_failures)
         exempt = limits.exempt_networks
@@ -182,9 +182,6 @@ class WorkerContext:
             clock=self.loop.time,
         )
         smtp = self.config.smtp
-        if smtp.tls_cert:
-            self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            self.tls.load_cert_chain(smtp.tls_cert, smtp.tls_key)
         self.idle_timeout = smtp.idle_timeout
         self.command_timeout = smtp.command_timeout
         hostname = self.limits.hostname

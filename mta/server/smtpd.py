@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, cast
 
 from mta.policy.auth import sender_refusal
 from mta.policy.decide import Facts, recipient_stage
-from mta.protocol import replies
+from mta.protocol import proxy, replies
 from mta.protocol.events import (
     AuthRequest,
     DataAborted,
@@ -58,12 +58,14 @@ from mta.protocol.session import ServerSession, State
 from mta.queue.envelope import Envelope, Recipient
 from mta.queue.ids import new_queue_id
 from mta.queue.spool import MessageWriter
-from mta.server.policy import declared_size, storage_refusal
+from mta.server import tls
+from mta.server.policy import declared_size, in_networks, storage_refusal
 from mta.server.trace import protocol_name, received_header
 
 if TYPE_CHECKING:
     from mta.policy.dnsbl import Listing
     from mta.server.context import WorkerContext
+    from mta.server.listeners import ListenerState
 
 __all__ = ["ConnectCheck", "SMTPProtocol"]
 
@@ -80,17 +82,21 @@ ConnectCheck = Callable[["SMTPProtocol"], Awaitable[bytes | None]]
 class SMTPProtocol(asyncio.Protocol):
     """One inbound SMTP connection."""
 
-    def __init__(self, ctx: WorkerContext, listener: str = "") -> None:
+    def __init__(self, ctx: WorkerContext, listener: ListenerState | None = None) -> None:
         # per-connection state
         self.ctx = ctx
+        self.listener = listener = listener or ctx.listeners[0]
         self.transport: asyncio.Transport | None = None
-        self.leniency = ctx.leniencies.get(listener, ctx.leniency)  # the listener's limits
-        self.session = ServerSession(self.leniency.strict, ctx.parser, greet=False)
-        self.client_ip = ""
+        self.session = ServerSession(listener.limits, ctx.parser, greet=False)
+        self.client_ip = ""  # the client's: from the socket, or from a PROXY header
+        self.client_port = 0
+        self.proxied_by = ""  # the balancer's address when a PROXY header gave the client's
         self._auth_task: asyncio.Task[None] | None = None  # verifying an AUTH (_authenticate)
         # before the greeting (see _open): input held back, and the task deciding it
         self._early: bytearray | None = None
         self._opening: asyncio.Task[None] | None = None
+        self._input_waiter: asyncio.Future[None] | None = None  # _open waits for bytes
+        self._handshaking = False  # a TLS handshake is under way (see _tls_handshake)
         # deadlines (loop time; see the module docstring)
         self.opened_at = 0.0
         self.last_activity = 0.0
@@ -118,9 +124,10 @@ class SMTPProtocol(asyncio.Protocol):
         # TCPTransport has that interface without subclassing it, hence no isinstance).
         self.transport = transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
-        self.client_ip = peer[0] if peer else ""
-        ctx = self.ctx
-        self.session.limits = self.leniency.limits_for(self.client_ip)
+        if peer:
+            self.client_ip, self.client_port = peer[0], peer[1]
+        ctx, listener = self.ctx, self.listener
+        self.session.limits = listener.leniency.limits_for(self.client_ip)
         sock = transport.get_extra_info("socket")
         refusal = ctx.admit(self, sock.fileno() if sock is not None else -1)
         if refusal is not None:
@@ -129,10 +136,11 @@ class SMTPProtocol(asyncio.Protocol):
             return
         self.opened_at = self.last_activity = now = ctx.loop.time()
         self._arm_timer(min(now + ctx.idle_timeout, self._session_deadline()))
-        if ctx.connect_checks:
+        if ctx.connect_checks or listener.proxy_networks or listener.implicit_tls:
             self._early = bytearray()
             self._opening = ctx.loop.create_task(self._open())
         else:
+            self._log_connect()
             self._greet()
 
     def _greet(self) -> None:
@@ -146,9 +154,17 @@ class SMTPProtocol(asyncio.Protocol):
             self._flush()
 
     async def _open(self) -> None:
-        """The connect stage (DESIGN.md §7), before the greeting: each check in
-        ``ctx.connect_checks`` may refuse the connection with a reply (``421``, ``554``)
-        instead of the greeting.  Input that arrives meanwhile waits in ``_early``."""
+        """The connect stage (DESIGN.md §7), before the greeting: on a listener with
+        ``proxy_protocol`` the PROXY header first (it says who the client is), then on an
+        implicit-TLS one the handshake, then each check in ``ctx.connect_checks``, which may
+        refuse the connection with a reply (``421``, ``554``) instead of the greeting.
+        Input that arrives meanwhile waits in ``_early``."""
+        listener = self.listener
+        if listener.proxy_networks and not await self._read_proxy_header():
+            return
+        self._log_connect()
+        if listener.implicit_tls and not await self._implicit_tls():
+            return
         for check in self.ctx.connect_checks:
             refusal = await check(self)
             if self.transport is None:
@@ -160,6 +176,78 @@ class SMTPProtocol(asyncio.Protocol):
         self._opening = None
         self._greet()
 
+    async def _read_proxy_header(self) -> bool:
+        """The PROXY header (haproxy's spec; :mod:`mta.protocol.proxy`), complete within
+        ``smtp.proxy_timeout`` (Postfix's postscreen_upstream_proxy_timeout), and only from
+        ``smtp.proxy_networks``; from then on its source is the client.  False: the
+        connection was closed without a greeting (logged, counted by reason)."""
+        balancer, early = self.client_ip, self._early
+        assert early is not None
+        if not in_networks(balancer, self.listener.proxy_networks):
+            return self._drop_proxy("proxy_untrusted", "client not in smtp.proxy_networks")
+        timeout = self.ctx.config.smtp.proxy_timeout
+        deadline = self.ctx.loop.time() + timeout
+        while True:
+            try:
+                header = proxy.parse(early)
+            except proxy.ProxyError as exc:
+                return self._drop_proxy("proxy_malformed", exc.reason)
+            if header is not None:
+                break
+            if not await self._more_input(deadline):
+                return self._drop_proxy("proxy_timeout", f"no header within {timeout:g}s")
+        del early[: header.length]  # what follows is the client's (commands, a ClientHello)
+        if header.source is not None:  # LOCAL, UNKNOWN: the connection's own endpoints
+            self.client_ip, self.client_port = header.source
+            self.proxied_by = balancer
+            self.session.limits = self.listener.leniency.limits_for(self.client_ip)
+        return True
+
+    async def _more_input(self, deadline: float) -> bool:
+        """Wait for the next bytes before ``deadline`` (loop time); False if none came."""
+        loop = self.ctx.loop
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return False
+        self._input_waiter = waiter = loop.create_future()
+        try:
+            await asyncio.wait_for(waiter, remaining)
+        except TimeoutError:
+            return False
+        finally:
+            self._input_waiter = None
+        return True
+
+    def _drop_proxy(self, reason: str, detail: str) -> bool:
+        """Close without a word: a client that is not a balancer must not learn more."""
+        self.ctx.count_reject(reason)
+        log.warning(
+            "PROXY header from [%s]:%d on %s refused: %s",
+            self.client_ip,
+            self.client_port,
+            self.listener.name,
+            detail,
+        )
+        if self.transport is not None:
+            self.transport.close()
+        return False
+
+    def _log_connect(self) -> None:
+        via = f" via [{self.proxied_by}]" if self.proxied_by else ""
+        log.info("connect from [%s]%s on %s", self.client_ip, via, self.listener.name)
+
+    async def _implicit_tls(self) -> bool:
+        """RFC 8314 §3.3: TLS from the first octet (after a PROXY header), then the greeting;
+        False if the handshake failed (logged, closed).  STARTTLS is then not offered."""
+        early, context = self._early, self.listener.tls
+        assert early is not None and context is not None
+        pending = bytes(early)
+        early.clear()
+        if not await self._tls_handshake(context, pending):
+            return False
+        self.session.tls = True  # EHLO, AUTH and the Received: header see it
+        return True
+
     def data_received(self, data: bytes) -> None:
         if self._early is not None:  # not greeted yet: kept for the checks (see _open)
             self._early += data
@@ -167,6 +255,9 @@ class SMTPProtocol(asyncio.Protocol):
             if len(self._early) > _MAX_UNREAD and not self._reading_paused and transport:
                 self._reading_paused = True  # bounded (access.greet_pause may last 60 s)
                 transport.pause_reading()  # _greet's first _flush resumes it
+            waiter = self._input_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
             return
         self.last_activity = now = self.ctx.loop.time()
         if self.request_started is None:  # the first byte of a command line or message
@@ -179,8 +270,8 @@ class SMTPProtocol(asyncio.Protocol):
         self.transport = None
         if self._timer is not None:
             self._timer.cancel()
-        if self._opening is not None:
-            self._opening.cancel()
+        if self._opening is not None and not self._handshaking:
+            self._opening.cancel()  # (a handshake in progress fails by itself, and is logged)
         if self._auth_task is not None:
             self._auth_task.cancel()
         if self.dnsbl_lookup is not None:
@@ -259,36 +350,53 @@ class SMTPProtocol(asyncio.Protocol):
 
     def _start_tls(self) -> None:
         """Answer 220, then hand the connection to TLS; nothing is read until it is done."""
-        ctx = self.ctx
-        if ctx.tls is None or self.transport is None:
+        context = self.listener.tls
+        if context is None or self.transport is None:
             self.session.reject(replies.TLS_UNAVAILABLE)
             self._drive()
             return
         self.session.accept()
         self._flush()
-        ctx.loop.create_task(self._handshake(ctx.tls))
+        if self.transport is not None:
+            self.transport.pause_reading()  # the next bytes are TLS's (tls.start_tls)
+            self.ctx.loop.create_task(self._starttls_handshake(context))
 
-    async def _handshake(self, context: ssl.SSLContext) -> None:
+    async def _starttls_handshake(self, context: ssl.SSLContext) -> None:
+        if await self._tls_handshake(context):
+            self._drive()
+
+    async def _tls_handshake(self, context: ssl.SSLContext, early: bytes = b"") -> bool:
+        """The server side of the handshake, bounded like Postfix's smtpd_starttls_timeout
+        (the idle timeout, shorter under stress); False if it failed (logged, closed)."""
         transport = self.transport
         if transport is None:
-            return
+            return False
+        self._handshaking = True
         try:
-            tls_transport = await self.ctx.loop.start_tls(
-                transport,
-                self,
-                context,
-                server_side=True,
-                ssl_handshake_timeout=self.ctx.idle_timeout,
+            tls_transport = await tls.start_tls(
+                self.ctx.loop, transport, self, context, early, self.ctx.idle_timeout
             )
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
-            log.info("TLS handshake with [%s] failed: %s", self.client_ip, exc)
-            transport.abort()
-            return
-        if tls_transport is None:
-            return
+            self._tls_failed(transport, str(exc) or type(exc).__name__)
+            return False
+        finally:
+            self._handshaking = False
+        if tls_transport.is_closing():
+            self._tls_failed(transport, "lost connection")
+            return False
         self.transport = tls_transport
         self.ctx.stats.tls_sessions += 1
-        self._drive()
+        return True
+
+    def _tls_failed(self, transport: asyncio.Transport, detail: str) -> None:
+        log.info("SSL_accept error from [%s] on %s: %s", self.client_ip, self.listener.name, detail)
+        self.ctx.count_reject("tls_handshake_failed")
+        transport.abort()
+        # uvloop's TLS protocol reports a failed handshake to us (connection_lost, which
+        # clears self.transport); should a loop not, the session ends here all the same.
+        self._opening = None
+        if self.transport is not None:
+            self.connection_lost(None)
 
     def _decide_auth(self, request: AuthRequest) -> None:
         """AUTH: verified off the loop (mta.policy.auth); the session waits meanwhile."""
@@ -546,6 +654,9 @@ class SMTPProtocol(asyncio.Protocol):
             self._arm_timer(due)
             return
         if self.session.waiting:  # we are the slow one (a commit is running), not the client
+            self._arm_timer(now + 1.0)
+            return
+        if self._handshaking:  # bounded by its own timeout; no plaintext 421 in the middle
             self._arm_timer(now + 1.0)
             return
         which = "session" if now >= session else "request" if now >= request else "idle"

@@ -6,10 +6,11 @@ in flight finish (up to ``master.graceful_timeout``), then drop the rest and let
 committer finish the flushes it has.  Nothing that got ``250`` is lost either way:
 the ``250`` is only sent after the flush.
 
-A parser backend that cannot be used (``MTA_PARSER=c`` without the compiled module, or a
-value that names no backend) is a configuration error: the worker exits with
-:data:`~mta.exitcodes.EXIT_CONFIG`, which stops the master instead of a restart loop.
-So is an access table or recipient table that cannot be read (mta/policy/tables.py); the
+Each socket is served with the listener it was bound for (listeners.py).  A parser backend
+that cannot be used (``MTA_PARSER=c`` without the compiled module, or a value that names no
+backend), a certificate or key that cannot be loaded, and an access, recipient or AUTH table
+that cannot be read (mta/policy) are configuration errors: the worker exits with
+:data:`~mta.exitcodes.EXIT_CONFIG`, which stops the master instead of a restart loop.  The
 worker reads them once, at start, so the workers a HUP starts read them again.
 """
 
@@ -36,6 +37,7 @@ from mta.queue.spool import Spool
 from mta.server.connections import LocalCounter, NodeCounter, open_table
 from mta.server.context import WorkerContext, fd_ceiling
 from mta.server.listen import BACKLOG
+from mta.server.listeners import pair_sockets
 from mta.server.smtpd import SMTPProtocol
 
 __all__ = ["run_smtpd"]
@@ -91,23 +93,28 @@ async def _serve(
     metrics.PARSER_BACKEND.labels(parser_backend.backend_name(parser)).set(1)
     batch = 1024 if config.queue.group_commit else 1
     committer = GroupCommitter(spool, loop, max_batch=batch)
-    ctx = WorkerContext(
-        config, spool, committer, loop, parser, counter=_node_counter(spool), preloaded=tables
-    )
+    counter = _node_counter(spool)
+    try:
+        ctx = WorkerContext(
+            config, spool, committer, loop, parser, counter=counter, preloaded=tables
+        )
+    except ConfigError as exc:  # a certificate that cannot be loaded: restarting won't help
+        log.error("configuration error: %s", exc)
+        committer.stop()
+        counter.close()
+        raise SystemExit(EXIT_CONFIG) from None
     ctx.authenticator, ctx.sender_logins = auth_tables
     ctx.max_fd = fd_ceiling(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     _warn_unusable_listeners(config, ctx)
-    # the sockets come in listener order (Config.listen_addresses): each serves its rules
-    names = [listener.name for listener in config.resolved_listeners() for _ in listener.listen]
     servers = [
-        await loop.create_server(partial(SMTPProtocol, ctx, name), sock=sock, backlog=BACKLOG)
-        for sock, name in zip(sockets, names, strict=False)
+        await loop.create_server(partial(SMTPProtocol, ctx, state), sock=sock, backlog=BACKLOG)
+        for sock, state in pair_sockets(ctx.listeners, sockets)
     ]
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     beat = loop.create_task(_housekeeping(ctx, heartbeat))
-    log.info("smtpd ready on %s", ", ".join(_names(sockets)))
+    log.info("smtpd ready on %s", ", ".join(_names(sockets, ctx)))
     await stop.wait()
     for server in servers:
         server.close()
@@ -171,9 +178,10 @@ async def _drain(ctx: WorkerContext, timeout: float) -> None:
     log.info("smtpd stopped")
 
 
-def _names(sockets: list[socket.socket]) -> list[str]:
+def _names(sockets: list[socket.socket], ctx: WorkerContext) -> list[str]:
     names = []
-    for sock in sockets:
+    for sock, state in pair_sockets(ctx.listeners, sockets):
         host, port = sock.getsockname()[:2]
-        names.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        names.append(f"{address} ({state.name})")
     return names

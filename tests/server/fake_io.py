@@ -26,6 +26,7 @@ from mta.protocol.session import ParserBackend
 from mta.queue.commit import GroupCommitter
 from mta.queue.spool import MessageWriter, Spool
 from mta.server.context import WorkerContext
+from mta.server.listeners import ListenerState
 from mta.server.smtpd import SMTPProtocol
 
 __all__ = [
@@ -174,10 +175,13 @@ def make_context(
     loop: asyncio.AbstractEventLoop,
     spool: Spool,
     parser: ParserBackend,
+    sections: dict[str, Any] | None = None,
     **smtp: Any,
 ) -> WorkerContext:
-    """A worker's context around ``loop`` and ``spool``; ``smtp`` overrides [smtp] keys."""
+    """A worker's context around ``loop`` and ``spool``; ``smtp`` overrides [smtp] keys,
+    ``sections`` other top-level keys (``listeners``, ``relay``)."""
     settings = {"hostname": "mx.test", "queue": {"path": spool.path}, "smtp": smtp}
+    settings.update(sections or {})
     config = msgspec.convert(settings, Config)
     spool.create()
     return WorkerContext(config, spool, HeldCommitter(spool, loop), loop, parser)
@@ -187,10 +191,14 @@ class Connection:
     """One client of the protocol under test."""
 
     def __init__(
-        self, ctx: WorkerContext, peer: str = "127.0.0.1", socket_fd: int | None = None
+        self,
+        ctx: WorkerContext,
+        peer: str = "127.0.0.1",
+        socket_fd: int | None = None,
+        listener: ListenerState | None = None,
     ) -> None:
         self.transport = FakeTransport(ctx.loop, peer, socket_fd)
-        self.protocol = SMTPProtocol(ctx)
+        self.protocol = SMTPProtocol(ctx, listener)
         self.transport.set_protocol(self.protocol)
         self.protocol.connection_made(self.transport)
         self._taken = 0  # writes already returned by output()

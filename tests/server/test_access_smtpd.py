@@ -20,7 +20,6 @@ from mta.queue.msgfile import read_message_file
 from mta.queue.spool import Spool
 from mta.server.connect_access import PREGREET, access_connect_checks
 from mta.server.context import WorkerContext
-from mta.server.smtpd import SMTPProtocol
 from tests.server.fake_io import ClockLoop, Connection, HeldCommitter
 
 pytestmark = pytest.mark.timeout(30)
@@ -269,16 +268,13 @@ def test_input_before_the_greeting_is_bounded(start: Start, loop: ClockLoop) -> 
     assert conn.replies() == [PREGREET]
 
 
-def test_the_pause_is_for_mx_listeners_only(
-    start: Start, loop: ClockLoop, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_pause_is_for_mx_listeners_only(start: Start, loop: ClockLoop) -> None:
     """A client of an implicit-TLS listener speaks first (its ClientHello), rightly."""
-    ctx = start(access={"greet_pause": 2.0})
     entry = {"listen": ["127.0.0.1:465"], "role": "submissions", "tls": "off"}
-    config = msgspec.convert({"listeners": {"submissions": entry}}, Config)
-    (submissions,) = config.resolved_listeners()
-    monkeypatch.setattr(SMTPProtocol, "listener", submissions, raising=False)
-    conn = Connection(ctx, OUTSIDER)
+    ctx = start(access={"greet_pause": 2.0}, listeners={"submissions": entry})
+    (submissions,) = ctx.listeners
+    assert submissions.listener.role == "submissions"
+    conn = Connection(ctx, OUTSIDER, listener=submissions)
     conn.send(b"\x16\x03\x01")
     loop.run_until(conn.has_output)
     assert conn.codes()[0] == b"220"  # not refused, and not kept waiting
