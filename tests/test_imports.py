@@ -26,12 +26,14 @@ LIBRARIES: dict[str, frozenset[str]] = {
     "mta.logs": frozenset(),
     "mta.parser_backend": frozenset({"mta.protocol"}),
     "mta.queue": frozenset({"mta.config", "mta.metrics", "mta.logs", "mta.exitcodes"}),
+    "mta.policy": frozenset({"mta.config", "mta.metrics", "mta.logs", "mta.protocol"}),
 }
 _BELOW_DAEMONS = frozenset(LIBRARIES) | {"mta"}
 DAEMONS: dict[str, frozenset[str]] = {
     "mta.server": _BELOW_DAEMONS,
     "mta.qmgr": _BELOW_DAEMONS,
     "mta.delivery": _BELOW_DAEMONS,
+    "mta.anvil": _BELOW_DAEMONS,
 }
 # The master supervises: it binds listeners and starts each daemon's main function.
 SUPERVISOR = {"mta.master": _BELOW_DAEMONS | frozenset(DAEMONS)}

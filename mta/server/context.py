@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from mta import metrics
 from mta.config import Config, Listener
+from mta.policy.limits import Limiter, LocalStore, Refusal, limiter_for
 from mta.protocol import replies
 from mta.protocol.printable import for_log
 from mta.protocol.session import ParserBackend, SessionLimits
@@ -50,6 +51,16 @@ log = logging.getLogger("mta.smtpd")
 # Leaving stress mode takes a count this much below the level that entered it, so that a
 # node hovering at the threshold does not flap (and log) on every connection.
 _STRESS_HYSTERESIS = 0.9
+
+
+# Postfix's wording of each limit in its "limit exceeded" warnings
+_LIMIT_NAMES = {
+    "connections": "Connection concurrency",
+    "connection_rate": "Connection rate",
+    "message_rate": "Message delivery request rate",
+    "recipient_rate": "Recipient address rate",
+    "auth_failures": "Authentication failure",
+}
 
 
 def fd_ceiling(soft_limit: int) -> int:
@@ -135,6 +146,10 @@ class WorkerContext:
     # the connect stage's checks, in order, awaited before the greeting (smtpd._open);
     # none (the default): the greeting goes out at once, with no task per connection
     connect_checks: list[ConnectCheck] = field(default_factory=list)
+    # per-client limits ([limits]); None: counted by this worker alone (the worker gives
+    # one that asks the node's anvil)
+    limiter: Limiter | None = None
+    limit_log: LogBudget = field(default_factory=LogBudget)
 
     def __post_init__(self) -> None:
         self.limits = session_limits(self.config)
@@ -157,6 +172,10 @@ class WorkerContext:
         hostname = self.limits.hostname
         self._no_fds = replies.reply(421, f"4.3.2 {hostname} Error: too many open files")
         self._too_many = replies.too_many_connections(hostname)
+        if self.limiter is None:
+            self.limiter = limiter_for(self.config, LocalStore(clock=self.loop.time))
+        if self.limiter.counts_connections:
+            self.connect_checks.append(self._limit_connection)
 
     def admit(self, protocol: SMTPProtocol, fd: int) -> bytes | None:
         """Count a new connection in, or return the ``421`` that refuses it (``fd`` is its
@@ -186,10 +205,65 @@ class WorkerContext:
         return reply
 
     def connection_closed(self, protocol: SMTPProtocol) -> None:
+        if protocol.limited_as is not None:
+            self.client_limiter.disconnect(protocol.limited_as)
+            protocol.limited_as = None
         if protocol in self.connections:
             self.connections.discard(protocol)
             self.counter.set_mine(len(self.connections))
             self.stats.session_closed(protocol.session.reply_counts)
+
+    # ----- per-client limits (mta/policy/limits.py) ---------------------------------------
+
+    @property
+    def client_limiter(self) -> Limiter:
+        assert self.limiter is not None  # made in __post_init__
+        return self.limiter
+
+    async def _limit_connection(self, protocol: SMTPProtocol) -> bytes | None:
+        """The connect stage's check of the client's open connections and connection rate.
+        The address is read here, not earlier: a PROXY header may have changed it."""
+        client = protocol.client_ip
+        verdict = await self.client_limiter.connect(client)
+        if verdict is None:
+            protocol.limited_as = client  # uncounted when it closes (connection_closed)
+            return None
+        self.limit_refused(verdict, client, "CONNECT", "proto=SMTP")
+        return verdict.reply
+
+    async def auth_failure_limit(self, client_ip: str) -> bytes | None:
+        """A failed AUTH from ``client_ip``: the ``421`` to send (then close) once the
+        client is past ``limits.auth_failures`` per minute, else None."""
+        verdict = await self.client_limiter.auth_failure(client_ip)
+        if verdict is None:
+            return None
+        self.limit_refused(verdict, client_ip, "AUTH", "")
+        return verdict.reply
+
+    def limit_refused(self, refusal: Refusal, client: str, stage: str, detail: str) -> None:
+        """Count a refusal by a per-client limit and log it as Postfix does (at most
+        :class:`LogBudget`'s lines a second; the metric counts every one)."""
+        self.count_reject(refusal.limit)
+        metrics.LIMIT_REJECTS.labels(refusal.limit).inc()
+        held = self.limit_log.take(self.loop.time())
+        if held is None:
+            return
+        name = _LIMIT_NAMES[refusal.limit]
+        log.warning(
+            "warning: %s limit exceeded: %d from unknown[%s] for service smtp%s",
+            name,
+            refusal.count,
+            client,
+            f" ({held} more limit refusals not logged)" if held else "",
+        )
+        text = refusal.reply.decode("utf-8", "replace").rstrip("\r\n")
+        log.info(
+            "NOQUEUE: reject: %s from unknown[%s]: %s%s",
+            stage,
+            client,
+            text,
+            f"; {detail}" if detail else "",
+        )
 
     # ----- stress mode ------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, cast
 
+from mta.policy.limits import Refusal
 from mta.protocol import replies
 from mta.protocol.events import (
     DataAborted,
@@ -82,6 +83,8 @@ class SMTPProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.session = ServerSession(ctx.limits, ctx.parser, greet=False)
         self.client_ip = ""
+        self.limited_as: str | None = None  # the address its connection counts for (limits)
+        self._deciding: asyncio.Task[None] | None = None  # a limit check in flight
         # before the greeting (see _open): input held back, and the task deciding it
         self._early: bytearray | None = None
         self._opening: asyncio.Task[None] | None = None
@@ -275,14 +278,14 @@ class SMTPProtocol(asyncio.Protocol):
         declared = declared_size(mail.params)
         refusal = storage_refusal(self.ctx.space, declared)
         if refusal is None:
-            self.session.accept()
+            self._limit_mail(mail)
             return
         self.ctx.mail_refused_for_space(self.client_ip, mail.sender, declared)
         self.session.reject(refusal)
 
     def _decide_recipient(self, recipient: str) -> None:
         if self.ctx.policy.allows(self.client_ip, recipient):
-            self.session.accept()
+            self._accept_recipient(recipient)
         else:
             self.ctx.count_reject("relay_denied")
             log.info(
@@ -291,6 +294,52 @@ class SMTPProtocol(asyncio.Protocol):
                 for_log(recipient),
             )
             self.session.reject(replies.RELAY_DENIED)
+
+    # Per-client limits (mta/policy/limits.py): asked after the other checks said yes, so a
+    # refused command costs no count; the session waits for the answer (never the loop).
+
+    def _limit_mail(self, mail: MailFrom) -> None:
+        """MAIL passed the other checks: the message rate decides."""
+        limiter = self.ctx.client_limiter
+        if not limiter.message_rate or limiter.exempt(self.client_ip):
+            self.session.accept()
+            return
+        helo = for_log(self.session.helo)
+        detail = f"from=<{for_log(mail.sender)}> proto={self._proto()} helo=<{helo}>"
+        self._await_limit(limiter.message(self.client_ip), "MAIL", detail)
+
+    def _accept_recipient(self, recipient: str) -> None:
+        """RCPT passed the other checks: the recipient rate decides."""
+        limiter = self.ctx.client_limiter
+        if not limiter.recipient_rate or limiter.exempt(self.client_ip):
+            self.session.accept()
+            return
+        session = self.session
+        detail = (
+            f"from=<{for_log(session.sender or '')}> to=<{for_log(recipient)}> "
+            f"proto={self._proto()} helo=<{for_log(session.helo)}>"
+        )
+        self._await_limit(limiter.recipient(self.client_ip), "RCPT", detail)
+
+    def _await_limit(self, verdict: Awaitable[Refusal | None], stage: str, detail: str) -> None:
+        self._deciding = self.ctx.loop.create_task(self._answer_limit(verdict, stage, detail))
+
+    async def _answer_limit(
+        self, pending: Awaitable[Refusal | None], stage: str, detail: str
+    ) -> None:
+        verdict = await pending
+        self._deciding = None
+        if self.transport is None:
+            return
+        if verdict is None:
+            self.session.accept()
+        else:
+            self.ctx.limit_refused(verdict, self.client_ip, stage, detail)
+            self.session.reject(verdict.reply)
+        self._drive()
+
+    def _proto(self) -> str:
+        return "ESMTP" if self.session.esmtp else "SMTP"
 
     def _open_message(self) -> None:
         ctx = self.ctx

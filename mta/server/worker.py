@@ -25,6 +25,9 @@ import uvloop
 from mta import metrics, parser_backend
 from mta.config import Config
 from mta.exitcodes import EXIT_CONFIG
+from mta.policy import anvil_wire
+from mta.policy.anvil_client import AnvilStore
+from mta.policy.limits import Limiter, limiter_for
 from mta.protocol.session import ParserBackend
 from mta.queue.commit import GroupCommitter
 from mta.queue.spool import Spool
@@ -75,7 +78,14 @@ async def _serve(
     metrics.PARSER_BACKEND.labels(parser_backend.backend_name(parser)).set(1)
     batch = 1024 if config.queue.group_commit else 1
     committer = GroupCommitter(spool, loop, max_batch=batch)
-    ctx = WorkerContext(config, spool, committer, loop, parser, counter=_node_counter(spool))
+    anvil = AnvilStore(anvil_wire.address(spool.path), loop) if config.limits.any_on else None
+    limiter: Limiter | None = None
+    if anvil is not None:
+        anvil.start()
+        limiter = limiter_for(config, anvil)
+    ctx = WorkerContext(
+        config, spool, committer, loop, parser, counter=_node_counter(spool), limiter=limiter
+    )
     ctx.max_fd = fd_ceiling(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     servers = [
         await loop.create_server(lambda: SMTPProtocol(ctx), sock=sock, backlog=BACKLOG)
@@ -94,6 +104,8 @@ async def _serve(
     beat.cancel()
     ctx.publish_stats()
     ctx.counter.close()
+    if anvil is not None:
+        anvil.close()
 
 
 def _node_counter(spool: Spool) -> NodeCounter:

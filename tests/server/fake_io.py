@@ -176,8 +176,15 @@ def make_context(
     parser: ParserBackend,
     **smtp: Any,
 ) -> WorkerContext:
-    """A worker's context around ``loop`` and ``spool``; ``smtp`` overrides [smtp] keys."""
-    settings = {"hostname": "mx.test", "queue": {"path": spool.path}, "smtp": smtp}
+    """A worker's context around ``loop`` and ``spool``; ``smtp`` overrides [smtp] keys.
+    Per-client connection limits are off (their check would hold every greeting back for a
+    turn of the loop); tests/policy turns them on."""
+    settings = {
+        "hostname": "mx.test",
+        "queue": {"path": spool.path},
+        "smtp": smtp,
+        "limits": {"connections": 0},
+    }
     config = msgspec.convert(settings, Config)
     spool.create()
     return WorkerContext(config, spool, HeldCommitter(spool, loop), loop, parser)
