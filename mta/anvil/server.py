@@ -33,7 +33,7 @@ import uvloop
 
 from mta.config import Config
 from mta.policy import anvil_wire
-from mta.policy.anvil_wire import Add, Connect, Counts, Disconnect, FrameReader, Request
+from mta.policy.anvil_wire import Add, Connect, Counts, Disconnect, FrameReader, Hold, Request
 from mta.policy.counters import ClientCounters
 
 __all__ = ["AnvilServer", "run_anvil"]
@@ -118,9 +118,12 @@ class AnvilServer:
             elif kind is Disconnect:
                 self._release(held, request.client, request.count)  # type: ignore[union-attr]
             else:
-                for client, count in request.clients.items():  # type: ignore[union-attr]
+                hold: Hold = request  # type: ignore[assignment]
+                for client, count in hold.clients.items():
                     counters.add_open(client, count, now)
                     held[client] = held.get(client, 0) + count
+                if hold.id:
+                    answers.append(Counts(hold.id, 0, 0))
         return answers
 
     def _release(self, held: dict[str, int], client: str, count: int) -> None:

@@ -97,6 +97,8 @@ class AnvilStore:
         self._was_up = False
         self.degraded = False  # logged and shown in the gauge
         self._closed = False
+        self._hello: tuple[int, asyncio.Future[Counts]] | None = None  # the handshake's
+        self._held: dict[str, int] = {}  # the open connections the handshake told anvil
 
     # ----- CounterStore ---------------------------------------------------------------
 
@@ -153,15 +155,43 @@ class AnvilStore:
                 self._down(f"cannot connect: {exc.strerror or exc}")
                 await asyncio.sleep(self.retry)
                 continue
-            self._up(link)
-            break
+            if await self._handshake(link):
+                self._up(link)
+                break
+            await asyncio.sleep(self.retry)
         self._dialer = None
 
+    async def _handshake(self, link: _Link) -> bool:
+        """Tell anvil which connections this worker holds; it is up once it answers (a
+        stopped anvil accepts connections all the same: its kernel does)."""
+        assert link.transport is not None
+        self._held = self.local.open_counts()
+        hold = Hold(next(self._ids), self._held)
+        self._hello = hold.id, self.loop.create_future()
+        link.transport.write(anvil_wire.encode([hold]))
+        try:
+            await asyncio.wait_for(self._hello[1], self.timeout)
+        except TimeoutError:
+            link.transport.abort()
+            self._down(f"no answer within {self.timeout:g}s")
+            return False
+        finally:
+            self._hello = None
+        return True
+
     def _up(self, link: _Link) -> None:
-        held = self.local.open_counts()
+        """Connected and answered: from now on anvil decides.  What opened or closed
+        since the handshake's snapshot is told first."""
         self._link = link
-        self._outbox.insert(0, Hold(held))  # before anything else on this connection
-        self._schedule_flush()
+        now = self.local.open_counts()
+        for client in self._held.keys() | now.keys():
+            change = now.get(client, 0) - self._held.get(client, 0)
+            if change > 0:
+                self._outbox.append(Hold(0, {client: change}))
+            elif change < 0:
+                self._outbox.append(Disconnect(client, -change))
+        if self._outbox:
+            self._schedule_flush()
         self._was_up = True
         if self.degraded:
             self.degraded = False
@@ -194,8 +224,12 @@ class AnvilStore:
             self.loop.call_later(self.retry, self.start)
 
     def answered(self, answers: list[Counts]) -> None:
-        pending = self._pending
+        pending, hello = self._pending, self._hello
         for answer in answers:
+            if hello is not None and answer.id == hello[0]:
+                if not hello[1].done():
+                    hello[1].set_result(answer)
+                continue
             entry = pending.pop(answer.id, None)
             if entry is not None and not entry[1].done():
                 entry[1].set_result(answer)
@@ -233,9 +267,10 @@ class AnvilStore:
             return
         oldest = next(iter(self._pending.values()))[0]
         due = oldest + self.timeout
-        if self.clock() >= due and self._link is not None:
-            self.lost(self._link, f"no answer within {self.timeout:g}s")
-        elif self._pending:
+        if self.clock() >= due:
+            if self._link is not None:
+                self.lost(self._link, f"no answer within {self.timeout:g}s")
+        else:
             self._watch = self.loop.call_later(max(0.0, due - self.clock()), self._check_slow)
 
     def _fail_pending(self) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from collections.abc import Sequence
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -62,9 +63,11 @@ class Add(msgspec.Struct, tag="a", frozen=True, array_like=True):
 
 
 class Hold(msgspec.Struct, tag="h", frozen=True, array_like=True):
-    """The connections this worker holds open, per client: the first frame after it
-    (re)connects, so that a restarted anvil counts what was open before it started."""
+    """``count`` more connections open from each client, already counted by this worker:
+    its first request after it (re)connects, so that a restarted anvil counts what was open
+    before it started.  Answered (``Counts(id, 0, 0)``) when ``id`` is not 0."""
 
+    id: int
     clients: dict[str, int]
 
 
@@ -82,7 +85,7 @@ Request = Connect | Disconnect | Add | Hold
 _encoder = msgspec.msgpack.Encoder()
 
 
-def encode(messages: list[Request] | list[Counts]) -> bytes:
+def encode(messages: Sequence[msgspec.Struct]) -> bytes:
     body = _encoder.encode(messages)
     return _LENGTH.pack(len(body)) + body
 
