@@ -78,12 +78,14 @@ class AnvilStore:
         *,
         timeout: float = TIMEOUT,
         retry: float = RETRY,
+        grace: float = STARTUP_GRACE,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.address = address
         self.loop = loop
         self.timeout = timeout
         self.retry = retry
+        self.grace = grace
         self.clock = clock or loop.time
         self.local = ClientCounters()  # open connections always; rates while degraded
         self._link: _Link | None = None
@@ -202,7 +204,7 @@ class AnvilStore:
         """Anvil cannot be asked: limits per worker until it can (said once)."""
         if self.degraded:
             return
-        if not self._was_up and self.clock() - self._born < STARTUP_GRACE:
+        if not self._was_up and self.clock() - self._born < self.grace:
             return  # anvil is starting with us; the requests meanwhile are decided here
         self.degraded = True
         metrics.SMTPD_LIMITS_FALLBACK.set(1)
