@@ -157,9 +157,7 @@ def test_anvil_drops_a_peer_that_sends_garbage() -> None:
         good = anvil_wire.encode([anvil_wire.Connect(1, "c")])
         writer.write(good)
         data = await reader.read(100)
-        assert anvil_wire.FrameReader(anvil_wire.Counts).feed(data) == [
-            anvil_wire.Counts(1, 1, 1)
-        ]
+        assert anvil_wire.FrameReader(anvil_wire.Counts).feed(data) == [anvil_wire.Counts(1, 1, 1)]
         writer.write(b"\x00\x00\x00\x02\xc1\xc1")
         assert await reader.read() == b""  # closed
         await asyncio.sleep(0.01)
