@@ -15,6 +15,13 @@ Stress mode (Postfix's ``${stress?10}{300}``): while the node's connections are 
 ``smtp.stress_threshold`` of the limit, the idle and command timeouts drop to
 ``smtp.stress_timeout``, so that idle and slow clients make room for new ones.  Entering and
 leaving it is logged once by each worker and shown by the ``mta_smtpd_stress`` gauge.
+
+Per-client limits (``[limits]``, mta/policy/limits.py): the :class:`Limiter` the worker
+gives (asking the node's anvil) or, by default, one that counts in this process.  Its
+connection check is one of the connect stage's checks; MAIL and RCPT ask it in smtpd.py;
+AUTH failures through :meth:`WorkerContext.auth_failure_limit`.  Refusals are logged here
+(Postfix's ``warning: ... limit exceeded`` and ``NOQUEUE: reject:``, at most
+:class:`LogBudget`'s lines a second) and counted by limit.
 """
 
 from __future__ import annotations

@@ -304,9 +304,7 @@ class SMTPProtocol(asyncio.Protocol):
         if not limiter.message_rate or limiter.exempt(self.client_ip):
             self.session.accept()
             return
-        helo = for_log(self.session.helo)
-        detail = f"from=<{for_log(mail.sender)}> proto={self._proto()} helo=<{helo}>"
-        self._await_limit(limiter.message(self.client_ip), "MAIL", detail)
+        self._await_limit(limiter.message(self.client_ip), None)
 
     def _accept_recipient(self, recipient: str) -> None:
         """RCPT passed the other checks: the recipient rate decides."""
@@ -314,32 +312,33 @@ class SMTPProtocol(asyncio.Protocol):
         if not limiter.recipient_rate or limiter.exempt(self.client_ip):
             self.session.accept()
             return
-        session = self.session
-        detail = (
-            f"from=<{for_log(session.sender or '')}> to=<{for_log(recipient)}> "
-            f"proto={self._proto()} helo=<{for_log(session.helo)}>"
-        )
-        self._await_limit(limiter.recipient(self.client_ip), "RCPT", detail)
+        self._await_limit(limiter.recipient(self.client_ip), recipient)
 
-    def _await_limit(self, verdict: Awaitable[Refusal | None], stage: str, detail: str) -> None:
-        self._deciding = self.ctx.loop.create_task(self._answer_limit(verdict, stage, detail))
+    def _await_limit(self, verdict: Awaitable[Refusal | None], recipient: str | None) -> None:
+        """Answer the pending MAIL (``recipient`` None) or RCPT once the limiter has."""
+        self._deciding = self.ctx.loop.create_task(self._answer_limit(verdict, recipient))
 
-    async def _answer_limit(
-        self, pending: Awaitable[Refusal | None], stage: str, detail: str
-    ) -> None:
-        verdict = await pending
+    async def _answer_limit(self, asked: Awaitable[Refusal | None], recipient: str | None) -> None:
+        verdict = await asked
         self._deciding = None
         if self.transport is None:
             return
         if verdict is None:
             self.session.accept()
         else:
-            self.ctx.limit_refused(verdict, self.client_ip, stage, detail)
+            self._log_limit(verdict, recipient)
             self.session.reject(verdict.reply)
         self._drive()
 
-    def _proto(self) -> str:
-        return "ESMTP" if self.session.esmtp else "SMTP"
+    def _log_limit(self, refusal: Refusal, recipient: str | None) -> None:
+        session = self.session
+        detail = f"from=<{for_log(session.sender or '')}>"
+        if recipient is not None:
+            detail += f" to=<{for_log(recipient)}>"
+        proto = "ESMTP" if session.esmtp else "SMTP"
+        detail += f" proto={proto} helo=<{for_log(session.helo)}>"
+        stage = "MAIL" if recipient is None else "RCPT"
+        self.ctx.limit_refused(refusal, self.client_ip, stage, detail)
 
     def _open_message(self) -> None:
         ctx = self.ctx
