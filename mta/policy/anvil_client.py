@@ -38,6 +38,7 @@ log = logging.getLogger("mta.smtpd")
 
 RETRY = 1.0  # seconds between attempts to reach anvil
 TIMEOUT = 0.5  # seconds an answer may take before anvil counts as down
+_MAX_VIEWS = 10_000  # (kind, client) counts remembered for add_now
 STARTUP_GRACE = 5.0  # seconds: anvil may start after the workers; not worth a warning
 
 
@@ -99,6 +100,11 @@ class AnvilStore:
         self._was_up = False
         self.degraded = False  # logged and shown in the gauge
         self._closed = False
+        # add_now: anvil's count per (kind, client) as this worker sees it, the additions
+        # not sent yet, and the ids of the Adds whose answers refresh the view
+        self._views: dict[tuple[Kind, str], int] = {}
+        self._unsent: dict[tuple[Kind, str], int] = {}
+        self._refreshing: dict[int, tuple[tuple[Kind, str], float]] = {}  # id: key, sent
         self._hello: tuple[int, asyncio.Future[Counts]] | None = None  # the handshake's
         self._held: dict[str, int] = {}  # the open connections the handshake told anvil
 
@@ -122,10 +128,37 @@ class AnvilStore:
     async def add(self, kind: Kind, client: str, amount: int) -> int:
         if self._link is not None:
             try:
-                return (await self._ask(Add(next(self._ids), kind, client, amount))).rate
+                counts = await self._ask(Add(next(self._ids), kind, client, amount))
             except AnvilUnavailableError:
                 pass
+            else:
+                self._see((kind, client), counts.rate)
+                return counts.rate
         return self.local.add(kind, client, amount, self.clock())
+
+    def add_now(self, kind: Kind, client: str, amount: int, ceiling: int) -> int | None:
+        """Count without waiting while this worker's view of the client's window (anvil's
+        last answer plus what this worker added since) stays at or below ``ceiling``; the
+        view, or None: ask with :meth:`add`.  The additions of a loop turn go to anvil as
+        one Add per client and kind, whose answer refreshes the view.  The view misses only
+        what other workers added since the last answer (a round trip's worth), so the
+        limiter keeps ``ceiling`` well below the limit and asks near it."""
+        if self._link is None:
+            return self.local.add(kind, client, amount, self.clock())
+        key = (kind, client)
+        seen = self._views.get(key)
+        if seen is None or seen + amount > ceiling:
+            return None
+        self._views[key] = seen + amount
+        self._unsent[key] = self._unsent.get(key, 0) + amount
+        self._schedule_flush()
+        return seen + amount
+
+    def _see(self, key: tuple[Kind, str], count: int) -> None:
+        views = self._views
+        if len(views) >= _MAX_VIEWS and key not in views:
+            views.clear()  # rare; forgetting only costs a question each
+        views[key] = count
 
     def close(self) -> None:
         self._closed = True
@@ -185,6 +218,7 @@ class AnvilStore:
         """Connected and answered: from now on anvil decides.  What opened or closed
         since the handshake's snapshot is told first."""
         self._link = link
+        self._views.clear()  # a new anvil may know nothing of them
         now = self.local.open_counts()
         for client in self._held.keys() | now.keys():
             change = now.get(client, 0) - self._held.get(client, 0)
@@ -220,14 +254,22 @@ class AnvilStore:
         if link.transport is not None:
             link.transport.abort()
         self._outbox.clear()
+        self._unsent.clear()
+        self._refreshing.clear()
         self._fail_pending()
         if not self._closed:
             self._down(why)
             self.loop.call_later(self.retry, self.start)
 
     def answered(self, answers: list[Counts]) -> None:
-        pending, hello = self._pending, self._hello
+        pending, hello, refreshing = self._pending, self._hello, self._refreshing
         for answer in answers:
+            refresh = refreshing.pop(answer.id, None)
+            if refresh is not None:
+                # never below the view: it holds additions made after this Add was sent
+                key = refresh[0]
+                self._see(key, max(answer.rate, self._views.get(key, 0)))
+                continue
             if hello is not None and answer.id == hello[0]:
                 if not hello[1].done():
                     hello[1].set_result(answer)
@@ -242,9 +284,12 @@ class AnvilStore:
         future: asyncio.Future[Counts] = self.loop.create_future()
         self._pending[request.id] = (self.clock(), future)
         self._send(request)
+        self._watch_answers()
+        return future
+
+    def _watch_answers(self) -> None:
         if self._watch is None:
             self._watch = self.loop.call_later(self.timeout, self._check_slow)
-        return future
 
     def _send(self, request: Request) -> None:
         self._outbox.append(request)
@@ -258,17 +303,30 @@ class AnvilStore:
     def _flush(self) -> None:
         self._flush_handle = None
         link = self._link
-        if not self._outbox or link is None or link.transport is None:
+        if link is None or link.transport is None:
             return
         outbox, self._outbox = self._outbox, []
+        if self._unsent:
+            now = self.clock()
+            for (kind, client), amount in self._unsent.items():
+                request = Add(next(self._ids), kind, client, amount)
+                self._refreshing[request.id] = (kind, client), now
+                outbox.append(request)
+            self._unsent.clear()
+            self._watch_answers()
+        if not outbox:
+            return
         link.transport.write(anvil_wire.encode(outbox))
 
     def _check_slow(self) -> None:
         self._watch = None
-        if not self._pending:
+        # the oldest of each kind of question (dicts keep the order they were asked in)
+        sent = [next(iter(self._refreshing.values()))[1]] if self._refreshing else []
+        if self._pending:
+            sent.append(next(iter(self._pending.values()))[0])
+        if not sent:
             return
-        oldest = next(iter(self._pending.values()))[0]
-        due = oldest + self.timeout
+        due = min(sent) + self.timeout
         if self.clock() >= due:
             if self._link is not None:
                 self.lost(self._link, f"no answer within {self.timeout:g}s")

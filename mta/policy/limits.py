@@ -15,8 +15,11 @@ Two layers, so that where the counts live can change without touching the rules:
 
 smtpd asks once per connection (open connections and connection rate), once per MAIL
 (message rate), once per accepted RCPT (recipient rate) and once per failed AUTH, never per
-command.  A verdict is None (go on) or a :class:`Refusal` with the reply to send, Postfix's
-texts: ``421 4.7.0`` closes the connection, ``450 4.7.1`` refuses one command.
+command.  MAIL and RCPT are decided without waiting while the client is far below its
+limit (``*_now``: the store's view, at most half the limit, stands in for the answer, the
+count goes to the store in the background); near the limit they wait for the exact count.
+A verdict is None (go on) or a :class:`Refusal` with the reply to send, Postfix's texts:
+``421 4.7.0`` closes the connection, ``450 4.7.1`` refuses one command.
 """
 
 from __future__ import annotations
@@ -33,11 +36,13 @@ from mta.policy.counters import ClientCounters, Kind
 from mta.protocol.replies import reply
 
 __all__ = [
+    "UNDECIDED",
     "ClientLimiter",
     "CounterStore",
     "Limiter",
     "LocalStore",
     "Refusal",
+    "Undecided",
     "Verdict",
     "limiter_for",
 ]
@@ -58,6 +63,12 @@ class CounterStore(Protocol):
         """Count ``amount`` events of ``kind``; how many in the client's rate window."""
         ...
 
+    def add_now(self, kind: Kind, client: str, amount: int, ceiling: int) -> int | None:
+        """Count as :meth:`add` does if the store can tell without waiting that the count
+        stays at or below ``ceiling`` (or knows it exactly); else None, and nothing is
+        counted: ask with :meth:`add`."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -74,6 +85,13 @@ class Refusal:
 Verdict = Refusal | None
 
 
+class Undecided:
+    """The store must be asked: await the asynchronous method instead."""
+
+
+UNDECIDED = Undecided()
+
+
 class ClientLimiter(Protocol):
     """What smtpd asks; every answer is None (go on) or a :class:`Refusal`."""
 
@@ -81,7 +99,9 @@ class ClientLimiter(Protocol):
     async def connect(self, client: str) -> Verdict: ...
     def disconnect(self, client: str) -> None: ...
     async def message(self, client: str) -> Verdict: ...
+    def message_now(self, client: str) -> Verdict | Undecided: ...
     async def recipient(self, client: str, count: int = 1) -> Verdict: ...
+    def recipient_now(self, client: str, count: int = 1) -> Verdict | Undecided: ...
     async def auth_failure(self, client: str) -> Verdict: ...
 
 
@@ -102,6 +122,9 @@ class LocalStore:
 
     async def add(self, kind: Kind, client: str, amount: int) -> int:
         return self.counters.add(kind, client, amount, self.clock())
+
+    def add_now(self, kind: Kind, client: str, amount: int, ceiling: int) -> int | None:
+        return self.counters.add(kind, client, amount, self.clock())  # always exact here
 
     def close(self) -> None:
         pass
@@ -198,8 +221,17 @@ class Limiter:
         limit = self.message_rate
         if not limit or self.exempt(client):
             return None
-        count = await self.store.add("mail", client, 1)
-        return Refusal("message_rate", count, too_much_mail(client)) if count > limit else None
+        return self._message_verdict(client, await self.store.add("mail", client, 1))
+
+    def message_now(self, client: str) -> Verdict | Undecided:
+        """:meth:`message` without waiting, while the client is far below its limit (the
+        store's view is at most half of it) or the store counts here; else UNDECIDED, and
+        nothing was counted."""
+        limit = self.message_rate
+        if not limit or self.exempt(client):
+            return None
+        count = self.store.add_now("mail", client, 1, limit // 2)
+        return UNDECIDED if count is None else self._message_verdict(client, count)
 
     async def recipient(self, client: str, count: int = 1) -> Verdict:
         """RCPT accepted by the other checks: the recipient rate
@@ -207,9 +239,24 @@ class Limiter:
         limit = self.recipient_rate
         if not limit or self.exempt(client):
             return None
-        total = await self.store.add("rcpt", client, count)
-        if total > limit:
-            return Refusal("recipient_rate", total, too_many_recipients(client))
+        return self._recipient_verdict(client, await self.store.add("rcpt", client, count))
+
+    def recipient_now(self, client: str, count: int = 1) -> Verdict | Undecided:
+        """:meth:`recipient` without waiting, as :meth:`message_now`."""
+        limit = self.recipient_rate
+        if not limit or self.exempt(client):
+            return None
+        total = self.store.add_now("rcpt", client, count, limit // 2)
+        return UNDECIDED if total is None else self._recipient_verdict(client, total)
+
+    def _message_verdict(self, client: str, count: int) -> Verdict:
+        if count > self.message_rate:
+            return Refusal("message_rate", count, too_much_mail(client))
+        return None
+
+    def _recipient_verdict(self, client: str, count: int) -> Verdict:
+        if count > self.recipient_rate:
+            return Refusal("recipient_rate", count, too_many_recipients(client))
         return None
 
     async def auth_failure(self, client: str) -> Verdict:

@@ -39,7 +39,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, cast
 
-from mta.policy.limits import Refusal
+from mta.policy.limits import Refusal, Undecided
 from mta.protocol import replies
 from mta.protocol.events import (
     DataAborted,
@@ -301,18 +301,20 @@ class SMTPProtocol(asyncio.Protocol):
     def _limit_mail(self, mail: MailFrom) -> None:
         """MAIL passed the other checks: the message rate decides."""
         limiter = self.ctx.client_limiter
-        if not limiter.message_rate or limiter.exempt(self.client_ip):
-            self.session.accept()
-            return
-        self._await_limit(limiter.message(self.client_ip), None)
+        verdict = limiter.message_now(self.client_ip)
+        if isinstance(verdict, Undecided):
+            self._await_limit(limiter.message(self.client_ip), None)
+        else:
+            self._answer_now(verdict, None)
 
     def _accept_recipient(self, recipient: str) -> None:
         """RCPT passed the other checks: the recipient rate decides."""
         limiter = self.ctx.client_limiter
-        if not limiter.recipient_rate or limiter.exempt(self.client_ip):
-            self.session.accept()
-            return
-        self._await_limit(limiter.recipient(self.client_ip), recipient)
+        verdict = limiter.recipient_now(self.client_ip)
+        if isinstance(verdict, Undecided):
+            self._await_limit(limiter.recipient(self.client_ip), recipient)
+        else:
+            self._answer_now(verdict, recipient)
 
     def _await_limit(self, verdict: Awaitable[Refusal | None], recipient: str | None) -> None:
         """Answer the pending MAIL (``recipient`` None) or RCPT once the limiter has."""
@@ -323,12 +325,15 @@ class SMTPProtocol(asyncio.Protocol):
         self._deciding = None
         if self.transport is None:
             return
+        self._answer_now(verdict, recipient)
+        self._drive()
+
+    def _answer_now(self, verdict: Refusal | None, recipient: str | None) -> None:
         if verdict is None:
             self.session.accept()
         else:
             self._log_limit(verdict, recipient)
             self.session.reject(verdict.reply)
-        self._drive()
 
     def _log_limit(self, refusal: Refusal, recipient: str | None) -> None:
         session = self.session

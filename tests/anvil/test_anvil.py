@@ -166,3 +166,38 @@ def test_anvil_drops_a_peer_that_sends_garbage() -> None:
         server.close()
 
     run(test)
+
+
+def test_far_below_the_limit_additions_need_no_wait_and_go_as_one_add_per_turn() -> None:
+    async def test() -> None:
+        where = address()
+        anvil = RecordingServer()
+        server = await anvil.listen(where)
+        store = store_for(where, timeout=0.2, grace=0, retry=10)
+        other = store_for(where)
+        await up(store)
+        await up(other)
+        assert store.add_now("mail", "c", 1, 1000) is None  # no view yet: ask
+        assert await store.add("mail", "c", 1) == 1
+        anvil.frames.clear()
+        assert [store.add_now("mail", "c", 1, 1000) for _ in range(50)] == list(range(2, 52))
+        await asyncio.sleep(0.05)
+        assert anvil.frames == [1]  # fifty additions, one Add
+        assert await other.add("mail", "c", 10) == 61  # the node's count has them
+        assert store.add_now("mail", "c", 1, 1000) == 52  # its view lags by others' adds...
+        await asyncio.sleep(0.05)
+        assert store.add_now("mail", "c", 1, 1000) == 63  # ...until the next answer
+        assert store.add_now("mail", "c", 1, 63) is None  # past the ceiling: ask
+        # anvil stops answering: unanswered additions make it count as down too
+        other.close()
+        await asyncio.sleep(0.05)
+        [link] = anvil.links
+        assert link.transport is not None
+        link.transport.pause_reading()
+        store.add_now("mail", "c", 1, 1000)
+        await asyncio.sleep(0.4)
+        assert store.degraded
+        store.close()
+        server.close()
+
+    run(test)

@@ -10,7 +10,7 @@ import pytest
 
 from mta.config import Config
 from mta.policy.counters import ClientCounters
-from mta.policy.limits import Limiter, LocalStore, Refusal, limiter_for
+from mta.policy.limits import UNDECIDED, Limiter, LocalStore, Refusal, limiter_for
 
 
 class Clock:
@@ -234,3 +234,24 @@ def test_exempt_networks_default_to_the_relay_networks() -> None:
     assert custom.exempt("192.0.2.1") and not custom.exempt("10.1.2.3")
     with pytest.raises(msgspec.ValidationError, match="exempt_networks"):
         config(exempt_networks=["nonsense"])
+
+
+def test_the_now_methods_decide_from_the_store_or_say_undecided() -> None:
+    class RemoteStore(LocalStore):
+        """Knows a count without asking only up to its ceiling (as AnvilStore's view)."""
+
+        def add_now(self, kind, client, amount, ceiling):  # type: ignore[no-untyped-def]
+            if self.counters.add(kind, client, 0, self.clock()) + amount > ceiling:
+                return None
+            return self.counters.add(kind, client, amount, self.clock())
+
+    lim = Limiter(RemoteStore(), "mx.test", message_rate=4, recipient_rate=1)
+    assert [lim.message_now("c") for _ in range(3)] == [None, None, UNDECIDED]  # ceiling 2
+    assert lim.recipient_now("c") is UNDECIDED  # ceiling 0: always asked
+    local = Limiter(LocalStore(), "mx.test", message_rate=1, exempt_networks=["192.0.2.0/24"])
+    assert local.message_now("c") is None
+    assert local.message_now("c") == Refusal(
+        "message_rate", 2, b"450 4.7.1 Error: too much mail from c\r\n"
+    )
+    assert local.message_now("192.0.2.1") is None
+    assert local.recipient_now("c") is None  # off

@@ -23,7 +23,8 @@ CLIENT = "192.0.2.7"
 
 
 class SlowStore(LocalStore):
-    """Answers only when the test lets it (``release``)."""
+    """A store that must always be asked, and answers only when the test lets it
+    (``gate``)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -32,6 +33,9 @@ class SlowStore(LocalStore):
     async def add(self, kind: Kind, client: str, amount: int) -> int:
         await self.gate.wait()
         return await super().add(kind, client, amount)
+
+    def add_now(self, kind: Kind, client: str, amount: int, ceiling: int) -> int | None:
+        return None
 
 
 @pytest.fixture
@@ -92,6 +96,14 @@ def test_mail_and_rcpt_wait_for_the_limiter(
         b"450 4.7.1 Error: too much mail from 192.0.2.7\r\n",
     ]
     assert ctx.stats.rejects == {"recipient_rate": 1, "message_rate": 1}
+
+
+def test_a_local_store_answers_without_waiting(ctx: WorkerContext, loop: ClockLoop) -> None:
+    ctx.limiter = Limiter(LocalStore(), "mx.test", message_rate=1)
+    conn = Connection(ctx, CLIENT)
+    run(loop)
+    conn.send(b"HELO c.test\r\nMAIL FROM:<a@c.test>\r\nRSET\r\nMAIL FROM:<a@c.test>\r\n")
+    assert conn.codes() == [b"220", b"250", b"250", b"250", b"450"]  # at once: no loop turn
 
 
 def test_a_client_that_leaves_while_the_limiter_thinks_is_forgotten(
