@@ -23,7 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from bench.procs import free_port, stop_process, tree, wait_for_greeting
+from mta.config import LimitsConfig
 from mta.queue.spool import Spool
 
 __all__ = ["MtaInstance"]
@@ -116,6 +119,8 @@ class MtaInstance:
         """The master answers before its queue manager and delivery agents are up."""
         wanted = 1 + (self.config["smtp"].get("workers") or os.cpu_count() or 1)
         wanted += 1 + self.config["delivery"].get("workers", 2)
+        limits = msgspec.convert(self.config.get("limits", {}), LimitsConfig)
+        wanted += 1 if limits.any_on else 0  # anvil
         deadline = time.monotonic() + timeout
         while len(self.pids()) < wanted and time.monotonic() < deadline:
             time.sleep(0.05)

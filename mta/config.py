@@ -255,16 +255,35 @@ class LimitsConfig(_Section, frozen=True):
     """Per-client limits that hold across all smtpd workers of the node (Postfix's anvil).
     Rates count per minute; 0 turns a limit off."""
 
-    connections: Annotated[int, msgspec.Meta(ge=0)] = 50  # open at once, per client address
+    # Postfix's smtpd_client_connection_count_limit: open at once, per client address
+    connections: Annotated[int, msgspec.Meta(ge=0)] = 50
+    # smtpd_client_connection_rate_limit, smtpd_client_message_rate_limit (MAIL commands),
+    # smtpd_client_recipient_rate_limit (accepted RCPTs), per anvil_rate_time_unit (60 s)
     connection_rate: Annotated[int, msgspec.Meta(ge=0)] = 0
     message_rate: Annotated[int, msgspec.Meta(ge=0)] = 0
     recipient_rate: Annotated[int, msgspec.Meta(ge=0)] = 0
-    auth_failures: Annotated[int, msgspec.Meta(ge=0)] = 5  # beyond: 421 4.7.0, disconnect
-    exempt_networks: tuple[str, ...] | None = None  # None: relay.networks
+    # failed AUTH per minute (Postfix counts AUTH commands: smtpd_client_auth_rate_limit);
+    # beyond: 421 4.7.0 and disconnect
+    auth_failures: Annotated[int, msgspec.Meta(ge=0)] = 5
+    # smtpd_client_event_limit_exceptions; None: relay.networks
+    exempt_networks: tuple[str, ...] | None = None
     store: Literal["local"] = "local"  # the counters' owner: this node's anvil
 
     def __post_init__(self) -> None:
         _check_networks("exempt_networks", self.exempt_networks or ())
+
+    @property
+    def any_on(self) -> bool:
+        """Whether any limit is on (then the node runs anvil)."""
+        return any(
+            (
+                self.connections,
+                self.connection_rate,
+                self.message_rate,
+                self.recipient_rate,
+                self.auth_failures,
+            )
+        )
 
 
 class AccessConfig(_Section, frozen=True):

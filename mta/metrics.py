@@ -110,5 +110,14 @@ SMTPD_STRESS = Gauge(
     "1 while smtpd is in stress mode (node connections near smtp.max_connections)",
     multiprocess_mode="livemax",
 )
+# per-client limits (mta/policy/limits.py, anvil)
+LIMIT_REJECTS = Counter(
+    "mta_smtpd_limit_rejects", "Connections and commands refused by a per-client limit", ["limit"]
+)
+SMTPD_LIMITS_FALLBACK = Gauge(
+    "mta_smtpd_limits_fallback",
+    "1 while an smtpd worker cannot reach anvil and applies per-client limits alone",
+    multiprocess_mode="livemax",
+)
 
 BUILD_INFO.labels(__version__).set(1)

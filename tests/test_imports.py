@@ -34,6 +34,7 @@ DAEMONS: dict[str, frozenset[str]] = {
     "mta.server": _BELOW_DAEMONS,
     "mta.qmgr": _BELOW_DAEMONS,
     "mta.delivery": _BELOW_DAEMONS,
+    "mta.anvil": _BELOW_DAEMONS,
 }
 # The master supervises: it binds listeners and starts each daemon's main function.
 SUPERVISOR = {"mta.master": _BELOW_DAEMONS | frozenset(DAEMONS)}

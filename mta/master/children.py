@@ -90,6 +90,18 @@ def _run_delivery(config: Config, sockets: list[socket.socket], heartbeat: Heart
     run_delivery(config, heartbeat)
 
 
+def _anvil_count(config: Config) -> int:
+    """One per node while any per-client limit is on (mta/policy/limits.py)."""
+    return 1 if config.limits.any_on else 0
+
+
+def _run_anvil(config: Config, sockets: list[socket.socket], heartbeat: Heartbeat) -> None:
+    from mta.anvil.server import run_anvil
+
+    _close(sockets)
+    run_anvil(config, heartbeat)
+
+
 def _close(sockets: list[socket.socket]) -> None:
     """Only smtpd accepts: a listening socket held elsewhere would outlive a drain."""
     for sock in sockets:
@@ -97,6 +109,10 @@ def _close(sockets: list[socket.socket]) -> None:
 
 
 KINDS: dict[str, Kind] = {
+    # First, so that it is up when the workers first ask; exclusive: one per node holds
+    # the socket, so the old one stops before the new one starts (the workers count
+    # alone for that moment, then tell the new one which connections they hold).
+    "anvil": Kind(_anvil_count, _run_anvil, exclusive=True),
     "qmgr": Kind(lambda config: 1, _run_qmgr, exclusive=True, back_end=True),
     "delivery": Kind(lambda config: config.delivery.workers, _run_delivery, back_end=True),
     "smtpd": Kind(_smtpd_count, _run_smtpd, sockets=_smtpd_sockets),

@@ -16,16 +16,14 @@ use, and how many failures a client may have.
   listed owns none); the null sender is always allowed (bounces).  Addresses and domains
   compare case-insensitively.  A malformed line is a ConfigError naming the key, the file
   and the line.
-* :class:`FailureWindow` counts AUTH failures per client address over the last minute for
-  ``limits.auth_failures``.  It is one worker's count: the node-wide counter store (the
-  per-client limits work, Postfix's anvil) replaces it behind
-  ``WorkerContext.auth_failure_limit`` when it is merged.
+* AUTH failures per client are counted by the per-client limits (``limits.auth_failures``,
+  mta/policy/limits.py, across the node's workers), through
+  ``WorkerContext.auth_failure_limit``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from mta.config import Config, ConfigError
@@ -33,7 +31,7 @@ from mta.policy.passwords import PasswordFile
 from mta.protocol import replies
 from mta.protocol.events import AuthRequest
 
-__all__ = ["Authenticator", "FailureWindow", "SenderLogins", "load_auth_tables", "sender_refusal"]
+__all__ = ["Authenticator", "SenderLogins", "load_auth_tables", "sender_refusal"]
 
 _VERIFY_THREADS = 2  # scrypt is CPU and memory bound: more threads only queue elsewhere
 
@@ -127,27 +125,3 @@ def sender_refusal(logins: SenderLogins | None, login: str | None, sender: str) 
     return replies.reply(
         553, f"5.7.1 <{sender}>: Sender address rejected: not owned by user {login}"
     )
-
-
-class FailureWindow:
-    """AUTH failures per client address in the last ``period`` seconds (one worker's view)."""
-
-    MAX_CLIENTS = 10_000  # addresses tracked at once; the oldest windows are dropped first
-
-    def __init__(self, limit: int, period: float = 60.0) -> None:
-        self.limit = limit  # 0: no limit
-        self.period = period
-        self._failures: dict[str, deque[float]] = {}
-
-    def add(self, client_ip: str, now: float) -> bool:
-        """Count a failure at ``now``; True when the client is now beyond the limit."""
-        if not self.limit:
-            return False
-        window = self._failures.pop(client_ip, None) or deque()
-        while window and window[0] <= now - self.period:
-            window.popleft()
-        window.append(now)
-        if len(self._failures) >= self.MAX_CLIENTS:
-            del self._failures[next(iter(self._failures))]  # the least recently failed
-        self._failures[client_ip] = window  # re-inserted: dict order is recency
-        return len(window) > self.limit

@@ -17,12 +17,18 @@ Stress mode (Postfix's ``${stress?10}{300}``): while the node's connections are 
 ``smtp.stress_threshold`` of the limit, the idle and command timeouts drop to
 ``smtp.stress_timeout``, so that idle and slow clients make room for new ones.  Entering and
 leaving it is logged once by each worker and shown by the ``mta_smtpd_stress`` gauge.
+
+Per-client limits (``[limits]``, mta/policy/limits.py): the :class:`Limiter` the worker
+gives (asking the node's anvil) or, by default, one that counts in this process.  Its
+connection check is one of the connect stage's checks; MAIL and RCPT ask it in smtpd.py;
+AUTH failures through :meth:`WorkerContext.auth_failure_limit`.  Refusals are logged here
+(Postfix's ``warning: ... limit exceeded`` and ``NOQUEUE: reject:``, at most
+:class:`LogBudget`'s lines a second) and counted by limit.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import ssl
 from dataclasses import InitVar, dataclass, field
@@ -30,8 +36,9 @@ from typing import TYPE_CHECKING
 
 from mta import metrics
 from mta.config import Config, Listener
-from mta.policy.auth import Authenticator, FailureWindow, SenderLogins
+from mta.policy.auth import Authenticator, SenderLogins
 from mta.policy.dnsbl import DnsblChecker
+from mta.policy.limits import Limiter, LocalStore, Refusal, limiter_for
 from mta.policy.tables import PolicyTables, load_tables
 from mta.protocol import replies
 from mta.protocol.events import AuthRequest
@@ -45,7 +52,7 @@ from mta.server.connect_access import access_connect_checks
 from mta.server.connections import LocalCounter, NodeCounter
 from mta.server.leniency import DataLeniency
 from mta.server.listeners import ListenerState, listener_states
-from mta.server.policy import RelayPolicy, in_networks
+from mta.server.policy import RelayPolicy
 from mta.server.stats import SmtpdStats
 from mta.server.trace import DateCache
 
@@ -61,6 +68,16 @@ log = logging.getLogger("mta.smtpd")
 _STRESS_HYSTERESIS = 0.9
 # A SASL username may be 9 KiB (RFC 4954 §4's 12288-octet responses): logged cut to this.
 _MAX_LOGGED_USERNAME = 256
+
+
+# Postfix's wording of each limit in its "limit exceeded" warnings
+_LIMIT_NAMES = {
+    "connections": "Connection concurrency",
+    "connection_rate": "Connection rate",
+    "message_rate": "Message delivery request rate",
+    "recipient_rate": "Recipient address rate",
+    "auth_failures": "Authentication failure",
+}
 
 
 def fd_ceiling(soft_limit: int) -> int:
@@ -157,19 +174,16 @@ class WorkerContext:
     preloaded: InitVar[PolicyTables | None] = None
     tables: PolicyTables = field(init=False)
     dnsbl: DnsblChecker | None = field(init=False)  # [dnsbl] zones set: the lookups
+    # per-client limits ([limits]); None: counted by this worker alone (the worker gives
+    # one that asks the node's anvil)
+    limiter: Limiter | None = None
+    limit_log: LogBudget = field(default_factory=LogBudget)
 
     def __post_init__(self, preloaded: PolicyTables | None) -> None:
         config = self.config
         self.listeners = listener_states(config, session_limits)  # ConfigError: a cert
         first = self.listeners[0]
         self.limits, self.leniency, self.tls = first.limits, first.leniency, first.tls
-        limits = config.limits
-        self.auth_failures = FailureWindow(limits.auth_failures)
-        exempt = limits.exempt_networks
-        self._auth_exempt = [
-            ipaddress.ip_network(n, strict=False)
-            for n in (config.relay.networks if exempt is None else exempt)
-        ]
         # accepted domains are listed explicitly: a [routes] entry alone is not one
         self.policy = RelayPolicy(config.relay.networks, config.accepted_domains())
         self.tables = preloaded if preloaded is not None else load_tables(config)
@@ -187,6 +201,10 @@ class WorkerContext:
         hostname = self.limits.hostname
         self._no_fds = replies.reply(421, f"4.3.2 {hostname} Error: too many open files")
         self._too_many = replies.too_many_connections(hostname)
+        if self.limiter is None:
+            self.limiter = limiter_for(self.config, LocalStore(clock=self.loop.time))
+        if self.limiter.counts_connections:
+            self.connect_checks.append(self._limit_connection)
 
     def admit(self, protocol: SMTPProtocol, fd: int) -> bytes | None:
         """Count a new connection in, or return the ``421`` that refuses it (``fd`` is its
@@ -216,10 +234,68 @@ class WorkerContext:
         return reply
 
     def connection_closed(self, protocol: SMTPProtocol) -> None:
+        if protocol.limited_as is not None:
+            self.client_limiter.disconnect(protocol.limited_as)
+            protocol.limited_as = None
         if protocol in self.connections:
             self.connections.discard(protocol)
             self.counter.set_mine(len(self.connections))
             self.stats.session_closed(protocol.session.reply_counts)
+
+    # ----- per-client limits (mta/policy/limits.py) ---------------------------------------
+
+    @property
+    def client_limiter(self) -> Limiter:
+        assert self.limiter is not None  # made in __post_init__
+        return self.limiter
+
+    async def _limit_connection(self, protocol: SMTPProtocol) -> bytes | None:
+        """The connect stage's check of the client's open connections and connection rate.
+        The address is read here, not earlier: a PROXY header may have changed it."""
+        client = protocol.client_ip
+        verdict = await self.client_limiter.connect(client)
+        if verdict is None:
+            protocol.limited_as = client  # uncounted when it closes (connection_closed)
+            return None
+        self.limit_refused(verdict, client, "CONNECT", "proto=SMTP", protocol.listener.name)
+        return verdict.reply
+
+    async def auth_failure_limit(self, client_ip: str, service: str = "smtp") -> bytes | None:
+        """A failed AUTH from ``client_ip`` on listener ``service``: the ``421`` to send
+        (then close) once the client is past ``limits.auth_failures`` per minute, else None."""
+        verdict = await self.client_limiter.auth_failure(client_ip)
+        if verdict is None:
+            return None
+        self.limit_refused(verdict, client_ip, "AUTH", "", service)
+        return verdict.reply
+
+    def limit_refused(
+        self, refusal: Refusal, client: str, stage: str, detail: str, service: str = "smtp"
+    ) -> None:
+        """Count a refusal by a per-client limit and log it as Postfix does (at most
+        :class:`LogBudget`'s lines a second; the metric counts every one)."""
+        self.count_reject(refusal.limit)
+        metrics.LIMIT_REJECTS.labels(refusal.limit).inc()
+        held = self.limit_log.take(self.loop.time())
+        if held is None:
+            return
+        name = _LIMIT_NAMES[refusal.limit]
+        log.warning(
+            "warning: %s limit exceeded: %d from unknown[%s] for service %s%s",
+            name,
+            refusal.count,
+            client,
+            service,  # the listener, as Postfix names the master.cf service
+            f" ({held} more limit refusals not logged)" if held else "",
+        )
+        text = refusal.reply.decode("utf-8", "replace").rstrip("\r\n")
+        log.info(
+            "NOQUEUE: reject: %s from unknown[%s]: %s%s",
+            stage,
+            client,
+            text,
+            f"; {detail}" if detail else "",
+        )
 
     # ----- stress mode ------------------------------------------------------------------
 
@@ -274,25 +350,6 @@ class WorkerContext:
             request.mechanism,
             for_log(request.username[:_MAX_LOGGED_USERNAME]),
         )
-
-    async def auth_failure_limit(self, client_ip: str) -> bytes | None:
-        """Count an AUTH failure of ``client_ip``; the ``421`` that disconnects it once it
-        is beyond ``limits.auth_failures`` a minute, else None.  Clients in the exempt
-        networks (``limits.exempt_networks``, default ``relay.networks``) are not limited.
-
-        Per worker for now (mta.policy.auth.FailureWindow); the node-wide counter store of
-        the per-client limits work replaces the body when merged, hence the awaitable."""
-        if in_networks(client_ip, self._auth_exempt):
-            return None
-        if not self.auth_failures.add(client_ip, self.loop.time()):
-            return None
-        self.count_reject("auth_failures")
-        log.warning(
-            "warning: unknown[%s]: too many AUTH failures (limit %d a minute); disconnecting",
-            client_ip,
-            self.auth_failures.limit,
-        )
-        return replies.too_many_auth_failures(self.limits.hostname)
 
     def message_received(self, envelope: Envelope) -> None:
         log.info(

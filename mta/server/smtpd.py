@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, cast
 
 from mta.policy.auth import sender_refusal
 from mta.policy.decide import Facts, recipient_stage
+from mta.policy.limits import Refusal, Undecided
 from mta.protocol import proxy, replies
 from mta.protocol.events import (
     AuthRequest,
@@ -92,6 +93,8 @@ class SMTPProtocol(asyncio.Protocol):
         self.client_port = 0
         self.proxied_by = ""  # the balancer's address when a PROXY header gave the client's
         self._auth_task: asyncio.Task[None] | None = None  # verifying an AUTH (_authenticate)
+        self.limited_as: str | None = None  # the address its connection counts for (limits)
+        self._deciding: asyncio.Task[None] | None = None  # a limit check in flight
         # before the greeting (see _open): input held back, and the task deciding it
         self._early: bytearray | None = None
         self._opening: asyncio.Task[None] | None = None
@@ -413,7 +416,7 @@ class SMTPProtocol(asyncio.Protocol):
             # Slowed down (Postfix's smtpd_error_sleep_time for AUTH), then counted.
             await asyncio.sleep(ctx.config.auth.failure_delay)
             ctx.auth_failed(self.client_ip, request)
-            refusal = await ctx.auth_failure_limit(self.client_ip)
+            refusal = await ctx.auth_failure_limit(self.client_ip, self.listener.name)
             self.session.reject(refusal or replies.AUTH_FAILED)
         self._auth_task = None
         if self.transport is not None:
@@ -440,7 +443,7 @@ class SMTPProtocol(asyncio.Protocol):
         refusal = storage_refusal(self.ctx.space, declared)
         if refusal is None:
             self.hold = self.discard = False  # a new transaction
-            self.session.accept()
+            self._limit_mail(mail)
             return
         self.ctx.mail_refused_for_space(self.client_ip, mail.sender, declared)
         self.session.reject(refusal)
@@ -480,7 +483,7 @@ class SMTPProtocol(asyncio.Protocol):
                 self.hold = self.hold or verdict.hold
                 self.discard = self.discard or verdict.discard
                 self._log_rcpt(verdict.reason, verdict.note, facts)
-            session.accept()
+            self._accept_recipient(recipient)
             return
         ctx.count_reject(verdict.reason)
         self._log_rcpt("reject", verdict.reply.decode("utf-8", "replace").rstrip(), facts)
@@ -510,6 +513,56 @@ class SMTPProtocol(asyncio.Protocol):
             "ESMTP" if self.session.esmtp else "SMTP",
             for_log(facts.helo),
         )
+
+    # Per-client limits (mta/policy/limits.py): asked after the other checks said yes, so a
+    # refused command costs no count; the session waits for the answer (never the loop).
+
+    def _limit_mail(self, mail: MailFrom) -> None:
+        """MAIL passed the other checks: the message rate decides."""
+        limiter = self.ctx.client_limiter
+        verdict = limiter.message_now(self.client_ip)
+        if isinstance(verdict, Undecided):
+            self._await_limit(limiter.message(self.client_ip), None)
+        else:
+            self._answer_now(verdict, None)
+
+    def _accept_recipient(self, recipient: str) -> None:
+        """RCPT passed the other checks: the recipient rate decides."""
+        limiter = self.ctx.client_limiter
+        verdict = limiter.recipient_now(self.client_ip)
+        if isinstance(verdict, Undecided):
+            self._await_limit(limiter.recipient(self.client_ip), recipient)
+        else:
+            self._answer_now(verdict, recipient)
+
+    def _await_limit(self, verdict: Awaitable[Refusal | None], recipient: str | None) -> None:
+        """Answer the pending MAIL (``recipient`` None) or RCPT once the limiter has."""
+        self._deciding = self.ctx.loop.create_task(self._answer_limit(verdict, recipient))
+
+    async def _answer_limit(self, asked: Awaitable[Refusal | None], recipient: str | None) -> None:
+        verdict = await asked
+        self._deciding = None
+        if self.transport is None:
+            return
+        self._answer_now(verdict, recipient)
+        self._drive()
+
+    def _answer_now(self, verdict: Refusal | None, recipient: str | None) -> None:
+        if verdict is None:
+            self.session.accept()
+        else:
+            self._log_limit(verdict, recipient)
+            self.session.reject(verdict.reply)
+
+    def _log_limit(self, refusal: Refusal, recipient: str | None) -> None:
+        session = self.session
+        detail = f"from=<{for_log(session.sender or '')}>"
+        if recipient is not None:
+            detail += f" to=<{for_log(recipient)}>"
+        proto = "ESMTP" if session.esmtp else "SMTP"
+        detail += f" proto={proto} helo=<{for_log(session.helo)}>"
+        stage = "MAIL" if recipient is None else "RCPT"
+        self.ctx.limit_refused(refusal, self.client_ip, stage, detail, self.listener.name)
 
     def _open_message(self) -> None:
         ctx = self.ctx

@@ -29,7 +29,10 @@ import uvloop
 from mta import metrics, parser_backend
 from mta.config import Config, ConfigError
 from mta.exitcodes import EXIT_CONFIG
+from mta.policy import anvil_wire
+from mta.policy.anvil_client import AnvilStore
 from mta.policy.auth import Authenticator, SenderLogins, load_auth_tables
+from mta.policy.limits import Limiter, limiter_for
 from mta.policy.tables import PolicyTables, load_tables
 from mta.protocol.session import ParserBackend
 from mta.queue.commit import GroupCommitter
@@ -93,15 +96,29 @@ async def _serve(
     metrics.PARSER_BACKEND.labels(parser_backend.backend_name(parser)).set(1)
     batch = 1024 if config.queue.group_commit else 1
     committer = GroupCommitter(spool, loop, max_batch=batch)
+    anvil = AnvilStore(anvil_wire.address(spool.path), loop) if config.limits.any_on else None
+    limiter: Limiter | None = None
+    if anvil is not None:
+        anvil.start()
+        limiter = limiter_for(config, anvil)
     counter = _node_counter(spool)
     try:
         ctx = WorkerContext(
-            config, spool, committer, loop, parser, counter=counter, preloaded=tables
+            config,
+            spool,
+            committer,
+            loop,
+            parser,
+            counter=counter,
+            preloaded=tables,
+            limiter=limiter,
         )
     except ConfigError as exc:  # a certificate that cannot be loaded: restarting won't help
         log.error("configuration error: %s", exc)
         committer.stop()
         counter.close()
+        if anvil is not None:
+            anvil.close()
         raise SystemExit(EXIT_CONFIG) from None
     ctx.authenticator, ctx.sender_logins = auth_tables
     ctx.max_fd = fd_ceiling(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
@@ -125,6 +142,8 @@ async def _serve(
         ctx.authenticator.close()
     ctx.publish_stats()
     ctx.counter.close()
+    if anvil is not None:
+        anvil.close()
 
 
 def _warn_unusable_listeners(config: Config, ctx: WorkerContext) -> None:

@@ -208,8 +208,10 @@ def test_too_many_failures_get_421_and_the_connection_closes(relay: Relay) -> No
             client.noop()
     finally:
         client.close()
-    log = wait_until(lambda: (text := relay.server.log()) and "too many AUTH" in text and text)
-    assert "unknown[127.0.0.3]: too many AUTH failures" in log
+    limit = "Authentication failure limit exceeded"
+    log = wait_until(lambda: (text := relay.server.log()) and limit in text and text)
+    line = next(line for line in log.splitlines() if limit in line)
+    assert "from unknown[127.0.0.3] for service sub" in line, line
     metrics = urllib.request.urlopen(
         f"http://127.0.0.1:{relay.server.metrics_port}/metrics", timeout=10
     ).read()

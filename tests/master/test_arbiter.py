@@ -37,6 +37,9 @@ SETTINGS: dict[str, Any] = {
     "delivery": {"workers": 1},
     "metrics": {"listen": ""},
     "master": {"graceful_timeout": GRACEFUL, "heartbeat_timeout": HEARTBEAT},
+    # no per-client limits, so no anvil: these tests count the other kinds' children
+    # (test_anvil_is_one_exclusive_child_while_limits_are_on has it)
+    "limits": {"connections": 0, "auth_failures": 0},
 }
 WANTED = {"qmgr": 1, "delivery": 1, "smtpd": 2}
 
@@ -504,3 +507,31 @@ def test_health_follows_the_smtpd_heartbeats(tree: Tree) -> None:
     tree.processes.beat(tree.pid("smtpd", 0))
     tree.clock.advance(_TICK)  # smtpd#1 last beat more than the heartbeat timeout ago
     assert health(tree.arbiter) == (True, "ok: 1 smtpd workers alive")
+
+
+def test_anvil_is_one_exclusive_child_while_limits_are_on(tmp_path: Path) -> None:
+    config_path = tmp_path / "mta.toml"
+    write_config(config_path, limits={"connections": 10})
+    tree = Tree(config_path)
+    try:
+        tree.round()
+        assert tree.running() == {**WANTED, "anvil": 1}
+        tree.rounds(SETTLED)
+        old = tree.pid("anvil")
+        tree.processes.exit(old, -9)  # killed: replaced at once
+        tree.rounds(1.0)
+        new = tree.pid("anvil")
+        assert new != old
+        write_config(config_path, limits={"connections": 20})
+        tree.signal(signal.SIGHUP)
+        tree.rounds(SETTLED * 4)
+        events = tree.processes.events
+        newest = tree.pid("anvil")
+        # one anvil at a time (it holds the socket): the old one exits before the next starts
+        assert events.index(("exit", "anvil", new)) < events.index(("spawn", "anvil", newest))
+        write_config(config_path, limits={"connections": 0, "auth_failures": 0})
+        tree.signal(signal.SIGHUP)
+        tree.rounds(SETTLED * 4)
+        assert "anvil" not in tree.running()  # no limit on: no anvil
+    finally:
+        tree.close()

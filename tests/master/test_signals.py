@@ -85,7 +85,7 @@ def test_hup_applies_a_new_size_without_a_gap(mta_factory: Factory, sink: Captur
     server = mta_factory(
         {"smtp": {"workers": 2}, "delivery": {"relayhost": f"127.0.0.1:{sink.port}"}}
     )
-    before = wait_until(lambda: len(_pids(server)) == 5 and set(_pids(server)), timeout=10)
+    before = wait_until(lambda: len(_pids(server)) == 6 and set(_pids(server)), timeout=10)
     assert ehlo_size(server.port) == 26_214_400
     with ClientLoop(server.port) as clients:
         clients.wait_for(10)
@@ -93,7 +93,7 @@ def test_hup_applies_a_new_size_without_a_gap(mta_factory: Factory, sink: Captur
         server.signal(signal.SIGHUP)
         wait_until(lambda: ehlo_size(server.port) == 1_234_567, timeout=15)
         # every child is replaced, one at a time; the queue manager stays single
-        wait_until(lambda: not set(_pids(server)) & before and len(_pids(server)) == 5, 15)
+        wait_until(lambda: not set(_pids(server)) & before and len(_pids(server)) == 6, 15)
         assert all(ehlo_size(server.port) == 1_234_567 for _ in range(5))
         clients.wait_for(10)
         outcomes = clients.stop()
@@ -129,7 +129,7 @@ def test_hup_with_a_broken_file_keeps_the_running_config(
     server = mta_factory(
         {"smtp": {"workers": 2}, "delivery": {"relayhost": f"127.0.0.1:{sink.port}"}}
     )
-    pids = wait_until(lambda: len(_pids(server)) == 5 and set(_pids(server)), timeout=10)
+    pids = wait_until(lambda: len(_pids(server)) == 6 and set(_pids(server)), timeout=10)
     with ClientLoop(server.port, threads=1) as clients:
         for n, (text, key) in enumerate(BROKEN, start=1):
             server.config_path.write_text(text)

@@ -59,6 +59,7 @@ def test_one_process_per_kind_and_slot(mta_factory: Factory) -> None:
         "smtpd": 3,
         "qmgr": 1,
         "delivery": 2,
+        "anvil": 1,  # the per-client counters of the node ([limits] is on by default)
     }
     log = server.log()
     for slot in range(3):

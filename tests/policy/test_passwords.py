@@ -15,7 +15,7 @@ import pytest
 
 from mta.config import Config, ConfigError
 from mta.policy import passwords
-from mta.policy.auth import Authenticator, FailureWindow, SenderLogins, sender_refusal
+from mta.policy.auth import Authenticator, SenderLogins, sender_refusal
 from mta.policy.passwords import PasswordFile, ScryptHash, hash_password
 from mta.protocol.events import AuthRequest
 from tests.helpers import REPO, to_toml
@@ -219,15 +219,6 @@ def test_a_bad_sender_logins_line_names_key_file_and_line(tmp_path: Path, line: 
 
 
 # ----- failures and verification -----------------------------------------------------------
-
-
-def test_failure_window_counts_per_client_over_a_minute() -> None:
-    window = FailureWindow(limit=2)
-    assert not window.add("192.0.2.1", 0.0) and not window.add("192.0.2.1", 1.0)
-    assert not window.add("192.0.2.2", 1.5)  # another client has its own count
-    assert window.add("192.0.2.1", 2.0)  # the third within a minute is beyond the limit
-    assert not window.add("192.0.2.1", 61.5)  # the first two have left the window
-    assert not FailureWindow(limit=0).add("192.0.2.1", 0.0)  # 0: no limit
 
 
 def test_verification_runs_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:

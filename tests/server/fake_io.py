@@ -179,8 +179,15 @@ def make_context(
     **smtp: Any,
 ) -> WorkerContext:
     """A worker's context around ``loop`` and ``spool``; ``smtp`` overrides [smtp] keys,
-    ``sections`` other top-level keys (``listeners``, ``relay``)."""
-    settings = {"hostname": "mx.test", "queue": {"path": spool.path}, "smtp": smtp}
+    ``sections`` other top-level keys (``listeners``, ``relay``).  Per-client connection
+    limits are off unless ``sections`` set them (their check would hold every greeting back
+    for a turn of the loop); tests/policy and tests/server/test_limits_stage turn them on."""
+    settings = {
+        "hostname": "mx.test",
+        "queue": {"path": spool.path},
+        "smtp": smtp,
+        "limits": {"connections": 0},
+    }
     settings.update(sections or {})
     config = msgspec.convert(settings, Config)
     spool.create()

@@ -48,7 +48,8 @@ def make_ctx(loop: ClockLoop, tmp_path: Path, parser: ParserBackend, **auth: Any
         },
         "auth": {"passwords": str(passwords), "sender_logins": str(logins),
                  "failure_delay": DELAY, **auth},
-        "limits": {"auth_failures": 1},
+        # no connection limit: its check would hold each greeting back a turn of the loop
+        "limits": {"auth_failures": 1, "connections": 0},
     }  # fmt: skip
     config = msgspec.convert(settings, Config)
     ctx = WorkerContext(config, spool, HeldCommitter(spool, loop), loop, parser)
