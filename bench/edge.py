@@ -1,5 +1,5 @@
-"""The cost of the edge checks: accept msgs/s with per-client limits (and, once they exist,
-access tables) on, against all of them off, in the same run.
+"""The cost of the edge checks: accept msgs/s with per-client limits, access tables and
+recipient validation on, against all of them off, in the same run.
 
 ``python -m bench.edge`` starts two mta trees (each with its own sink), "off" and "on",
 and drives the same load (1 KiB, 50 sessions, many messages per connection: the issue's
@@ -7,8 +7,11 @@ yardstick) against them A/B interleaved, ``--runs`` times; it prints the medians
 ratio on/off, which must stay above 0.90.  ``--mta-config FILE`` (TOML) is merged into both
 configurations, e.g. to pin ``smtp.workers``.
 
-"On" is :data:`CHECKS_ON`: every check the edge has, set so that the bench's client (on
-127.0.0.1) is checked but never refused.  A new check adds its section there.
+"On" is :data:`CHECKS_ON` plus the tables :func:`write_tables` makes: every check the edge
+has, set so that the bench's client (on 127.0.0.1) is checked but never refused; the tables
+are of a realistic size and none of their entries matches, so every lookup runs to its end.
+A new check adds its section there.  (DNSBL lookups and the greeting pause are left out: the
+one needs a DNS server and answers from its cache, the other is a deliberate wait.)
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 import tomllib
 from pathlib import Path
@@ -28,7 +32,7 @@ from bench.scenarios import Load, throughput_run
 from bench.stats import median
 from bench.systems import System, stop_all
 
-__all__ = ["CHECKS_OFF", "CHECKS_ON", "compare", "merge"]
+__all__ = ["CHECKS_OFF", "CHECKS_ON", "compare", "merge", "write_tables"]
 
 _HIGH = 1_000_000_000  # a limit the bench never reaches
 # every edge check on, for the bench's own client; one place to add a check
@@ -48,6 +52,25 @@ CHECKS_OFF: dict[str, dict[str, Any]] = {
 }
 
 
+def write_tables(directory: Path) -> dict[str, dict[str, Any]]:
+    """Access tables (100 networks, 1,000 HELO names, senders and recipients) and a table of
+    10,000 valid recipients with the bench's one among them; the config sections naming them."""
+    tables = {
+        "client": [f"10.{i // 256}.{i % 256}.0/24 REJECT" for i in range(100)],
+        "helo": [f"host{i}.example.net REJECT" for i in range(1000)],
+        "sender": [f"user{i}@senders.example REJECT" for i in range(1000)],
+        "recipient": [f"user{i}@recipients.example REJECT" for i in range(1000)],
+        "recipients": ["b@bench.test", *(f"user{i}@bench.test" for i in range(9999))],
+    }
+    paths = {}
+    for name, lines in tables.items():
+        path = directory / name
+        path.write_text("\n".join(lines) + "\n")
+        paths[name] = str(path)
+    recipients = paths.pop("recipients")
+    return {"access": paths, "relay": {"domains": ["bench.test"], "recipients": recipients}}
+
+
 def merge(*configs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Section by section, later keys win."""
     merged: dict[str, dict[str, Any]] = {}
@@ -63,9 +86,10 @@ def say(text: str) -> None:
 
 def compare(load: Load, runs: int, extra: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Run ``load`` against checks off and on, interleaved; medians and the ratio."""
+    tables = write_tables(Path(tempfile.mkdtemp(prefix="mta-edge-tables-")))
     systems = {
         "off": System("mta", overrides=merge(extra, CHECKS_OFF)),
-        "on": System("mta", overrides=merge(extra, CHECKS_ON)),
+        "on": System("mta", overrides=merge(extra, CHECKS_ON, tables)),
     }
     rates: dict[str, list[float]] = {name: [] for name in systems}
     cpu: dict[str, list[float]] = {name: [] for name in systems}  # relay CPU ms per message

@@ -58,7 +58,7 @@ def test_the_readme_listeners_example_is_a_valid_config(tmp_path: Path) -> None:
     path.write_text(example.group(1))
     listeners = {x.name: x for x in load_config(str(path)).resolved_listeners()}
     assert [(x.role, x.tls, x.proxy_protocol) for x in listeners.values()] == [
-        ("mx", "offered", False),
+        ("mx", "offered", True),
         ("submission", "required", True),
         ("submissions", "implicit", True),
     ]
