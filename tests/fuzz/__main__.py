@@ -85,7 +85,12 @@ def fuzz_one(name: str, base: Path, args: argparse.Namespace) -> bool:
     corpus.mkdir(parents=True, exist_ok=True)
     artifacts.mkdir(parents=True, exist_ok=True)
     write_seeds(corpus, HARNESSES[name].seeds())
-    flags = [
+    flags = []
+    if HARNESSES[name].dictionary:  # libFuzzer refuses an empty dictionary file
+        dictionary = base / f"{name}.dict"
+        write_dictionary(dictionary, HARNESSES[name].dictionary)
+        flags.append(f"-dict={dictionary}")
+    flags += [
         f"-max_total_time={args.seconds}",
         f"-max_len={HARNESSES[name].max_len}",
         "-timeout=10",
@@ -114,6 +119,16 @@ def write_seeds(corpus: Path, seeds: object) -> None:
         path = corpus / f"seed-{hashlib.sha1(seed).hexdigest()[:16]}"
         if not path.exists():
             path.write_bytes(seed)
+
+
+def write_dictionary(path: Path, tokens: tuple[bytes, ...]) -> None:
+    """libFuzzer's dictionary format: one quoted token a line, octets escaped as \\xNN."""
+    path.write_text("".join(f'"{dictionary_escape(token)}"\n' for token in tokens))
+
+
+def dictionary_escape(token: bytes) -> str:
+    plain = (chr(c) if 32 <= c < 127 and c not in b'"\\' else f"\\x{c:02x}" for c in token)
+    return "".join(plain)
 
 
 def summary(log: str, corpus: Path) -> str:

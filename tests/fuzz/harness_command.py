@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from mta.protocol.errors import CommandSyntaxError
-from tests.fuzz.registry import backends, harness
+from tests.fuzz.registry import SMTP_TOKENS, backends, harness
 
 BACKENDS = backends()
 KEYWORDS = (b"FROM", b"TO")
@@ -74,7 +74,7 @@ def check_path(address: str, params: dict[str, str | None]) -> None:
         assert value is None or (value and all("!" <= c <= "~" for c in value)), value
 
 
-@harness("command", seeds, max_len=1024)
+@harness("command", seeds, max_len=1024, dictionary=(*SMTP_TOKENS, b"MAIL ", b"RCPT ", b'"', b"\\"))
 def one_input(line: bytes) -> None:
     reference, *others = [results(parser, line) for parser in BACKENDS]
     for parser, found in zip(BACKENDS[1:], others, strict=True):

@@ -128,7 +128,7 @@ def check_next_hop(flags: int, decoded: bytes, result: tuple[Any, ...]) -> None:
     assert (again.bare_cr, again.bare_lf, again.nul) == (0, 0, 0)
 
 
-@harness("data", seeds, max_len=4096)
+@harness("data", seeds, max_len=4096, dictionary=(b"\r\n", b"\r\n.", b"\r\n.\r\n", b"\x00"))
 def one_input(data: bytes) -> None:
     flags, chunks, body = split(data)
     reference, *others = [scan(parser, flags, chunks) for parser in BACKENDS]

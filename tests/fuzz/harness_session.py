@@ -41,7 +41,7 @@ from mta.protocol.events import (
 )
 from mta.protocol.session import ServerSession, SessionLimits, State
 from mta.server.context import session_limits
-from tests.fuzz.registry import backends, harness
+from tests.fuzz.registry import SMTP_TOKENS, backends, harness
 
 BACKENDS = backends()
 HOST = "mx.fuzz.test"
@@ -61,6 +61,7 @@ SMALL_LIMITS = 1 << 7  # limits small enough for the fuzzer to reach them
 SHUTDOWN = 1 << 8  # request_shutdown() after the first chunk
 TIMEOUT = 1 << 9  # timeout() after the last chunk
 TEMPORARY = 1 << 10  # rejections are 4xx instead of 5xx
+REFUSE = 1 << 11  # the connection is refused (421) instead of greeted
 # Listener rules the session does not act on yet (issue 11 adds them): checked once it does.
 CHECK_LISTENER_RULES = False
 
@@ -216,7 +217,11 @@ class Checker:
 def run(parser: Any, flags: int, answers: int, chunks: list[bytes]) -> list[Any]:
     """One session; the transcript of events and output, for comparing backends."""
     limits = limits_for(flags)
-    session = ServerSession(limits, parser)
+    session = ServerSession(limits, parser, greet=False)
+    if flags & REFUSE:
+        session.refuse(replies.too_many_connections(HOST))
+    else:
+        session.greet()
     checker = Checker(session, limits)
     log: list[Any] = []
     decisions = 0
@@ -261,7 +266,11 @@ def answer(session: ServerSession, decision: str, accepted: bool, temporary: boo
         session.reject(REJECT_REPLIES.get(decision, OTHER_REJECTION)[0 if temporary else 1])
 
 
-@harness("session", lambda: seeds(), max_len=8192)
+VERBS = (b"EHLO ", b"HELO ", b"MAIL ", b"RCPT ", b"DATA\r\n", b"RSET\r\n", b"NOOP\r\n")
+VERBS += (b"QUIT\r\n", b"VRFY ", b"HELP\r\n", b"STARTTLS\r\n", b"AUTH PLAIN ", b"AUTH LOGIN")
+
+
+@harness("session", lambda: seeds(), max_len=8192, dictionary=SMTP_TOKENS + VERBS)
 def one_input(data: bytes) -> None:
     head = data[:HEADER].ljust(HEADER, b"\x00")
     flags = int.from_bytes(head[:2], "little")
@@ -295,6 +304,7 @@ HEADERS = [
     b"\x61\x00\xf5\xff\x07\x03",  # normalize + strip NUL, some rejections
     b"\x9f\x02\xff\xff\x0d\x00",  # every listener rule, small limits, then a timeout
     b"\x00\x05\x3f\xff\x05\x09",  # shutdown after the first chunk, 4xx rejections
+    b"\x00\x08\xff\xff\x00\x00",  # refused instead of greeted
 ]
 
 

@@ -41,23 +41,44 @@ class Harness:
     one_input: Callable[[bytes], None]
     seeds: Callable[[], Iterable[bytes]]  # called once per run; may import test tables
     max_len: int  # libFuzzer's -max_len: the longest input worth trying
+    dictionary: tuple[bytes, ...]  # tokens libFuzzer may insert (its -dict file)
 
 
 HARNESSES: dict[str, Harness] = {}
 
 
 def harness(
-    name: str, seeds: Callable[[], Iterable[bytes]], max_len: int = 4096
+    name: str,
+    seeds: Callable[[], Iterable[bytes]],
+    max_len: int = 4096,
+    dictionary: Iterable[bytes] = (),
 ) -> Callable[[Callable[[bytes], None]], Callable[[bytes], None]]:
     """Register the decorated ``one_input`` function as the harness ``name``."""
 
     def register(one_input: Callable[[bytes], None]) -> Callable[[bytes], None]:
         if name in HARNESSES:
             raise ValueError(f"fuzz harness {name!r} registered twice")
-        HARNESSES[name] = Harness(name, one_input, seeds, max_len)
+        HARNESSES[name] = Harness(name, one_input, seeds, max_len, tuple(dictionary))
         return one_input
 
     return register
+
+
+# Tokens of SMTP that the harnesses share in their dictionaries.
+SMTP_TOKENS = (
+    b"\r\n",
+    b"\r\n.\r\n",
+    b"\x00",
+    b"<>",
+    b"FROM:<",
+    b"TO:<",
+    b"@[IPv6:",
+    b"postmaster",
+    b" SIZE=",
+    b" BODY=8BITMIME",
+    b" SMTPUTF8",
+    b" AUTH=<>",
+)
 
 
 def load_all() -> dict[str, Harness]:
