@@ -17,6 +17,8 @@ last chunk.  Checked:
   stripped) holds no bare CR, bare LF or NUL, and dot-stuffed again for the next hop
   (``mta.protocol.dot_stuff``) it reads back as itself, ending only at its own end line.
   That is the smuggling property: no accepted message hides an end of data from a next hop.
+  The streaming ``DotStuffer`` (messages sent from disk) makes the same payload from the
+  message cut as the input was.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from mta.protocol._parser_py import DataScanner as ReferenceScanner
-from mta.protocol.dot_stuff import dot_stuff
+from mta.protocol.dot_stuff import DotStuffer, dot_stuff
 from tests.fuzz.registry import backends, harness
 
 BACKENDS = backends()
@@ -115,7 +117,7 @@ def check_model(flags: int, body: bytes, result: tuple[Any, ...]) -> bytes:
 
 def check_next_hop(flags: int, decoded: bytes, result: tuple[Any, ...]) -> None:
     """A message the session would accept is safe to pass on (see the module docstring)."""
-    _, done, _, (_, bare_cr, bare_lf, nul) = result
+    fed, done, _, (_, bare_cr, bare_lf, nul) = result
     accepted = done and (not (bare_cr or bare_lf) or flags & 1) and (not nul or flags & 2)
     if not accepted:
         return
@@ -126,6 +128,9 @@ def check_next_hop(flags: int, decoded: bytes, result: tuple[Any, ...]) -> None:
     out, used = again.feed(payload)
     assert (out, used, again.done) == (decoded, len(payload), True), (decoded, payload)
     assert (again.bare_cr, again.bare_lf, again.nul) == (0, 0, 0)
+    stuffer = DotStuffer()
+    streamed = b"".join(stuffer.feed(out) for out, _ in fed) + stuffer.end()
+    assert streamed == payload, (decoded, [out for out, _ in fed], streamed)
 
 
 @harness("data", seeds, max_len=4096, dictionary=(b"\r\n", b"\r\n.", b"\r\n.\r\n", b"\x00"))

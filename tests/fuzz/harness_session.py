@@ -58,7 +58,7 @@ FLAGS = (
     "strip_nul",
 )
 SMALL_LIMITS = 1 << 7  # limits small enough for the fuzzer to reach them
-SHUTDOWN = 1 << 8  # request_shutdown() after the first chunk
+SHUTDOWN = 1 << 8  # request_shutdown() after the chunk numbered by bits 12-15
 TIMEOUT = 1 << 9  # timeout() after the last chunk
 TEMPORARY = 1 << 10  # rejections are 4xx instead of 5xx
 REFUSE = 1 << 11  # the connection is refused (421) instead of greeted
@@ -249,7 +249,7 @@ def run(parser: Any, flags: int, answers: int, chunks: list[bytes]) -> list[Any]
             checker.answered(decision, accepted)
             flush()
         flush()
-        if index == 0 and flags & SHUTDOWN:
+        if flags & SHUTDOWN and index == flags >> 12:
             session.request_shutdown()
             flush()
     if flags & TIMEOUT:
@@ -305,6 +305,8 @@ HEADERS = [
     b"\x9f\x02\xff\xff\x0d\x00",  # every listener rule, small limits, then a timeout
     b"\x00\x05\x3f\xff\x05\x09",  # shutdown after the first chunk, 4xx rejections
     b"\x00\x08\xff\xff\x00\x00",  # refused instead of greeted
+    b"\x00\x00\xf7\xff\x00\x00",  # the first message refused at its end
+    b"\x00\x31\xff\xff\x05\x1e",  # shutdown in the middle of a transaction
 ]
 
 

@@ -101,10 +101,16 @@ def test_data_harness_catches_an_end_of_data_hidden_from_the_counters(hidden: by
     """A message passed on with a line end or NUL the scanner did not count would end the
     data early at a lenient next hop."""
     message = b"a" + hidden + b"b\r\n"
-    counted = ([(message, 99)], True, (b"", 0), (len(message), 0, 0, 0))
     with pytest.raises(AssertionError):
-        harness_data.check_next_hop(0, message, counted)
-    harness_data.check_next_hop(0, b"a\r\n.\r\nb\r\n", counted)
+        harness_data.check_next_hop(0, message, counted_clean(message))
+    clean = b"a\r\n.\r\nb\r\n"
+    harness_data.check_next_hop(0, clean, counted_clean(clean))
+
+
+def counted_clean(message: bytes) -> tuple[Any, ...]:
+    """A scanner's result for ``message`` in two chunks, done, with every counter 0."""
+    fed = [(message[:3], 3), (message[3:], len(message) - 3)]
+    return (fed, True, (b"", 0), (len(message), 0, 0, 0))
 
 
 def checker(**overrides: Any) -> harness_session.Checker:
@@ -161,3 +167,23 @@ def test_session_checker_refuses_extensions_not_on_offer(
     with pytest.raises(AssertionError):
         check.ehlo_keywords(ehlo)
     check.ehlo_keywords(ehlo.replace(keyword, b"8BITMIME"))
+
+
+class ChunkBlindStuffer:
+    """A DotStuffer that forgets where the previous chunk left off."""
+
+    def feed(self, chunk: bytes) -> bytes:
+        return chunk.replace(b"\r\n.", b"\r\n..")
+
+    def end(self) -> bytes:
+        return b".\r\n"
+
+
+def test_data_harness_catches_a_stuffer_that_loses_a_dot_between_chunks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    message = b"a\r\n.b\r\n"  # cut after the CRLF: the dot starts the second chunk
+    harness_data.check_next_hop(0, message, counted_clean(message))
+    monkeypatch.setattr(harness_data, "DotStuffer", ChunkBlindStuffer)
+    with pytest.raises(AssertionError):
+        harness_data.check_next_hop(0, message, counted_clean(message))
