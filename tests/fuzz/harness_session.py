@@ -30,6 +30,7 @@ from typing import Any
 from mta.config import Config
 from mta.protocol import replies
 from mta.protocol.events import (
+    AuthRequest,
     DataAborted,
     DataChunk,
     DataEnd,
@@ -62,8 +63,6 @@ SHUTDOWN = 1 << 8  # request_shutdown() after the chunk numbered by bits 12-15
 TIMEOUT = 1 << 9  # timeout() after the last chunk
 TEMPORARY = 1 << 10  # rejections are 4xx instead of 5xx
 REFUSE = 1 << 11  # the connection is refused (421) instead of greeted
-# Listener rules the session does not act on yet (issue 11 adds them): checked once it does.
-CHECK_LISTENER_RULES = False
 
 ACCEPT_REPLIES = {"end": replies.queued("QID")}  # the others take the session's own reply
 REJECT_REPLIES = {
@@ -72,9 +71,10 @@ REJECT_REPLIES = {
     "data": (replies.reply(451, "4.3.0 Not now"), replies.reply(554, "5.5.1 No valid rcpt")),
     "end": (replies.LOCAL_ERROR, replies.reply(554, "5.7.1 Message rejected")),
     "starttls": (replies.TLS_UNAVAILABLE, replies.TLS_UNAVAILABLE),
+    "auth": (replies.reply(454, "4.7.0 Temporary authentication failure"), replies.AUTH_FAILED),
 }
 OTHER_REJECTION = (replies.reply(454, "4.7.0 Not now"), replies.reply(554, "5.7.1 Refused"))
-DECISION_EVENTS = (MailFrom, RcptTo, DataStart, DataEnd, StartTls)
+DECISION_EVENTS = (MailFrom, RcptTo, DataStart, DataEnd, StartTls, AuthRequest)
 
 _LINE = re.compile(rb"(\d{3})([ -])([^\r\n]*)\r\n")
 _ENHANCED = re.compile(rb"([245])\.\d{1,3}\.\d{1,3}( |$)")
@@ -160,8 +160,15 @@ class Checker:
             assert session.waiting, f"decision event without a pending decision: {event!r}"
         if isinstance(event, MailFrom):
             assert session.state is State.READY and not self.in_data
-            if CHECK_LISTENER_RULES and self.limits.require_tls:
-                assert session.tls, "MAIL accepted for a decision without TLS"
+            # the listener's rules (RFC 3207 §4, RFC 4954): no MAIL before TLS or AUTH
+            if self.limits.require_tls:
+                assert session.tls, "MAIL asked for a decision without TLS"
+            if self.limits.require_auth:
+                assert session.authenticated, "MAIL asked for a decision without AUTH"
+        elif isinstance(event, AuthRequest):
+            assert session.authenticated is None, "a second AUTH"
+            assert session.state is State.READY, "AUTH outside READY"
+            assert session.tls or self.limits.auth_plaintext, "AUTH without TLS"
         elif isinstance(event, RcptTo):
             assert session.state in (State.MAIL, State.RCPT)
             assert self.recipients < self.limits.max_recipients
@@ -193,6 +200,8 @@ class Checker:
             self.recipients = 0
         elif decision == "starttls" and accepted:
             assert self.session.tls and self.session.state is State.CONNECTED
+        elif decision == "auth":
+            assert (self.session.authenticated is not None) == accepted
 
     def ehlo_keywords(self, data: bytes) -> None:
         """STARTTLS only when offered and not yet in TLS; AUTH only under TLS or where
