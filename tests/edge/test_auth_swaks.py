@@ -1,10 +1,8 @@
 """SMTP AUTH against a real ``mta serve``: swaks and smtplib over STARTTLS on a submission
-listener (TLS and AUTH required), beside an MX listener on another port, relaying through
-a capture sink (``delivery.relayhost``).  Loopback is not in ``relay.networks`` here, so
-only AUTH lets a client relay.  Certificates come from trustme, written to files.
-
-Implicit TLS (465, the ``submissions`` role) is built by the listeners work; AUTH over it
-is tested once that is merged.
+listener (TLS and AUTH required) and over implicit TLS on a submissions listener (RFC 8314),
+beside an MX listener on another port, relaying through a capture sink
+(``delivery.relayhost``).  Loopback is not in ``relay.networks`` here, so only AUTH lets a
+client relay.  Certificates come from trustme, written to files.
 """
 
 from __future__ import annotations
@@ -36,8 +34,11 @@ AUTH_FAILURES = 2  # a minute, per client address; the third failure gets 421
 
 
 class Relay:
-    def __init__(self, server: MtaProcess, submission: int, sink: CaptureSink, ca: Path) -> None:
-        self.server, self.submission, self.sink, self.ca = server, submission, sink, ca
+    def __init__(
+        self, server: MtaProcess, ports: tuple[int, int], sink: CaptureSink, ca: Path
+    ) -> None:
+        self.server, self.sink, self.ca = server, sink, ca
+        self.submission, self.submissions = ports
         self.mx = server.port
 
 
@@ -50,7 +51,7 @@ def write_tables(directory: Path, users: dict[str, str]) -> tuple[Path, Path]:
     return passwords, logins
 
 
-def relay_config(directory: Path, sink: CaptureSink, submission: int) -> dict[str, Any]:
+def relay_config(directory: Path, sink: CaptureSink, ports: tuple[int, int]) -> dict[str, Any]:
     ca = trustme.CA()
     cert = ca.issue_cert("mx.test", "127.0.0.1")
     cert.private_key_and_cert_chain_pem.write_to_path(str(directory / "cert.pem"))
@@ -58,7 +59,10 @@ def relay_config(directory: Path, sink: CaptureSink, submission: int) -> dict[st
     passwords, logins = write_tables(directory, USERS)
     return {
         "smtp": {"tls_cert": str(directory / "cert.pem"), "tls_key": str(directory / "cert.pem")},
-        "listeners": {"submission": {"listen": [f"127.0.0.1:{submission}"], "role": "submission"}},
+        "listeners": {
+            "submission": {"listen": [f"127.0.0.1:{ports[0]}"], "role": "submission"},
+            "submissions": {"listen": [f"127.0.0.1:{ports[1]}"], "role": "submissions"},
+        },
         "auth": {
             "passwords": str(passwords),
             "sender_logins": str(logins),
@@ -71,11 +75,11 @@ def relay_config(directory: Path, sink: CaptureSink, submission: int) -> dict[st
 
 
 def start_relay(directory: Path, sink: CaptureSink) -> Relay:
-    submission = free_port()
-    server = MtaProcess(directory, relay_config(directory, sink, submission))
+    ports = (free_port(), free_port())
+    server = MtaProcess(directory, relay_config(directory, sink, ports))
     server.start()
-    wait_for_port("127.0.0.1", submission)
-    return Relay(server, submission, sink, directory / "ca.pem")
+    wait_for_port("127.0.0.1", ports[0])
+    return Relay(server, ports, sink, directory / "ca.pem")
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +181,51 @@ def test_the_same_client_unauthenticated_may_not_relay(relay: Relay) -> None:
         assert client.docmd("AUTH", plain("alice", PASSWORD))[0] == 502
 
 
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_swaks_auth_over_implicit_tls_on_submissions(relay: Relay, mechanism: str) -> None:
+    body = f"implicit TLS with {mechanism}"
+    done = swaks(
+        relay, "--tlsc", "--auth", mechanism, "--auth-user", "alice", "--auth-password",
+        PASSWORD, "--from", "alice@example.org", "--to", "friend@outside.test", "--body", body,
+        port=relay.submissions,
+    )  # fmt: skip
+    assert "235 2.7.0 Authentication successful" in done.stdout, done.stdout + done.stderr
+    assert "250 2.0.0 Ok: queued as" in done.stdout, done.stdout
+    [message] = delivered(relay, body.encode())
+    assert b"with ESMTPSA id" in message.data
+    assert PASSWORD.encode() not in message.data
+
+
+def test_implicit_tls_refuses_mail_before_auth_and_a_wrong_password(relay: Relay) -> None:
+    done = swaks(
+        relay, "--tlsc", "--from", "alice@example.org", "--to", "friend@outside.test",
+        port=relay.submissions,
+    )  # fmt: skip
+    assert "530 5.7.0 Authentication required" in done.stdout, done.stdout + done.stderr
+    done = swaks(
+        relay, "--tlsc", "--auth", "PLAIN", "--auth-user", "bob", "--auth-password", "nope",
+        "--from", "bob@example.org", "--to", "friend@outside.test",
+        "--local-interface", "127.0.0.4",  # its own failure count (limits.auth_failures)
+        port=relay.submissions,
+    )  # fmt: skip
+    assert "535 5.7.8" in done.stdout, done.stdout + done.stderr
+
+
 # ----- smtplib ------------------------------------------------------------------------------
+
+
+def test_smtplib_smtp_ssl_and_login(relay: Relay) -> None:
+    context = ssl.create_default_context(cafile=str(relay.ca))
+    with smtplib.SMTP_SSL("127.0.0.1", relay.submissions, timeout=20, context=context) as client:
+        client.ehlo("client.test")
+        assert "starttls" not in client.esmtp_features  # already under TLS
+        assert client.esmtp_features["auth"].split() == ["PLAIN", "LOGIN"]
+        assert client.login("bob", "bobs-secret")[0] == 235
+        client.sendmail(
+            "bob@example.org", ["someone@outside.test"], b"Subject: ssl\r\n\r\nover 465\r\n"
+        )
+    [message] = delivered(relay, b"over 465")
+    assert b"with ESMTPSA id" in message.data
 
 
 def test_smtplib_starttls_and_login(relay: Relay) -> None:
