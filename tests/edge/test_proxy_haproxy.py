@@ -1,7 +1,7 @@
 """The relay behind Debian's haproxy (send-proxy, send-proxy-v2): clients connect from
-127.0.0.2 through haproxy on 127.0.0.3, and relay control, logs and the ``Received:``
-header see 127.0.0.2, not the balancer; a PROXY header from elsewhere gets no greeting; a
-v2 header comes before implicit TLS."""
+127.0.0.2 through haproxy on 127.0.0.3, and relay control, per-client limits, logs and the
+``Received:`` header see 127.0.0.2, not the balancer; a PROXY header from elsewhere gets
+no greeting; a v2 header comes before implicit TLS."""
 
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ def edge_factory(
     haproxy_factory: Callable[[list[Frontend]], Haproxy],
     sink: CaptureSink,
     certs: Certs,
-) -> Callable[[list[str]], Edge]:
-    def start(relay_networks: list[str]) -> Edge:
+) -> Callable[..., Edge]:
+    def start(relay_networks: list[str], limits: dict[str, Any] | None = None) -> Edge:
         plain, implicit = free_port(), free_port()
         listeners: dict[str, Any] = {
             "edge": {"listen": [f"127.0.0.1:{plain}"], "proxy_protocol": True},
@@ -62,6 +62,7 @@ def edge_factory(
                 "relay": {"networks": relay_networks},
                 "delivery": {"relayhost": f"127.0.0.1:{sink.port}"},
                 "listeners": listeners,
+                "limits": limits or {},
             }
         )
         ports = [free_port(BALANCER) for _ in range(4)]
@@ -88,7 +89,7 @@ def _received(data: bytes) -> bytes:
 
 
 def test_relay_control_and_received_see_the_client_behind_haproxy(
-    edge_factory: Callable[[list[str]], Edge], sink: CaptureSink, certs: Certs
+    edge_factory: Callable[..., Edge], sink: CaptureSink, certs: Certs
 ) -> None:
     edge = edge_factory([f"{CLIENT}/32"])  # the client may relay; the balancer may not
     for port in (edge.v1, edge.v2):
@@ -121,7 +122,7 @@ def test_relay_control_and_received_see_the_client_behind_haproxy(
 
 
 def test_a_client_behind_haproxy_outside_relay_networks_is_refused(
-    edge_factory: Callable[[list[str]], Edge], sink: CaptureSink
+    edge_factory: Callable[..., Edge], sink: CaptureSink
 ) -> None:
     edge = edge_factory(["127.0.0.1/32"])  # the balancer's address would relay; .2 must not
     for port in (edge.v1, edge.v2):
@@ -135,8 +136,31 @@ def test_a_client_behind_haproxy_outside_relay_networks_is_refused(
     assert sink.messages == []
 
 
+def test_per_client_limits_count_the_client_behind_haproxy(
+    edge_factory: Callable[..., Edge],
+) -> None:
+    """Every connection reaches the relay from haproxy's address; the limit must count
+    127.0.0.2 and 127.0.0.4, not the balancer."""
+    edge = edge_factory(["192.0.2.0/24"], {"connections": 2, "exempt_networks": []})
+
+    def greeting(source: str) -> tuple[socket.socket, bytes]:
+        sock = socket.create_connection((BALANCER, edge.v2), timeout=10, source_address=(source, 0))
+        return sock, sock.recv(1024)
+
+    held = [greeting(CLIENT) for _ in range(2)]
+    assert all(reply.startswith(b"220 ") for _, reply in held)
+    third, reply = greeting(CLIENT)
+    assert reply.startswith(b"421 4.7.0") and f"from {CLIENT}".encode() in reply, reply
+    other, reply = greeting("127.0.0.4")  # another client through the same balancer
+    assert reply.startswith(b"220 "), reply
+    for sock in (third, other, *(sock for sock, _ in held)):
+        sock.close()
+    line = f"limit exceeded: 3 from unknown[{CLIENT}] for service edge"
+    wait_until(lambda: line in edge.relay.log(), timeout=10)
+
+
 def test_a_proxy_header_from_outside_proxy_networks_gets_no_greeting(
-    edge_factory: Callable[[list[str]], Edge],
+    edge_factory: Callable[..., Edge],
 ) -> None:
     edge = edge_factory([f"{CLIENT}/32"])
     header = f"PROXY TCP4 {CLIENT} 127.0.0.1 40000 25\r\n".encode()
