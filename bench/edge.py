@@ -102,7 +102,9 @@ def compare(load: Load, runs: int, extra: dict[str, dict[str, Any]]) -> dict[str
             order = list(systems) if rep % 2 == 0 else list(reversed(systems))
             for name in order:
                 run = throughput_run(systems[name], load)
-                if "error" in run:
+                if "error" in run:  # what the queue holds and the log says, before teardown
+                    system = systems[name]
+                    say(f"{name}: {system.queued()} queued; log tail:\n{system.log_tail(40)}")
                     raise RuntimeError(f"{name} run {rep + 1}: {run['error']}")
                 rates[name].append(run["accept_msgs_per_s"])
                 cpu[name].append(run["cpu_accept_s"] / max(run["ok"], 1) * 1000.0)
