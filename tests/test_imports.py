@@ -24,10 +24,15 @@ LIBRARIES: dict[str, frozenset[str]] = {
     "mta.config": frozenset(),
     "mta.metrics": frozenset(),
     "mta.logs": frozenset(),
+    "mta.framing": frozenset(),  # length-prefixed frames on the daemons' sockets
     "mta.parser_backend": frozenset({"mta.protocol"}),
-    "mta.queue": frozenset({"mta.config", "mta.metrics", "mta.logs", "mta.exitcodes"}),
+    "mta.queue": frozenset(
+        {"mta.config", "mta.metrics", "mta.logs", "mta.exitcodes", "mta.framing"}
+    ),
     # the edge's decisions: tables and pure functions over the session's facts
-    "mta.policy": frozenset({"mta.config", "mta.protocol", "mta.metrics", "mta.logs"}),
+    "mta.policy": frozenset(
+        {"mta.config", "mta.protocol", "mta.metrics", "mta.logs", "mta.framing"}
+    ),
 }
 _BELOW_DAEMONS = frozenset(LIBRARIES) | {"mta"}
 DAEMONS: dict[str, frozenset[str]] = {

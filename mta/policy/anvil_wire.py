@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import struct
 from collections.abc import Sequence
 from typing import Any, Generic, TypeVar
 
 import msgspec
 
+from mta import framing
 from mta.policy.counters import Kind
 
 __all__ = [
@@ -35,7 +35,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-_LENGTH = struct.Struct(">I")
 MAX_FRAME = 4 << 20
 
 
@@ -86,8 +85,7 @@ _encoder = msgspec.msgpack.Encoder()
 
 
 def encode(messages: Sequence[msgspec.Struct]) -> bytes:
-    body = _encoder.encode(messages)
-    return _LENGTH.pack(len(body)) + body
+    return framing.frame(_encoder.encode(messages))
 
 
 def address(spool_path: str) -> str:
@@ -97,32 +95,14 @@ def address(spool_path: str) -> str:
 
 
 class FrameReader(Generic[T]):
-    """Splits a stream into frames and decodes each as a list of ``kind`` (a Struct
-    type or a union of them)."""
+    """Splits a stream into frames (mta/framing.py), each a list of ``kind`` (a Struct type
+    or a union of them); gives the messages of all of them in order."""
 
     def __init__(self, kind: Any) -> None:
-        self._decoder: msgspec.msgpack.Decoder[list[T]] = msgspec.msgpack.Decoder(list[kind])
-        self._buffer = bytearray()
+        decoder: msgspec.msgpack.Decoder[list[T]] = msgspec.msgpack.Decoder(list[kind])
+        self._frames: framing.FrameReader[list[T]] = framing.FrameReader(decoder, MAX_FRAME)
 
     def feed(self, data: bytes) -> list[T]:
         """Every message completed by ``data``; ValueError for a frame over MAX_FRAME or
         one that does not decode (the peer is broken: drop the connection)."""
-        buffer = self._buffer
-        buffer += data
-        messages: list[T] = []
-        pos, end = 0, len(buffer)
-        with memoryview(buffer) as view:
-            while end - pos >= _LENGTH.size:
-                (length,) = _LENGTH.unpack_from(view, pos)
-                if length > MAX_FRAME:
-                    raise ValueError(f"frame of {length} octets is too large")
-                start = pos + _LENGTH.size
-                if end - start < length:
-                    break
-                try:
-                    messages.extend(self._decoder.decode(view[start : start + length]))
-                except msgspec.DecodeError as exc:
-                    raise ValueError(f"undecodable frame: {exc}") from None
-                pos = start + length
-        del buffer[:pos]
-        return messages
+        return [message for batch in self._frames.feed(data) for message in batch]

@@ -18,11 +18,11 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import struct
 from typing import Literal
 
 import msgspec
 
+from mta import framing
 from mta.queue.results import RecipientResult
 
 __all__ = [
@@ -44,7 +44,6 @@ __all__ = [
     "wake_address",
 ]
 
-_LENGTH = struct.Struct(">I")
 MAX_FRAME = 16 << 20
 
 
@@ -98,42 +97,19 @@ def wake_address(spool_path: str) -> str:
     return _name(spool_path, "wake")
 
 
-def encode_frame(frame: Frame) -> bytes:
-    body = _encoder.encode(frame)
-    return _LENGTH.pack(len(body)) + body
+def encode_frame(message: Frame) -> bytes:
+    return framing.frame(_encoder.encode(message))
 
 
 def decode_frame(body: bytes) -> Frame:
     return _decoder.decode(body)
 
 
-class FrameReader:
-    """Splits what arrives on a stream into frames: every complete frame of a read at
-    once (results and jobs come in bursts; one await per frame would cost more than the
-    frame)."""
+class FrameReader(framing.FrameReader[Frame]):
+    """Splits what arrives on a stream into jobs and results (mta/framing.py)."""
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
-
-    def feed(self, data: bytes) -> list[Frame]:
-        """The frames completed by ``data``; ValueError for a frame over MAX_FRAME."""
-        buffer = self._buffer
-        buffer += data
-        frames: list[Frame] = []
-        pos = 0
-        end = len(buffer)
-        with memoryview(buffer) as view:
-            while end - pos >= _LENGTH.size:
-                (length,) = _LENGTH.unpack_from(view, pos)
-                if length > MAX_FRAME:
-                    raise ValueError(f"frame of {length} octets is too large")
-                start = pos + _LENGTH.size
-                if end - start < length:
-                    break
-                frames.append(_decoder.decode(view[start : start + length]))
-                pos = start + length
-        del buffer[:pos]
-        return frames
+        super().__init__(_decoder, MAX_FRAME)
 
 
 class SegmentAppended(msgspec.Struct, tag="segment", frozen=True, array_like=True):
