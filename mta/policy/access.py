@@ -31,6 +31,8 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from mta.policy.networks import Network, client_address
+
 __all__ = [
     "AccessTable",
     "Action",
@@ -43,8 +45,6 @@ __all__ = [
     "parse_table",
 ]
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _ENHANCED = re.compile(r"^([245])\.\d{1,3}\.\d{1,3}(?: |$)")
 _CLIENT_CACHE_MAX = 10_000  # client lookups remembered per table
@@ -131,17 +131,6 @@ def address_keys(address: str) -> list[str]:
     if not at:
         return [domain]
     return [address, *domain_keys(domain), f"{local}@"]
-
-
-def client_address(client_ip: str) -> Address | None:
-    """The client as an address (a zone suffix dropped, IPv4-mapped made IPv4), or None."""
-    try:
-        address = ipaddress.ip_address(client_ip.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
 
 
 class AccessTable:

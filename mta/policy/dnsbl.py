@@ -29,7 +29,7 @@ import dns.nameserver
 import dns.resolver
 
 from mta.config import DnsblConfig, parse_hostport
-from mta.policy.access import client_address
+from mta.policy.networks import client_address
 
 __all__ = ["DnsblChecker", "Listing", "reversed_name"]
 

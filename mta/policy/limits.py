@@ -33,6 +33,7 @@ from typing import Protocol
 
 from mta.config import Config
 from mta.policy.counters import ClientCounters, Kind
+from mta.policy.networks import Network, in_networks
 from mta.protocol.replies import reply
 
 __all__ = [
@@ -147,7 +148,6 @@ def too_many_auth_failures(hostname: str) -> bytes:
     return reply(421, f"4.7.0 {hostname} Error: too many authentication failures")
 
 
-_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _CACHE = 10_000  # exemption answers kept per process
 
 
@@ -173,7 +173,7 @@ class Limiter:
         self.message_rate = message_rate
         self.recipient_rate = recipient_rate
         self.auth_failures = auth_failures
-        self._exempt_networks: list[_Network] = [
+        self._exempt_networks: list[Network] = [
             ipaddress.ip_network(n, strict=False) for n in exempt_networks
         ]
         self._exempt: dict[str, bool] = {}
@@ -186,7 +186,7 @@ class Limiter:
         """Is ``client`` in ``exempt_networks`` (an IPv4-mapped address counts as IPv4)?"""
         known = self._exempt.get(client)
         if known is None:
-            known = _in_networks(client, self._exempt_networks)
+            known = in_networks(client, self._exempt_networks)
             if len(self._exempt) < _CACHE:
                 self._exempt[client] = known
         return known
@@ -288,15 +288,3 @@ def limiter_for(config: Config, store: CounterStore) -> Limiter:
         auth_failures=limits.auth_failures,
         exempt_networks=config.relay.networks if exempt is None else exempt,
     )
-
-
-def _in_networks(client: str, networks: list[_Network]) -> bool:
-    if not networks:
-        return False
-    try:
-        address = ipaddress.ip_address(client.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in network for network in networks)

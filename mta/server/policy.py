@@ -20,6 +20,7 @@ import ipaddress
 from collections.abc import Iterable
 
 from mta.policy.decide import destination_is_ours
+from mta.policy.networks import Network, in_networks
 from mta.protocol import replies
 from mta.queue.space import SpoolSpace
 
@@ -46,9 +47,6 @@ def storage_refusal(space: SpoolSpace, declared: int) -> bytes | None:
     return None if space.has_room(declared) else replies.INSUFFICIENT_STORAGE
 
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
 class RelayPolicy:
     def __init__(self, networks: Iterable[str], domains: Iterable[str]) -> None:
         self.networks: list[Network] = [ipaddress.ip_network(n, strict=False) for n in networks]
@@ -70,15 +68,3 @@ class RelayPolicy:
 
     def _in_networks(self, client_ip: str) -> bool:
         return in_networks(client_ip, self.networks)
-
-
-def in_networks(client_ip: str, networks: Iterable[Network]) -> bool:
-    """Is ``client_ip`` (an IPv4-mapped IPv6 address counts as its IPv4 address, a zone
-    suffix is ignored) in one of ``networks``?  Something that is no IP address never is."""
-    try:
-        address = ipaddress.ip_address(client_ip.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in network for network in networks)
