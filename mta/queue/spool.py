@@ -225,6 +225,8 @@ class Spool:
             try:
                 while refs := tail.read_new(4096, whole_file=True):
                     yield from (ref for ref in refs if ref.offset not in tail.done)
+            except FileNotFoundError:
+                continue  # dropped between open and read: every message in it was done
             finally:
                 tail.close()
 

@@ -336,3 +336,22 @@ def test_after_a_failed_rotation_the_next_batch_starts_a_new_segment(spool: Spoo
         tail.read_new(10)
         assert tail.closed
         tail.close()
+
+
+def test_a_segment_dropped_while_the_cli_reads_it_is_skipped(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The queue manager deletes a segment whose messages are all done at any moment; the
+    queue CLI's listing (``mta queue list``) must skip it, not fail on the vanished file."""
+    writer = SegmentWriter(segments_dir(spool))
+    writer.commit(record(spool, b"done meanwhile\r\n")[1])
+    writer.close()
+    opened = spool.open_segment
+
+    def open_then_drop(name: str) -> SegmentTail:
+        tail = opened(name)
+        os.unlink(os.path.join(segments_dir(spool), name))  # the queue manager was faster
+        return tail
+
+    monkeypatch.setattr(spool, "open_segment", open_then_drop)
+    assert list(spool.segment_messages()) == []
