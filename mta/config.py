@@ -12,7 +12,7 @@ import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import msgspec
 
@@ -53,7 +53,9 @@ def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, in
 _ROUTE_KINDS = ("smtp", "lmtp", "maildir", "discard")
 
 
-TLS_LEVELS = ("none", "may", "encrypt", "verify")
+# outbound TLS security levels (Postfix's); mta/delivery/tls_policy.py gives their meaning
+TlsLevel = Literal["none", "may", "encrypt", "verify"]
+TLS_LEVELS: tuple[str, ...] = get_args(TlsLevel)
 
 
 def tls_policy_problem(destination: str, level: str) -> str:
@@ -363,7 +365,7 @@ class DeliveryConfig(_Section, frozen=True):
     local_domains: tuple[str, ...] = ()
     # default outbound TLS level (Postfix's smtp_tls_security_level); [tls_policy] overrides
     # it per destination (smtp_tls_policy_maps); see mta/delivery/tls_policy.py
-    tls: Literal["none", "may", "encrypt", "verify"] = "may"
+    tls: TlsLevel = "may"
     tls_ca_file: str = ""  # PEM trust anchors for "verify" (smtp_tls_CAfile); "": system store
     # CPU niceness of the queue manager and delivery processes, added to smtpd's
     nice: Annotated[int, msgspec.Meta(ge=0, le=19)] = 10

@@ -24,7 +24,9 @@ from __future__ import annotations
 import ipaddress
 import ssl
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, cast
+
+from mta.config import TlsLevel
 
 __all__ = [
     "PolicyTable",
@@ -33,8 +35,6 @@ __all__ = [
     "cert_matches",
     "client_context",
 ]
-
-TlsLevel = Literal["none", "may", "encrypt", "verify"]  # mta.config.TLS_LEVELS
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +74,7 @@ class PolicyTable:
     def __init__(self, default: TlsLevel, entries: dict[str, str], ca_file: str = "") -> None:
         self.default: TlsLevel = default
         self.entries: dict[str, TlsLevel] = {
-            _entry_key(k): v  # type: ignore[misc]  # values are checked by the config
+            _entry_key(k): cast(TlsLevel, v)  # the config checked the levels
             for k, v in entries.items()
         }
         self.ca_file = ca_file
