@@ -43,6 +43,7 @@ import asyncio
 import logging
 import ssl
 
+from mta import metrics
 from mta.delivery.results import DeliveryError
 from mta.delivery.stored import read_chunks
 from mta.delivery.tls_policy import TlsPolicy, cert_matches, client_context, sni_for
@@ -60,7 +61,13 @@ from mta.protocol.client_events import (
 from mta.protocol.client_session import ClientSession
 from mta.queue.results import RecipientResult, Status
 
-__all__ = ["OutboundConnection", "TlsHandshakeError", "Transaction"]
+__all__ = [
+    "OutboundConnection",
+    "TlsHandshakeError",
+    "TlsNotOfferedError",
+    "TlsUntrustedError",
+    "Transaction",
+]
 
 log = logging.getLogger("mta.delivery")
 
@@ -71,6 +78,23 @@ MAY = TlsPolicy("may")
 class TlsHandshakeError(DeliveryError):
     """The STARTTLS handshake failed (not a failed verification): under ``may`` the caller
     tries the same host once more in plaintext, as Postfix does."""
+
+
+class TlsUntrustedError(DeliveryError):
+    """``verify``: the certificate's chain or name did not verify; never retried."""
+
+
+class TlsNotOfferedError(DeliveryError):
+    """``encrypt``/``verify``: the server did not offer STARTTLS."""
+
+
+def _outcome(exc: DeliveryError) -> str:
+    """The metric's outcome for a connection that failed before its first transaction."""
+    if isinstance(exc, TlsHandshakeError):
+        return "failed"
+    if isinstance(exc, TlsUntrustedError):
+        return "untrusted"
+    return "not_offered" if isinstance(exc, TlsNotOfferedError) else "other"
 
 
 QUIT_SECONDS = 2.0  # how long quit() waits for the connection to close
@@ -294,12 +318,15 @@ class OutboundConnection:
         )
         try:
             await conn._handshake()
-        except DeliveryError:
+        except DeliveryError as exc:
+            metrics.DELIVERY_TLS.labels(policy.level, _outcome(exc)).inc()
             # aborted, not closed: nothing is owed to a server refused or not trusted (and
             # a TLS close would wait for its close_notify)
             conn.session.connection_lost()
             conn.transport.abort()
             raise
+        outcome = conn.tls_summary.rpartition(" ")[2] if conn.tls else "plaintext"
+        metrics.DELIVERY_TLS.labels(policy.level, outcome).inc()
         return conn
 
     async def _handshake(self) -> None:
@@ -314,7 +341,7 @@ class OutboundConnection:
             else:
                 break
         if self.policy.required and not self.tls:
-            raise DeliveryError(
+            raise TlsNotOfferedError(
                 False,
                 "4.7.4",
                 f"TLS is required, but was not offered by host {self.relay}",
@@ -372,9 +399,9 @@ class OutboundConnection:
             cipher[0] if cipher else "unknown",
         )
 
-    def _untrusted(self, why: str) -> DeliveryError:
+    def _untrusted(self, why: str) -> TlsUntrustedError:
         """A certificate that ``verify`` cannot accept: defer, never fall back."""
-        return DeliveryError(
+        return TlsUntrustedError(
             False,
             "4.7.5",
             f"Server certificate not verified for {self.relay}: {why}",

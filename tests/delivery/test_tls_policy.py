@@ -20,6 +20,7 @@ import msgspec
 import pytest
 import trustme
 import uvloop
+from prometheus_client import REGISTRY
 
 from mta.config import Config, DeliveryConfig
 from mta.delivery.deliver import Deliverer
@@ -39,6 +40,11 @@ Factory = Callable[..., MtaProcess]
 TX = Transaction(sender="a@b.test", recipients=["c@dest.test"], message=b"Subject: x\r\n\r\nx\r\n")
 MX = "mx.dest.test"
 VERIFY = TlsPolicy("verify", (MX, "dest.test"))
+
+
+def tls_count(level: str, outcome: str) -> float:
+    labels = {"level": level, "outcome": outcome}
+    return REGISTRY.get_sample_value("mta_delivery_tls_connections_total", labels) or 0.0
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -96,17 +102,21 @@ def test_verify_accepts_the_test_ca_and_sends_sni(
     ca: trustme.CA, ca_file: str, names: tuple[str, ...]
 ) -> None:
     with tls_sink(ca, *names) as sink:
+        before = tls_count("verify", "verified")
         tls = run(deliver_once(sink.port, VERIFY, ca_file))
         [got] = sink.wait_for(1)
+    assert tls_count("verify", "verified") == before + 1
     assert got.tls
     assert re.fullmatch(r"TLSv1\.[23] verified", tls)
     assert sink.server_names == [MX]  # the MX host name, whichever name the certificate has
 
 
 def test_verify_defers_a_wrong_name(ca: trustme.CA, ca_file: str) -> None:
+    before = tls_count("verify", "untrusted")
     with tls_sink(ca, "other.test", "mx.dest.test.evil") as sink:
         error = refused(sink.port, VERIFY, ca_file)
         assert sink.messages == [] and sink.transactions == 0
+    assert tls_count("verify", "untrusted") == before + 1
     assert error.dsn == "4.7.5"
     assert "certificate does not match mx.dest.test, dest.test" in error.reply
 
@@ -163,7 +173,12 @@ def test_may_retries_a_broken_handshake_in_plaintext(
 ) -> None:
     with tls_sink(ca, MX) as sink, caplog.at_level(logging.WARNING, "mta.delivery"):
         sink.broken_tls = True
+        before = tls_count("may", "failed"), tls_count("none", "plaintext")
         assert run(deliver_via(deliverer(sink.port, "may"), sink.port)) == "none"
+        assert (tls_count("may", "failed"), tls_count("none", "plaintext")) == (
+            before[0] + 1,
+            before[1] + 1,
+        )
         [got] = sink.wait_for(1)
         assert sink.connections == 2  # one failed handshake, one plaintext retry
     assert not got.tls
