@@ -12,7 +12,7 @@ import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import msgspec
 
@@ -51,6 +51,26 @@ def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, in
 
 
 _ROUTE_KINDS = ("smtp", "lmtp", "maildir", "discard")
+
+
+# outbound TLS security levels (Postfix's); mta/delivery/tls_policy.py gives their meaning
+TlsLevel = Literal["none", "may", "encrypt", "verify"]
+TLS_LEVELS: tuple[str, ...] = get_args(TlsLevel)
+
+
+def tls_policy_problem(destination: str, level: str) -> str:
+    """What is wrong with a ``[tls_policy]`` entry ("domain", ".parent", "[host]:port")."""
+    if level not in TLS_LEVELS:
+        return f"level {level!r} is not one of {', '.join(TLS_LEVELS)}"
+    if destination.startswith("["):
+        close = destination.find("]")
+        port = destination[close + 2 :]
+        if close < 2 or destination[close + 1 : close + 2] != ":" or not port.isdigit():
+            return "a next hop is written [host]:port"
+        return ""
+    if not destination.strip(".") or any(c.isspace() or c in "[]:@" for c in destination):
+        return "not a domain"
+    return ""
 
 
 def parse_route(value: str) -> tuple[str, str]:
@@ -343,7 +363,10 @@ class DeliveryConfig(_Section, frozen=True):
     destination_concurrency: PositiveInt = 20
     max_recipients_per_transaction: PositiveInt = 50  # like Postfix's recipient limit
     local_domains: tuple[str, ...] = ()
-    tls: Literal["may", "none"] = "may"  # opportunistic STARTTLS on outbound SMTP
+    # default outbound TLS level (Postfix's smtp_tls_security_level); [tls_policy] overrides
+    # it per destination (smtp_tls_policy_maps); see mta/delivery/tls_policy.py
+    tls: TlsLevel = "may"
+    tls_ca_file: str = ""  # PEM trust anchors for "verify" (smtp_tls_CAfile); "": system store
     # CPU niceness of the queue manager and delivery processes, added to smtpd's
     nice: Annotated[int, msgspec.Meta(ge=0, le=19)] = 10
 
@@ -360,6 +383,8 @@ class DeliveryConfig(_Section, frozen=True):
                 raise ValueError(f"dns_servers: {exc}") from None
         if self.max_backoff < self.min_backoff:
             raise ValueError("max_backoff: must not be smaller than min_backoff")
+        if self.tls_ca_file and not os.access(self.tls_ca_file, os.R_OK):
+            raise ValueError(f"tls_ca_file: cannot read {self.tls_ca_file}")
 
 
 class MasterConfig(_Section, frozen=True):
@@ -402,6 +427,7 @@ class Config(_Section, frozen=True):
     queue: QueueConfig = QueueConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     routes: dict[str, str] = {}
+    tls_policy: dict[str, str] = {}  # destination -> TLS level (smtp_tls_policy_maps)
     listeners: dict[str, ListenerConfig] = {}
     master: MasterConfig = MasterConfig()
     metrics: MetricsConfig = MetricsConfig()
@@ -413,6 +439,10 @@ class Config(_Section, frozen=True):
                 parse_route(route)
             except ValueError as exc:
                 raise ValueError(f"routes.{domain}: {exc}") from None
+        for destination, level in self.tls_policy.items():
+            problem = tls_policy_problem(destination, level)
+            if problem:
+                raise ValueError(f"tls_policy.{destination}: {problem}")
         try:
             listeners = self.resolved_listeners()
         except ValueError as exc:

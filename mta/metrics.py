@@ -99,6 +99,14 @@ MESSAGES_DELIVERED = Counter(
     "mta_delivery_messages_completed", "Messages whose every recipient is done"
 )
 BOUNCES = Counter("mta_delivery_bounces", "Delivery status notifications generated")
+# outcome: verified, unverified, plaintext (level none, or may and not offered), failed (the
+# handshake; under may retried in plaintext, counted again as level none), not_offered,
+# untrusted (verify), other (refused or lost before TLS was decided)
+DELIVERY_TLS = Counter(
+    "mta_delivery_tls_connections",
+    "Outbound connections by TLS level and outcome",
+    ["level", "outcome"],
+)
 DNS_LOOKUPS = Counter("mta_dns_lookups", "DNS queries made for delivery", ["rtype"])
 DNS_FAILURES = Counter("mta_dns_failures", "DNS queries that failed", ["rtype", "kind"])
 

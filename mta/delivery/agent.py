@@ -219,11 +219,12 @@ class DeliveryAgent:
         label = self.domain_labels.label
         for r in results:
             log.info(
-                "%s: to=<%s>, relay=%s, delay=%.2f, dsn=%s, status=%s (%s)",
+                "%s: to=<%s>, relay=%s, delay=%.2f, tls=%s, dsn=%s, status=%s (%s)",
                 envelope.queue_id,
                 r.address,
                 r.relay,
                 delay,
+                r.tls or "none",
                 r.dsn,
                 _LOGGED_STATUS.get(r.status, r.status),
                 r.reply,

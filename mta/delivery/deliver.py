@@ -5,7 +5,10 @@ or the one configured host), takes an idle connection to the first that has one 
 new one, and falls back to the next candidate when a server cannot be reached, greets with
 an error or drops the connection before taking the message.  At most
 ``destination_concurrency`` transactions per next hop run at once in one delivery process.
-Idle connections are kept for :data:`IDLE_SECONDS` for the next message to the same server.
+Idle connections are kept for :data:`IDLE_SECONDS` for the next message to the same server
+and TLS policy.  The TLS policy of each connection is decided before connecting, from the
+next hop (:class:`~mta.delivery.tls_policy.PolicyTable`); under ``may`` a failed STARTTLS
+handshake is retried once in plaintext on the same server (Postfix does the same).
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from mta.delivery.dns import Resolver
 from mta.delivery.maildir import deliver_maildir
 from mta.delivery.results import DeliveryError
 from mta.delivery.routing import NextHop
-from mta.delivery.smtp_client import OutboundConnection, Transaction
+from mta.delivery.smtp_client import OutboundConnection, TlsHandshakeError, Transaction
 from mta.delivery.stored import MessageReadError
+from mta.delivery.tls_policy import PolicyTable, TlsPolicy
 from mta.queue.results import RecipientResult
 
 __all__ = ["Deliverer"]
@@ -31,6 +35,7 @@ log = logging.getLogger("mta.delivery")
 IDLE_SECONDS = 10.0
 MAX_IDLE_PER_SERVER = 32
 MAX_ADDRESSES_TRIED = 5  # like Postfix's smtp_mx_address_limit
+IdleKey = tuple[str, int, bool, TlsPolicy]  # address, port, LMTP, TLS policy
 
 
 class Deliverer:
@@ -38,9 +43,9 @@ class Deliverer:
         self.config = config
         self.resolver = resolver
         self.helo_name = config.fqdn
-        self._idle: dict[tuple[str, int, bool], list[tuple[float, OutboundConnection]]] = (
-            defaultdict(list)
-        )
+        self._idle: dict[IdleKey, list[tuple[float, OutboundConnection]]] = defaultdict(list)
+        delivery = config.delivery
+        self.tls = PolicyTable(delivery.tls, config.tls_policy, delivery.tls_ca_file)
         self._limits: dict[str, asyncio.Semaphore] = {}
 
     async def deliver(self, nexthop: NextHop, tx: Transaction) -> list[RecipientResult]:
@@ -102,13 +107,15 @@ class Deliverer:
             for ip in addresses[: MAX_ADDRESSES_TRIED - tried]:
                 tried += 1
                 try:
-                    conn = self._take_idle(ip, nexthop) or await self._open(host, ip, nexthop)
+                    policy = self.tls.policy(nexthop.target, nexthop.port, nexthop.mx, host)
+                    key = (ip, nexthop.port, nexthop.kind == "lmtp", policy)
+                    conn = self._take_idle(key) or await self._open(host, ip, nexthop, policy)
                     results = await conn.send(tx)
                 except DeliveryError as exc:
                     last_error = exc
                     log.debug("%s: %s; trying the next server", nexthop.key, exc.reply)
                     continue
-                self._keep_idle(conn, nexthop)
+                self._keep_idle(conn, key)
                 return results
             if tried >= MAX_ADDRESSES_TRIED:
                 break
@@ -124,7 +131,20 @@ class Deliverer:
             return await self.resolver.mx_hosts(nexthop.target)
         return [nexthop.target]
 
-    async def _open(self, host: str, ip: str, nexthop: NextHop) -> OutboundConnection:
+    async def _open(
+        self, host: str, ip: str, nexthop: NextHop, policy: TlsPolicy
+    ) -> OutboundConnection:
+        try:
+            return await self._connect(host, ip, nexthop, policy)
+        except TlsHandshakeError as exc:
+            if policy.level != "may":
+                raise
+            log.warning("%s; retrying in plaintext", exc.reply)
+            return await self._connect(host, ip, nexthop, TlsPolicy("none"))
+
+    async def _connect(
+        self, host: str, ip: str, nexthop: NextHop, policy: TlsPolicy
+    ) -> OutboundConnection:
         delivery = self.config.delivery
         return await OutboundConnection.open(
             host=host,
@@ -132,13 +152,14 @@ class Deliverer:
             port=nexthop.port,
             helo_name=self.helo_name,
             lmtp=nexthop.kind == "lmtp",
-            starttls=delivery.tls == "may",
             connect_timeout=delivery.connect_timeout,
             command_timeout=delivery.command_timeout,
+            policy=policy,
+            context=self.tls.context(policy),
         )
 
-    def _take_idle(self, ip: str, nexthop: NextHop) -> OutboundConnection | None:
-        idle = self._idle.get((ip, nexthop.port, nexthop.kind == "lmtp"))
+    def _take_idle(self, key: IdleKey) -> OutboundConnection | None:
+        idle = self._idle.get(key)
         while idle:
             _, conn = idle.pop()
             if conn.reusable:
@@ -146,8 +167,8 @@ class Deliverer:
             conn.abort()
         return None
 
-    def _keep_idle(self, conn: OutboundConnection, nexthop: NextHop) -> None:
-        idle = self._idle[(conn.ip, nexthop.port, nexthop.kind == "lmtp")]
+    def _keep_idle(self, conn: OutboundConnection, key: IdleKey) -> None:
+        idle = self._idle[key]
         if conn.usable and len(idle) < MAX_IDLE_PER_SERVER:
             idle.append((time.monotonic(), conn))
         else:

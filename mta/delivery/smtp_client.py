@@ -5,8 +5,12 @@ What is said, and what each reply means, is decided by
 STARTTLS, PIPELINING, RSET after a refusal, LMTP's reply per recipient, the SIZE and
 SMTPUTF8 checks).  This module does the I/O around it: it connects (connect timeout),
 writes what the session says, waits until the replies the session needs are in (command
-timeout), does the TLS handshake when the session says so (opportunistic: no certificate
-check, like Postfix's ``smtp_tls_security_level = may``), and turns the session's outcomes
+timeout), does the TLS handshake when the session says so, holds the connection to its
+:class:`~mta.delivery.tls_policy.TlsPolicy` (SNI always sent for a host name; ``encrypt``
+and ``verify`` defer a server without STARTTLS with ``4.7.4``, a failed handshake with
+``4.7.5``, and ``verify`` a certificate that does not verify or name the server with
+``4.7.5``; ``may`` lets the caller retry a failed handshake in plaintext, see
+:class:`TlsHandshakeError`), and turns the session's outcomes
 into one :class:`RecipientResult` per recipient, named with this connection's relay.  A
 connection carries any number of transactions, so the next message to the same server
 reuses it.
@@ -36,10 +40,13 @@ raise :class:`DeliveryError` (temporary), so the caller tries the next mail exch
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 
+from mta import metrics
 from mta.delivery.results import DeliveryError
 from mta.delivery.stored import read_chunks
+from mta.delivery.tls_policy import TlsPolicy, cert_matches, client_context, sni_for
 from mta.protocol.client import ClientConnection, ProtocolError, Reply
 from mta.protocol.client_events import (
     ClientEvent,
@@ -54,17 +61,42 @@ from mta.protocol.client_events import (
 from mta.protocol.client_session import ClientSession
 from mta.queue.results import RecipientResult, Status
 
-__all__ = ["OutboundConnection", "Transaction"]
+__all__ = [
+    "OutboundConnection",
+    "TlsHandshakeError",
+    "TlsNotOfferedError",
+    "TlsUntrustedError",
+    "Transaction",
+]
+
+log = logging.getLogger("mta.delivery")
+
+_TLS = client_context(verified=False)  # for callers that give no context of their own
+MAY = TlsPolicy("may")
 
 
-def _tls_context() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # opportunistic TLS: encryption without authentication
-    return context
+class TlsHandshakeError(DeliveryError):
+    """The STARTTLS handshake failed (not a failed verification): under ``may`` the caller
+    tries the same host once more in plaintext, as Postfix does."""
 
 
-_TLS = _tls_context()
+class TlsUntrustedError(DeliveryError):
+    """``verify``: the certificate's chain or name did not verify; never retried."""
+
+
+class TlsNotOfferedError(DeliveryError):
+    """``encrypt``/``verify``: the server did not offer STARTTLS."""
+
+
+def _outcome(exc: DeliveryError) -> str:
+    """The metric's outcome for a connection that failed before its first transaction."""
+    if isinstance(exc, TlsHandshakeError):
+        return "failed"
+    if isinstance(exc, TlsUntrustedError):
+        return "untrusted"
+    return "not_offered" if isinstance(exc, TlsNotOfferedError) else "other"
+
+
 QUIT_SECONDS = 2.0  # how long quit() waits for the connection to close
 # uvloop keeps time in whole milliseconds: a timer may fire up to half of one early, and
 # re-arming it for the rest would spin until the clock ticks.
@@ -210,6 +242,8 @@ class OutboundConnection:
         ip: str,
         port: int,
         command_timeout: float,
+        policy: TlsPolicy = MAY,
+        context: ssl.SSLContext = _TLS,
     ) -> None:
         self.transport = transport
         self.stream = stream
@@ -220,6 +254,9 @@ class OutboundConnection:
         self.relay = f"{host}[{ip}]:{port}"
         self.command_timeout = command_timeout
         self.tls = False
+        self.policy = policy
+        self.context = context
+        self.tls_summary = "none"  # for log lines: "none", "TLSv1.3 unverified", ...
         self.transactions = 0
 
     @property
@@ -250,10 +287,17 @@ class OutboundConnection:
         starttls: bool = True,
         connect_timeout: float = 30.0,
         command_timeout: float = 300.0,
+        policy: TlsPolicy | None = None,
+        context: ssl.SSLContext | None = None,
     ) -> OutboundConnection:
+        """Connect and greet; ``policy`` (default: ``may``, or ``none`` when not
+        ``starttls``) decides what TLS must achieve, with ``context`` (default: one that
+        checks no certificate, which suits all but ``verify``)."""
+        if policy is None:
+            policy = MAY if starttls else TlsPolicy("none")
         relay = f"{host}[{ip}]:{port}"
         loop = asyncio.get_running_loop()
-        session = ClientSession(helo_name, lmtp=lmtp, starttls=starttls)
+        session = ClientSession(helo_name, lmtp=lmtp, starttls=policy.starttls)
         stream = _ReplyStream(session, loop)
         try:
             async with asyncio.timeout(connect_timeout):
@@ -269,12 +313,20 @@ class OutboundConnection:
             ip=ip,
             port=port,
             command_timeout=command_timeout,
+            policy=policy,
+            context=context or _TLS,
         )
         try:
             await conn._handshake()
-        except DeliveryError:
-            conn.abort()
+        except DeliveryError as exc:
+            metrics.DELIVERY_TLS.labels(policy.level, _outcome(exc)).inc()
+            # aborted, not closed: nothing is owed to a server refused or not trusted (and
+            # a TLS close would wait for its close_notify)
+            conn.session.connection_lost()
+            conn.transport.abort()
             raise
+        outcome = conn.tls_summary.rpartition(" ")[2] if conn.tls else "plaintext"
+        metrics.DELIVERY_TLS.labels(policy.level, outcome).inc()
         return conn
 
     async def _handshake(self) -> None:
@@ -287,7 +339,14 @@ class OutboundConnection:
             elif isinstance(event, HandshakeRefused):
                 raise self._refused(event)
             else:
-                return
+                break
+        if self.policy.required and not self.tls:
+            raise TlsNotOfferedError(
+                False,
+                "4.7.4",
+                f"TLS is required, but was not offered by host {self.relay}",
+                self.relay,
+            )
 
     def _refused(self, event: HandshakeRefused) -> DeliveryError:
         reply = event.reply
@@ -299,24 +358,55 @@ class OutboundConnection:
 
     async def _start_tls(self) -> None:
         loop = asyncio.get_running_loop()
+        policy = self.policy
         try:
             async with asyncio.timeout(self.command_timeout):
                 transport = await loop.start_tls(
-                    self.transport, self.stream, _TLS, server_hostname=None
+                    self.transport,
+                    self.stream,
+                    self.context,
+                    server_hostname=sni_for(self.host),
                 )
-        except (OSError, ssl.SSLError, TimeoutError) as exc:
-            raise DeliveryError(
-                False,
-                "4.7.5",
-                f"TLS handshake with {self.relay} failed: {exc}",
-                self.relay,
+        except ssl.SSLCertVerificationError as exc:
+            raise self._untrusted(exc.verify_message or str(exc)) from None
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            what = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+            raise TlsHandshakeError(
+                False, "4.7.5", f"TLS handshake with {self.relay} failed: {what}", self.relay
             ) from None
         if transport is None:  # the loop's way of saying the connection went away
-            raise DeliveryError(
+            raise TlsHandshakeError(
                 False, "4.7.5", f"TLS handshake with {self.relay} failed", self.relay
             )
         self.transport = self.stream.transport = transport
         self.tls = True
+        tls = transport.get_extra_info("ssl_object")
+        version = tls.version() if tls is not None else "TLS"
+        if policy.verified:
+            cert = tls.getpeercert() if tls is not None else None
+            if not cert or not cert_matches(cert, policy.match):
+                names = ", ".join(policy.match)
+                raise self._untrusted(f"certificate does not match {names}")
+        trust = "verified" if policy.verified else "unverified"
+        self.tls_summary = f"{version} {trust}"
+        cipher = tls.cipher() if tls is not None else None
+        # Postfix: "Untrusted/Verified TLS connection established to ...: TLSv1.3 with ..."
+        log.info(
+            "%s TLS connection established to %s: %s with cipher %s",
+            "Verified" if policy.verified else "Untrusted",
+            self.relay,
+            version,
+            cipher[0] if cipher else "unknown",
+        )
+
+    def _untrusted(self, why: str) -> TlsUntrustedError:
+        """A certificate that ``verify`` cannot accept: defer, never fall back."""
+        return TlsUntrustedError(
+            False,
+            "4.7.5",
+            f"Server certificate not verified for {self.relay}: {why}",
+            self.relay,
+        )
 
     async def send(self, tx: Transaction) -> list[RecipientResult]:
         """One transaction; results for every recipient of ``tx``."""
@@ -421,6 +511,7 @@ class OutboundConnection:
             reply=reply.text,
             relay=self.relay,
             remote_mta=self.host,
+            tls=self.tls_summary,
         )
 
     def _not_sent(self, tx: Transaction, why: TransactionNotSent) -> list[RecipientResult]:
@@ -438,6 +529,7 @@ class OutboundConnection:
                 reply=text,
                 relay=self.relay,
                 remote_mta=self.host,
+                tls=self.tls_summary,
             )
             for r in tx.recipients
         ]

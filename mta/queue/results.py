@@ -26,3 +26,4 @@ class RecipientResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
     reply: str  # what the next hop said, or what went wrong, for logs and DSNs
     relay: str = "none"  # "host[ip]:port" or "local"/"discard"
     remote_mta: str = ""  # the host name that answered, for Remote-MTA in a DSN
+    tls: str = ""  # outbound TLS: "none", "TLSv1.3 unverified", "TLSv1.3 verified"; "": n/a

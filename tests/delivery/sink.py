@@ -74,6 +74,7 @@ class _SinkProtocol(asyncio.Protocol):
         self.paused = False  # no input is processed during a TLS handshake or after QUIT
         self.after: Callable[[], None] | None = None  # what the last reply commits us to
         self.tls = False
+        self.breaking = False  # broken_tls: STARTTLS was answered, the handshake will fail
         # session: forgotten after STARTTLS (RFC 3207 §4.2)
         self.helo = ""
         # transaction: ended by RSET, HELO/EHLO, STARTTLS and end of data
@@ -100,6 +101,10 @@ class _SinkProtocol(asyncio.Protocol):
         self.sink._closed(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.breaking:
+            self.transport.write(b"this is not a TLS handshake\r\n")
+            self.close()
+            return
         self.buffer += data
         self.process()
 
@@ -291,6 +296,9 @@ class _SinkProtocol(asyncio.Protocol):
         # text and must not be executed as if they had arrived over TLS.
         self.buffer.clear()
         self.paused = True
+        if self.sink.broken_tls:  # the ClientHello is answered with garbage (data_received)
+            self.breaking = True
+            return
         self.transport.pause_reading()
         self.sink._spawn(self.upgrade())
 
@@ -358,6 +366,7 @@ class CaptureSink(LoopServer):
         lmtp: bool = False,
         tls: bool = False,
         data_limit: int | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         # where and what it serves
         super().__init__(host, port)
@@ -369,23 +378,29 @@ class CaptureSink(LoopServer):
         self.data_reply: Reply | None = None
         self.lmtp_data_replies: dict[str, Reply] = {}
         self.greeting_reply: Reply | None = None
+        self.broken_tls = False  # answer STARTTLS with 220, then send garbage, not a handshake
         self.max_size = 50 * 1024 * 1024  # advertised in SIZE and enforced on MAIL SIZE=
         # what it has seen
         self.connections = 0
         self.transactions = 0
+        self.server_names: list[str | None] = []  # the SNI of each TLS handshake
         self._messages: list[Captured] = []
         self._seen = threading.Condition()
         # machinery, owned by the loop thread once started
         self._server: asyncio.Server | None = None
         self._clients: set[_SinkProtocol] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._ssl: ssl.SSLContext | None = None
+        self._ssl: ssl.SSLContext | None = ssl_context  # default: the self-signed certificate
+        if ssl_context is not None:
+            self.tls = True
+            ssl_context.sni_callback = self._sni
 
     # -- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> CaptureSink:
         if self.tls and self._ssl is None:
             self._ssl = _server_context()
+            self._ssl.sni_callback = self._sni
         return super().start()
 
     def down(self) -> None:
@@ -434,6 +449,9 @@ class CaptureSink(LoopServer):
             self.connections = self.transactions = 0
 
     # -- called on the loop thread --------------------------------------------------------
+
+    def _sni(self, tls: ssl.SSLObject, name: str | None, context: ssl.SSLContext) -> None:
+        self.server_names.append(name)
 
     def _record(self, captured: Captured) -> None:
         with self._seen:

@@ -28,7 +28,7 @@ RECEIVED = re.compile(
 )
 LOG_LINE = re.compile(
     r"(?P<id>[0-9A-F]{19}): to=<(?P<to>[^>]*)>, relay=(?P<relay>\S+), "
-    r"delay=(?P<delay>\d+(?:\.\d+)?), dsn=(?P<dsn>[245]\.\d{1,3}\.\d{1,3}), "
+    r"delay=(?P<delay>\d+(?:\.\d+)?), tls=(?P<tls>[^,]+), dsn=(?P<dsn>[245]\.\d{1,3}\.\d{1,3}), "
     r"status=(?P<status>sent|deferred|bounced) \((?P<reply>.*)\)$",
     re.MULTILINE,
 )

@@ -1,0 +1,155 @@
+"""Outbound TLS policy: which security level a next hop gets, and the TLS context for it.
+
+The levels are Postfix's (``smtp_tls_security_level``, ``smtp_tls_policy_maps``):
+
+- ``none``: no STARTTLS;
+- ``may``: STARTTLS when offered, no certificate check; a failed handshake is retried in
+  plaintext on the same host once (the caller does that);
+- ``encrypt``: TLS or defer (``4.7.4`` when STARTTLS is not offered, ``4.7.5`` when the
+  handshake fails), no certificate check;
+- ``verify``: as encrypt, and the chain must verify against ``delivery.tls_ca_file`` (or the
+  system store) and a name in the certificate must match the MX host name or the next-hop
+  domain (Postfix's ``smtp_tls_verify_cert_match = hostname, nexthop``).
+
+The level is decided here, before connecting, from the next hop: ``[host]:port`` (a
+bracketed route or relayhost), then the exact domain, then ``.parent`` entries for its
+subdomains, then ``delivery.tls``.  Later levels (``dane``, MTA-STS's ``enforce``) extend
+:data:`TlsLevel` and :class:`TlsPolicy` (the names to match come from the policy, not the
+level).  Invariants: every context sent by this module has TLS 1.2 as its minimum; the
+SNI is the MX host name whenever it is a name and not an address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+from dataclasses import dataclass
+from typing import Any, cast
+
+from mta.config import TlsLevel
+
+__all__ = [
+    "PolicyTable",
+    "TlsLevel",
+    "TlsPolicy",
+    "cert_matches",
+    "client_context",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class TlsPolicy:
+    """What one connection must achieve: its level, and for ``verify`` the names of which
+    one must match the server's certificate (lower case, no trailing dot)."""
+
+    level: TlsLevel = "may"
+    match: tuple[str, ...] = ()
+
+    @property
+    def starttls(self) -> bool:
+        return self.level != "none"
+
+    @property
+    def required(self) -> bool:
+        return self.level in ("encrypt", "verify")
+
+    @property
+    def verified(self) -> bool:
+        return self.level == "verify"
+
+
+def _clean(name: str) -> str:
+    return name.lower().rstrip(".")
+
+
+def _entry_key(key: str) -> str:
+    if key.startswith("."):
+        return "." + _clean(key[1:])
+    return key.lower() if key.startswith("[") else _clean(key)
+
+
+class PolicyTable:
+    """The default level and the per-destination entries, looked up per next hop."""
+
+    def __init__(self, default: TlsLevel, entries: dict[str, str], ca_file: str = "") -> None:
+        self.default: TlsLevel = default
+        self.entries: dict[str, TlsLevel] = {
+            _entry_key(k): cast(TlsLevel, v)  # the config checked the levels
+            for k, v in entries.items()
+        }
+        self.ca_file = ca_file
+        self._contexts: dict[bool, ssl.SSLContext] = {}
+
+    def level(self, target: str, port: int, mx: bool) -> TlsLevel:
+        """The level for a next hop: ``target`` is the domain (``mx``) or the host."""
+        entries = self.entries
+        if not mx:
+            found = entries.get(f"[{_clean(target)}]:{port}")
+            if found is not None:
+                return found
+        name = _clean(target)
+        found = entries.get(name)
+        if found is not None:
+            return found
+        labels = name.split(".")
+        for i in range(1, len(labels)):
+            found = entries.get("." + ".".join(labels[i:]))
+            if found is not None:
+                return found
+        return self.default
+
+    def policy(self, target: str, port: int, mx: bool, host: str) -> TlsPolicy:
+        """The policy for a connection to MX (or configured) ``host`` of this next hop."""
+        level = self.level(target, port, mx)
+        if level != "verify":
+            return TlsPolicy(level)
+        names = dict.fromkeys([_clean(host), _clean(target)])
+        return TlsPolicy(level, tuple(names))
+
+    def context(self, policy: TlsPolicy) -> ssl.SSLContext:
+        """One context per kind (verified or not), made once."""
+        verified = policy.verified
+        context = self._contexts.get(verified)
+        if context is None:
+            context = self._contexts[verified] = client_context(verified, self.ca_file)
+        return context
+
+
+def client_context(verified: bool, ca_file: str = "") -> ssl.SSLContext:
+    """A client context with TLS 1.2 as its minimum.  Verified: the chain is checked against
+    ``ca_file`` (else the system store); the name is checked by :func:`cert_matches`,
+    because it may be one of several names (check_hostname knows only the SNI)."""
+    context = ssl.create_default_context(cafile=ca_file or None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = False
+    # may/encrypt: encryption without authentication (Postfix's may and encrypt)
+    context.verify_mode = ssl.CERT_REQUIRED if verified else ssl.CERT_NONE
+    return context
+
+
+def sni_for(host: str) -> str | None:
+    """The server name to send: the host name, never an address (RFC 6066 §3)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return _clean(host) or None
+    return None
+
+
+def _name_matches(pattern: str, name: str) -> bool:
+    """RFC 6125 §6.4.3: a wildcard only as the whole left-most label, one label deep."""
+    pattern = _clean(pattern)
+    if pattern.startswith("*."):
+        head, _, rest = name.partition(".")
+        return bool(head) and rest == pattern[2:]
+    return pattern == name
+
+
+def cert_matches(cert: dict[str, Any], names: tuple[str, ...]) -> bool:
+    """Whether a verified peer certificate (``getpeercert()``) names one of ``names``:
+    its DNS subjectAltNames, or its common name when it has none (as Postfix does)."""
+    dns = [value for kind, value in cert.get("subjectAltName", ()) if kind == "DNS"]
+    if not dns:
+        for rdn in cert.get("subject", ()):
+            dns += [value for key, value in rdn if key == "commonName"]
+    return any(_name_matches(pattern, name) for pattern in dns for name in names)
