@@ -140,8 +140,14 @@ class Spool:
         fsync_directory(self.dir(state))
 
     def remove(self, state: str, name: str) -> None:
-        """Delete a file from ``state``; FileNotFoundError if it is not there."""
+        """Delete a file from ``state``; FileNotFoundError if it is not there.  A queued
+        message's saved DKIM signature (mta/delivery/signing.py) goes with it."""
         os.unlink(self.file(state, name))
+        if state in ("active", "deferred", "hold"):
+            try:
+                os.unlink(os.path.join(self.path, "dkim", name))
+            except FileNotFoundError:
+                pass  # the usual case: delivered at the first attempt, or not signed
 
     def save_segment_damage(self, name: str, offset: int, length: int) -> str:
         """Copy ``length`` unreadable octets at ``offset`` of segment ``name`` durably to
