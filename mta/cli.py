@@ -123,8 +123,10 @@ def _dkim_keygen(config: Config, args: argparse.Namespace) -> int:
         return 1
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
-    print(f"; private key: {path}", file=sys.stderr)
-    print(f"; [dkim.keys.\"{domain}\"] selector = \"{args.selector}\", key = \"{path}\"")
+    print(f"mta dkim keygen: wrote the private key to {path}", file=sys.stderr)
+    key_path = os.path.abspath(path)
+    print(f'; for the configuration: [dkim.keys."{domain}"]', file=sys.stderr)
+    print(f'; selector = "{args.selector}"\n; key = "{key_path}"', file=sys.stderr)
     # DNS TXT strings are at most 255 octets each (RFC 1035): an RSA record is split.
     chunks = " ".join(f'"{record[i : i + 250]}"' for i in range(0, len(record), 250))
     print(f"{args.selector}._domainkey.{domain}. IN TXT ( {chunks} )")

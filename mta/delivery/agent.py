@@ -27,13 +27,13 @@ from mta.delivery.dns import Resolver
 from mta.delivery.routing import Router
 from mta.delivery.signing import Signer, load_signer
 from mta.delivery.smtp_client import Transaction
-from mta.protocol.client_events import StoredMessage
 from mta.delivery.stored import (
     STREAM_THRESHOLD,
     MessageReadError,
     PrefixedMessage,
     message_to_send,
 )
+from mta.protocol.client_events import StoredMessage
 from mta.queue.envelope import Envelope
 from mta.queue.ipc import FrameReader, Job, Result, agent_address, encode_frame
 from mta.queue.msgfile import CorruptMessageFile

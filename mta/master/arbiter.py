@@ -54,12 +54,12 @@ from typing import TYPE_CHECKING, Protocol
 import msgspec
 
 from mta.config import Config, ConfigError, load_config
+from mta.delivery.signing import load_signer
 from mta.exitcodes import EXIT_CONFIG
 from mta.master import metrics_dir, privileges, tempdirs
 from mta.master.children import KINDS, spawn
 from mta.master.privileges import Account, PrivilegeError
 from mta.master.throttle import Throttle
-from mta.delivery.signing import load_signer
 from mta.policy.auth import load_auth_tables
 from mta.policy.tables import load_tables
 from mta.server.listen import bind_listeners

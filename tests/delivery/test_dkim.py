@@ -96,7 +96,10 @@ def test_relayed_mail_verifies_for_both_key_types_and_other_domains_are_not_sign
     send(relay, "carol@other.test", message("carol@other.test", "unsigned"))
     got = {m.data.split(b"Subject: ")[1].split(b"\r\n")[0]: m for m in sink.wait_for(3)}
     dnsfunc = dnsfunc_for(keys)
-    for subject, algorithm, domain in ((b"rsa", "rsa-sha256", "rsa.test"), (b"ed", "ed25519-sha256", "ed.test")):  # fmt: skip
+    for subject, algorithm, domain in (
+        (b"rsa", "rsa-sha256", "rsa.test"),
+        (b"ed", "ed25519-sha256", "ed.test"),
+    ):
         data = got[subject].data
         [header] = signatures(data)
         assert f"a={algorithm};" in header and f"d={domain};" in header
@@ -113,7 +116,12 @@ def test_a_retried_message_carries_its_first_signature_once(
     sink.rcpt_replies = {"later@dest.test": (452, "4.2.2 Mailbox full")}
     delivery = {"relayhost": f"127.0.0.1:{sink.port}", "min_backoff": 1, "max_backoff": 1}
     relay = mta_factory(dkim_config(keys, delivery=delivery))
-    send(relay, "alice@rsa.test", message("alice@rsa.test", "retry"), ["bob@dest.test", "later@dest.test"])  # fmt: skip
+    send(
+        relay,
+        "alice@rsa.test",
+        message("alice@rsa.test", "retry"),
+        ["bob@dest.test", "later@dest.test"],
+    )
     [first] = sink.wait_for(1)
     assert first.rcpt_tos == ["bob@dest.test"]
     [saved] = wait_until(lambda: list((relay.spool / "dkim").glob("*")))
@@ -157,7 +165,9 @@ def test_a_key_that_cannot_be_used_stops_the_start(
     key = tmp_path / "broken.key"
     if content is not None:
         key.write_bytes(content)
-    relay = mta_factory({"dkim": {"keys": {"rsa.test": {"selector": "s1", "key": str(key)}}}}, wait=False)  # fmt: skip
+    relay = mta_factory(
+        {"dkim": {"keys": {"rsa.test": {"selector": "s1", "key": str(key)}}}}, wait=False
+    )
     assert relay.proc is not None
     assert relay.proc.wait(30) == EXIT_CONFIG
     assert f'dkim.keys."rsa.test".key: {key}' in relay.log()
