@@ -180,3 +180,23 @@ def test_a_key_that_cannot_be_used_stops_the_start(
     )
     assert check.returncode == 1
     assert f'dkim.keys."rsa.test".key: {key}' in check.stderr
+
+
+def test_rsa_signed_by_openssl_is_dkimpys_signature_byte_for_byte(
+    keys: dict[str, tuple[Path, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import msgspec
+
+    import mta.delivery.signing as signing
+    from mta.config import Config
+
+    monkeypatch.setattr(dkim.time, "time", lambda: 1_795_990_000.0)  # one t= for both
+    entry = {"selector": "s1", "key": str(keys["rsa.test"][0])}
+    signer = signing.load_signer(msgspec.convert({"dkim": {"keys": {"rsa.test": entry}}}, Config))
+    assert signer is not None
+    data = message("alice@rsa.test", "openssl")
+    assert dkim.RSASSA_PKCS1_v1_5_sign is signing._rsa_sign_with_openssl
+    ours = signer.sign(data)
+    monkeypatch.setattr(dkim, "RSASSA_PKCS1_v1_5_sign", signing._dkimpy_rsa_sign)
+    assert ours is not None and ours == signer.sign(data)
+    assert dkim.verify(ours + data, dnsfunc=dnsfunc_for(keys))
