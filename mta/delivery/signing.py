@@ -172,7 +172,7 @@ class Signer:
 
     def save(self, queue_id: str, header: bytes) -> None:
         """Keep ``header`` for the message's later attempts (renamed into place whole)."""
-        os.makedirs(self.saved_dir, mode=0o700, exist_ok=True)
+        os.makedirs(self.saved_dir, mode=0o700, exist_ok=True)  # a spool made before 12
         path = os.path.join(self.saved_dir, queue_id)
         tmp = f"{path}.{os.getpid()}.tmp"
         with open(tmp, "wb") as f:

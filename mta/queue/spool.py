@@ -86,7 +86,7 @@ class Spool:
 
     def create(self) -> None:
         """Make the state directories; raise OSError if the spool is not writable."""
-        for state in (*STATES, SEGMENTS):
+        for state in (*STATES, SEGMENTS, "dkim"):  # dkim/: signatures of retried mail
             os.makedirs(os.path.join(self.path, state), mode=0o700, exist_ok=True)
         probe = os.path.join(self.path, "tmp", f".probe-{os.getpid()}")
         with open(probe, "wb"):
