@@ -39,9 +39,17 @@ def _parser() -> argparse.ArgumentParser:
     passwd.add_argument("--file", "-f", metavar="FILE", help="password file (auth.passwords)")
     passwd.add_argument("--delete", action="store_true", help="remove the user")
     passwd.set_defaults(handler=_passwd)
+    dkim = sub.add_parser("dkim", help="DKIM keys")
+    dkim_sub = dkim.add_subparsers(required=True, metavar="ACTION")
+    keygen = dkim_sub.add_parser("keygen", help="write a private key, print its DNS record")
+    keygen.add_argument("domain")
+    keygen.add_argument("selector")
+    keygen.add_argument("--type", choices=("rsa", "ed25519"), default="rsa")
+    keygen.add_argument("--dir", default=".", help="where DOMAIN.SELECTOR.key is written")
+    keygen.set_defaults(handler=_dkim_keygen)
     from mta.queue_cli import add_commands
 
-    for command in (serve, check, passwd, *add_commands(sub)):
+    for command in (serve, check, passwd, keygen, *add_commands(sub)):
         command.add_argument("--config", "-c", metavar="FILE", default=argparse.SUPPRESS)
     return p
 
@@ -62,12 +70,14 @@ def _check_tables(config: Config, status: int = 1) -> int | None:
     """The files the configuration names (auth.passwords, auth.sender_logins, the access
     and recipient tables): 1 with the key, file and line when one cannot be used, before
     anything starts."""
+    from mta.delivery.signing import load_signer
     from mta.policy.auth import load_auth_tables
     from mta.policy.tables import load_tables
 
     try:
         load_auth_tables(config)
         load_tables(config)
+        load_signer(config)  # DKIM keys
     except ConfigError as exc:
         print(f"mta: configuration error: {exc}", file=sys.stderr)
         return status
@@ -93,6 +103,33 @@ def _check_config(config: Config, args: argparse.Namespace) -> int:
         listener.name: msgspec.to_builtins(listener) for listener in config.resolved_listeners()
     }
     print(msgspec.json.format(msgspec.json.encode(settings), indent=2).decode())
+    return 0
+
+
+def _dkim_keygen(config: Config, args: argparse.Namespace) -> int:
+    """``mta dkim keygen DOMAIN SELECTOR``: DIR/DOMAIN.SELECTOR.key (0600, never over an
+    existing file) and, on stdout, the TXT record to publish (RSA 2048 or Ed25519)."""
+    import os
+
+    from mta.delivery.signing import generate_key
+
+    domain = args.domain.lower().rstrip(".")
+    path = os.path.join(args.dir, f"{domain}.{args.selector}.key")
+    pem, record = generate_key(args.type)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        print(f"mta dkim keygen: cannot create {path}: {exc.strerror}", file=sys.stderr)
+        return 1
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    print(f"mta dkim keygen: wrote the private key to {path}", file=sys.stderr)
+    key_path = os.path.abspath(path)
+    print(f'; for the configuration: [dkim.keys."{domain}"]', file=sys.stderr)
+    print(f'; selector = "{args.selector}"\n; key = "{key_path}"', file=sys.stderr)
+    # DNS TXT strings are at most 255 octets each (RFC 1035): an RSA record is split.
+    chunks = " ".join(f'"{record[i : i + 250]}"' for i in range(0, len(record), 250))
+    print(f"{args.selector}._domainkey.{domain}. IN TXT ( {chunks} )")
     return 0
 
 

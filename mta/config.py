@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from typing import Annotated, Literal, get_args
@@ -387,6 +388,40 @@ class DeliveryConfig(_Section, frozen=True):
             raise ValueError(f"tls_ca_file: cannot read {self.tls_ca_file}")
 
 
+# Signed by default (RFC 6376 §5.4.1's list); From is signed once more than it occurs
+# (oversigned), so that no From can be added below the signature without breaking it.
+DKIM_HEADERS = (
+    "From", "To", "Cc", "Subject", "Date", "Message-ID", "Reply-To", "In-Reply-To",
+    "References", "MIME-Version", "Content-Type", "Content-Transfer-Encoding",
+)  # fmt: skip
+
+
+class DkimKeyConfig(_Section, frozen=True):
+    selector: str  # the DNS label: SELECTOR._domainkey.DOMAIN
+    key: str  # private key file: PEM (RSA or Ed25519) or dkimpy's base64 Ed25519 seed
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62})", self.selector):
+            raise ValueError("selector: must be a DNS label such as 's1' or '2026.s1'")
+        if not self.key:
+            raise ValueError("key: must name the private key file")
+
+
+class DkimConfig(_Section, frozen=True):
+    """Outbound DKIM signing (OpenDKIM's KeyTable/SigningTable, in one table)."""
+
+    keys: dict[str, DkimKeyConfig] = {}  # From: domain (and its subdomains) -> key
+    headers: tuple[str, ...] = DKIM_HEADERS
+    oversign: tuple[str, ...] = ("From",)  # OpenDKIM's OversignHeaders
+
+    def __post_init__(self) -> None:
+        if "from" not in {h.lower() for h in self.headers}:
+            raise ValueError("headers: must include From (RFC 6376 §5.4)")
+        for domain in self.keys:
+            if not re.fullmatch(r"[A-Za-z0-9.-]+", domain) or domain.startswith("."):
+                raise ValueError(f'keys."{domain}": not a domain name')
+
+
 class MasterConfig(_Section, frozen=True):
     graceful_timeout: Seconds = 30.0
     heartbeat_timeout: Seconds = 10.0
@@ -426,6 +461,7 @@ class Config(_Section, frozen=True):
     dnsbl: DnsblConfig = DnsblConfig()
     queue: QueueConfig = QueueConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    dkim: DkimConfig = DkimConfig()
     routes: dict[str, str] = {}
     tls_policy: dict[str, str] = {}  # destination -> TLS level (smtp_tls_policy_maps)
     listeners: dict[str, ListenerConfig] = {}

@@ -25,8 +25,15 @@ from mta.config import Config
 from mta.delivery.deliver import Deliverer
 from mta.delivery.dns import Resolver
 from mta.delivery.routing import Router
+from mta.delivery.signing import Signer, load_signer
 from mta.delivery.smtp_client import Transaction
-from mta.delivery.stored import STREAM_THRESHOLD, MessageReadError, message_to_send
+from mta.delivery.stored import (
+    STREAM_THRESHOLD,
+    MessageReadError,
+    PrefixedMessage,
+    message_to_send,
+)
+from mta.protocol.client_events import StoredMessage
 from mta.queue.envelope import Envelope
 from mta.queue.ipc import FrameReader, Job, Result, agent_address, encode_frame
 from mta.queue.msgfile import CorruptMessageFile
@@ -62,6 +69,7 @@ class DeliveryAgent:
         self.spool = Spool(config.queue.path)
         self.router = Router(config)
         self.deliverer = Deliverer(config, Resolver(config.delivery.dns_servers))
+        self.signer = load_signer(config)  # keys were checked at start: serve, reload
         self.tasks: set[asyncio.Task[None]] = set()
         self.writer: asyncio.StreamWriter | None = None
         self.large_jobs = asyncio.Semaphore(LARGE_JOBS)
@@ -183,6 +191,15 @@ class DeliveryAgent:
             return Result(queue_id=job.queue_id, problem="missing")
         envelope = message_file.envelope
         recipients = job.recipients or [r.address for r in envelope.recipients]
+        signature, new_signature = b"", False
+        if self.signer is not None:
+            signature, new_signature = await self._signature(self.signer, job, message)
+            if signature:
+                message = (
+                    signature + message
+                    if isinstance(message, bytes)
+                    else PrefixedMessage(signature, message)
+                )
         tx_base = dict(
             sender=envelope.sender,
             message=message,
@@ -205,7 +222,25 @@ class DeliveryAgent:
             log.error("%s: %s", job.queue_id, exc)
             return Result(queue_id=job.queue_id, problem="corrupt")
         self._log(envelope, results)
+        if new_signature and any(r.status == "deferred" for r in results):
+            self.signer.save(job.queue_id, signature)  # type: ignore[union-attr]
         return Result(queue_id=job.queue_id, results=results)
+
+    async def _signature(
+        self, signer: Signer, job: Job, message: bytes | StoredMessage
+    ) -> tuple[bytes, bool]:
+        """(the DKIM-Signature header, whether it was made now): the one saved at an
+        earlier attempt, else a new one (b"" when the message is not to be signed).  A
+        large message is read whole for it, in a thread (dkimpy signs bytes)."""
+        saved = signer.saved(job.queue_id)
+        if saved is not None:
+            return saved, False
+        if isinstance(message, bytes):
+            header = signer.sign(message)
+        else:
+            whole = await asyncio.to_thread(_read_whole, message)
+            header = await asyncio.to_thread(signer.sign, whole)
+        return header or b"", header is not None
 
     def _is_large(self, queue_id: str) -> bool:
         try:
@@ -244,6 +279,13 @@ class DeliveryAgent:
             by_status[status] = by_status.get(status, 0) + n
         for status, n in by_status.items():
             metrics.DELIVERY_ATTEMPTS.labels(status).inc(n)
+
+
+def _read_whole(message: StoredMessage) -> bytes:
+    try:
+        return b"".join(message.iter_message(1 << 20))
+    except (OSError, ValueError) as exc:
+        raise MessageReadError(exc) from exc
 
 
 # Postfix's words in the log, which log tools and people already read: a permanent failure

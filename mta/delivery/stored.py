@@ -36,6 +36,7 @@ __all__ = [
     "CHUNK_SIZE",
     "STREAM_THRESHOLD",
     "MessageReadError",
+    "PrefixedMessage",
     "message_to_send",
     "read_chunks",
 ]
@@ -50,6 +51,23 @@ class MessageReadError(Exception):
     def __init__(self, cause: OSError | ValueError) -> None:
         super().__init__(f"reading the message failed: {cause}")
         self.corrupt = isinstance(cause, CorruptMessageFile)
+
+
+class PrefixedMessage:
+    """A stored message sent with header fields before it (a DKIM signature): read from
+    its file in chunks like the message itself."""
+
+    def __init__(self, prefix: bytes, message: StoredMessage) -> None:
+        self.prefix = prefix
+        self.message = message
+
+    @property
+    def message_length(self) -> int:
+        return len(self.prefix) + self.message.message_length
+
+    def iter_message(self, chunk_size: int) -> Generator[bytes, None, None]:
+        yield self.prefix
+        yield from self.message.iter_message(chunk_size)
 
 
 def message_to_send(message_file: MessageFile) -> bytes | StoredMessage:

@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Protocol
 import msgspec
 
 from mta.config import Config, ConfigError, load_config
+from mta.delivery.signing import load_signer
 from mta.exitcodes import EXIT_CONFIG
 from mta.master import metrics_dir, privileges, tempdirs
 from mta.master.children import KINDS, spawn
@@ -298,6 +299,7 @@ class Arbiter:
             load_auth_tables(config)
             load_tables(config)
             check_certificates(config)
+            load_signer(config)  # DKIM keys
         except ConfigError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             return
@@ -508,6 +510,7 @@ def run_master(config: Config, config_path: str | None) -> int:
     try:
         load_auth_tables(config)  # every table it names: errors before serving
         load_tables(config)
+        load_signer(config)  # every DKIM key: read and parsed
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
         return EXIT_CONFIG

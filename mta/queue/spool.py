@@ -86,7 +86,7 @@ class Spool:
 
     def create(self) -> None:
         """Make the state directories; raise OSError if the spool is not writable."""
-        for state in (*STATES, SEGMENTS):
+        for state in (*STATES, SEGMENTS, "dkim"):  # dkim/: signatures of retried mail
             os.makedirs(os.path.join(self.path, state), mode=0o700, exist_ok=True)
         probe = os.path.join(self.path, "tmp", f".probe-{os.getpid()}")
         with open(probe, "wb"):
@@ -140,8 +140,14 @@ class Spool:
         fsync_directory(self.dir(state))
 
     def remove(self, state: str, name: str) -> None:
-        """Delete a file from ``state``; FileNotFoundError if it is not there."""
+        """Delete a file from ``state``; FileNotFoundError if it is not there.  A queued
+        message's saved DKIM signature (mta/delivery/signing.py) goes with it."""
         os.unlink(self.file(state, name))
+        if state in ("active", "deferred", "hold"):
+            try:
+                os.unlink(os.path.join(self.path, "dkim", name))
+            except FileNotFoundError:
+                pass  # the usual case: delivered at the first attempt, or not signed
 
     def save_segment_damage(self, name: str, offset: int, length: int) -> str:
         """Copy ``length`` unreadable octets at ``offset`` of segment ``name`` durably to
