@@ -34,7 +34,7 @@ from typing import Protocol
 from mta.config import Config
 from mta.policy.counters import ClientCounters, Kind
 from mta.policy.networks import Network, in_networks
-from mta.protocol.replies import reply
+from mta.protocol.replies import reply, too_many_auth_failures
 
 __all__ = [
     "UNDECIDED",
@@ -142,10 +142,6 @@ def too_much_mail(client: str) -> bytes:
 
 def too_many_recipients(client: str) -> bytes:
     return reply(450, f"4.7.1 Error: too many recipients from {client}")
-
-
-def too_many_auth_failures(hostname: str) -> bytes:
-    return reply(421, f"4.7.0 {hostname} Error: too many authentication failures")
 
 
 _CACHE = 10_000  # exemption answers kept per process
