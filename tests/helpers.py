@@ -25,10 +25,20 @@ LOG_BUSY = 5 * LOG_SETTLE
 QUEUE_STATES = ("incoming", "active", "deferred", "hold", "corrupt")  # where messages wait
 
 
+_HANDED_OUT: set[int] = set()  # ports free_port gave this process: never twice
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now, and not one this process was given before: the
+    kernel may hand the same ephemeral port to two back-to-back probes, and a relay given
+    it for SMTP and metrics then fails to start (seen in CI)."""
+    while True:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port: int = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def to_toml(data: dict[str, Any], prefix: str = "") -> str:
