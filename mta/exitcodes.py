@@ -1,8 +1,8 @@
 """Exit codes a child process and the master agree on.
 
 A library below both: a worker that finds its configuration unusable exits with
-:data:`EXIT_CONFIG`, and the master, seeing it, stops instead of restarting into the same
-failure (gunicorn's named exit codes).
+:data:`EXIT_CONFIG`, and the master, seeing it at start, stops instead of restarting into
+the same failure (gunicorn's named exit codes); once serving, it throttles the slot.
 """
 
 from __future__ import annotations

@@ -15,7 +15,13 @@ and advance a rolling reload.
   so the service keeps answering.  An exclusive kind (the queue manager) is the exception:
   the old one stops first, since two would race over the queue.  A child that does not
   stop within the graceful timeout (plus a margin) is killed, so a reload cannot hang on it.
-* A child exiting with :data:`EXIT_CONFIG` stops the master with that child's message.
+* A child exiting with :data:`EXIT_CONFIG` stops the master with that child's message while
+  its kind has not served yet (the start failed: restarting would fail the same way).  Once
+  a child of that kind has been ready, the configuration was checked and worked; a file it
+  names was broken on disk since (a table or key edited in place), so the running children
+  keep serving and the slot is restarted as a start-up failure (throttled, logged), until
+  the file is fixed — a bad edit must not take a serving relay down (Postfix's master
+  throttles a daemon that keeps failing, and does not stop).
 * A child is *ready* once it has beaten (each kind beats only after it has set up).  One
   that dies before that is a start-up failure and its slot is throttled; one that dies
   after is replaced at once (throttle.py says why, and why a crash loop of ready children
@@ -193,6 +199,7 @@ class Arbiter:
         self.signals: list[int] = []
         self.stopping_since: float | None = None
         self.exit_code = 0
+        self.served: set[str] = set()  # kinds of which a child has been ready (_child_exited)
         tempdirs.remove_stale("master")
         self.run_dir = tempdirs.create("master")  # heartbeat files: see _start
         privileges.give(self.run_dir, account, 0o710, group_only=True)
@@ -385,15 +392,25 @@ class Arbiter:
         if self.stopping_since is not None or child.stopping_since is not None:
             log.info("%s stopped (%s)", child.name, how)
             return
-        if code == EXIT_CONFIG:  # restarting would fail the same way: stop instead
+        if ready:
+            self.served.add(child.kind)
+        if code == EXIT_CONFIG and child.kind not in self.served:
             log.error("%s exited with a configuration error (see above); stopping", child.name)
             self.exit_code = EXIT_CONFIG
             self.handle_term()
             return
         lived = self.clock.monotonic() - child.started
         slot = (child.kind, child.slot)
-        self.throttle.died(slot, ready)
-        if ready:
+        self.throttle.died(slot, ready and code != EXIT_CONFIG)
+        if code == EXIT_CONFIG:
+            log.error(
+                "%s exited with a configuration error (see above) after its kind had served:"
+                " a file it reads changed on disk; the others keep serving, restarting it in"
+                " %.1fs",
+                child.name,
+                self.throttle.delay(slot),
+            )
+        elif ready:
             log.warning("%s died (%s) after %.1fs; replacing it", child.name, how, lived)
         else:
             log.warning(
@@ -411,6 +428,7 @@ class Arbiter:
         for child in list(self.children.values()):
             if not child.ready and child.check_ready():
                 self.throttle.ready((child.kind, child.slot))
+                self.served.add(child.kind)
                 log.debug("%s is ready", child.name)
             if child.stopping_since is not None:  # replaced by a reload and draining
                 if monotonic - child.stopping_since > self._graceful() + _KILL_MARGIN:

@@ -3,8 +3,9 @@
 Each kind names how many the configuration wants and the function the child runs after
 fork.  A child resets the master's signal handlers, closes what it must not hold, proves
 it is alive by touching its heartbeat file from its own event loop, and exits with
-:data:`EXIT_CONFIG` when the configuration cannot work (which stops the master, instead of
-a restart loop), 1 for other start-up failures (which are throttled and retried).
+:data:`EXIT_CONFIG` when the configuration cannot work (which stops a master that is
+starting, instead of a restart loop; arbiter.py), 1 for other start-up failures (which are
+throttled and retried).
 
 A child names itself ``mta: <kind>`` in ``/proc/self/comm`` (what ``ps -o comm``, ``top``
 and the tests see), and stops gracefully, as on SIGTERM, when it finds from its heartbeat

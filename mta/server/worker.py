@@ -10,7 +10,8 @@ Each socket is served with the listener it was bound for (listeners.py).  A pars
 that cannot be used (``MTA_PARSER=c`` without the compiled module, or a value that names no
 backend), a certificate or key that cannot be loaded, and an access, recipient or AUTH table
 that cannot be read (mta/policy) are configuration errors: the worker exits with
-:data:`~mta.exitcodes.EXIT_CONFIG`, which stops the master instead of a restart loop.  The
+:data:`~mta.exitcodes.EXIT_CONFIG`, which stops a master that is starting instead of a restart
+loop (a serving one throttles the slot and keeps the other workers: arbiter.py).  The
 worker reads them once, at start, so the workers a HUP starts read them again.
 """
 

@@ -299,6 +299,28 @@ def test_a_configuration_error_in_a_child_stops_the_master(
     assert f"smtpd#0[{pid}] exited with a configuration error" in caplog.text
 
 
+def test_a_configuration_error_after_serving_restarts_the_slot_and_keeps_serving(
+    tree: Tree, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A table edited badly on disk while the relay runs must not take it down: the worker
+    that trips on it is restarted as a start-up failure (throttled), the others serve."""
+    tree.rounds(SETTLED)  # every kind has served
+    pid = tree.pid("smtpd", 1)
+    tree.processes.exit(pid, EXIT_CONFIG)
+    died_at = tree.clock.monotonic()
+    tree.round(0.0)
+    assert tree.arbiter.exit_code == 0
+    assert not [e for e in tree.processes.events if e[0] == "TERM"]  # nobody told to stop
+    while tree.slot_pid("smtpd", 1) is None:
+        assert tree.clock.monotonic() - died_at < 60, "never restarted"
+        tree.processes.beat_all()
+        tree.round(0.125)
+    assert tree.clock.monotonic() - died_at == 0.5  # throttled as a start-up failure
+    assert tree.running() == WANTED
+    assert f"smtpd#1[{pid}] exited with a configuration error" in caplog.text
+    assert "the others keep serving" in caplog.text
+
+
 @pytest.fixture
 def restore_signals() -> Iterator[None]:
     """run() installs the master's signal handlers: put pytest's back afterwards."""
