@@ -126,10 +126,17 @@ class Signer:
         self.keys = keys
         self.saved_dir = saved_dir
         oversign = {h.lower() for h in settings.oversign}
-        headers = [h.encode() for h in settings.headers]
-        # Oversigning: name the header once more than it can occur (RFC 6376 §8.15).
-        headers += [h.encode() for h in settings.headers if h.lower() in oversign]
-        self.headers = headers
+        self.signed = frozenset(h.lower().encode() for h in settings.headers)
+        # Oversigning: name the header once more than it occurs (RFC 6376 §8.15).
+        self.oversigned = [h.lower().encode() for h in settings.headers if h.lower() in oversign]
+
+    def headers_to_sign(self, fields: list[tuple[bytes, bytes]]) -> list[bytes]:
+        """h= for a message with these header fields: each configured field once per
+        instance present (RFC 6376 §5.4.2), then the oversigned ones once more.  An absent
+        field is not named: that would forbid adding it (as oversigning does) and turn
+        h= into the configuration's list instead of the message's."""
+        names = [name.lower() for name, _ in fields]
+        return [name for name in names if name in self.signed] + self.oversigned
 
     def key_for(self, message: bytes) -> DkimKey | None:
         """The key of the From: domain or its nearest parent that has one."""
@@ -148,14 +155,13 @@ class Signer:
         if key is None:
             return None
         try:
-            return dkim.sign(
-                message,
+            parsed = dkim.DKIM(message, signature_algorithm=key.algorithm)
+            return parsed.sign(
                 key.selector.encode(),
                 key.domain.encode(),
                 key.private,
                 canonicalize=(b"relaxed", b"relaxed"),
-                signature_algorithm=key.algorithm,
-                include_headers=self.headers,
+                include_headers=self.headers_to_sign(parsed.headers),
             )
         except dkim.DKIMException as exc:  # a header section dkimpy cannot parse
             log.warning("DKIM signing failed for d=%s: %s; sent unsigned", key.domain, exc)
@@ -209,8 +215,22 @@ def _rsa_sign_with_openssl(digest: object, private_key: dict[str, int]) -> bytes
     return key.sign(raw, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
 
 
-# dkim.DKIM.gen_header calls the name it imported from dkim.crypto: replace that one.
+_PARSED_KEYS: dict[bytes, object] = {}  # PEM -> dkimpy's key (a dict of ints)
+_dkimpy_parse_key = dkim.crypto.parse_pem_private_key
+
+
+def _parse_key_once(pem: bytes) -> object:
+    """dkimpy parses the PEM (in Python) at every signature, a seventh of an RSA one's CPU;
+    the keys are the few of [dkim.keys], so each is parsed once.  dkimpy only reads it."""
+    parsed = _PARSED_KEYS.get(pem)
+    if parsed is None:
+        parsed = _PARSED_KEYS[pem] = _dkimpy_parse_key(pem)
+    return parsed
+
+
+# dkim.DKIM calls the names it imported from dkim.crypto: replace those.
 dkim.RSASSA_PKCS1_v1_5_sign = _rsa_sign_with_openssl  # type: ignore[attr-defined]
+dkim.parse_pem_private_key = _parse_key_once  # type: ignore[attr-defined]
 
 
 def from_domain(message: bytes) -> str | None:
