@@ -5,17 +5,22 @@ in the order they came, one at a time, in a daemon thread; each result is handed
 loop as soon as it is made.  Nothing else runs in that thread, so signatures never wait for
 a DNS lookup or a file read in the default executor, and the loop never waits for them.
 
-Why a thread, measured (``python -m bench.dkim``, bench/README.md): jobs come to the agent
-in bursts (every job of one read of the queue manager's socket starts at once) and each
-signed inline at its start, so a burst of 200 held the loop for 260 ms with RSA-2048 and
-80 ms with Ed25519: every other delivery of the process (SMTP replies, timeouts, results
-to the queue manager) waited that long.  In the thread the loop's worst lag was about
-10 ms (the interpreter's switch interval: dkimpy's canonicalisation and hashing are Python
-and hold the GIL) while OpenSSL's RSA private-key operation, 60% of an RSA signature's CPU
-here, releases the GIL and runs beside the loop on another core.  A process pool would
-free the loop wholly, but it pickles each message both ways, costs more CPU per message
-than the thread hop and signed fewer messages a second on two cores: more CPU per message
-is fewer messages a second on a machine whose cores are busy relaying.
+Why a thread, measured (``python -m bench.dkim``, bench/README.md; a loaded two-core
+machine).  Jobs come to the agent in bursts (every job of one read of the queue manager's
+socket starts at once); signed inline, each at its start, a burst of 200 held the loop for
+about 270 ms with RSA-2048 and 80 ms with Ed25519, and every other delivery of the process
+(SMTP replies, timeouts, results to the queue manager) waited that long.  With this thread
+the loop's worst lag was 5-13 ms: dkimpy's canonicalisation and hashing are Python and hold
+the GIL (so the interpreter's 5 ms switch interval shows), while OpenSSL's RSA private-key
+operation, over half of an RSA signature's CPU, releases it and runs beside the loop on the
+other core.  End to end (1 KiB, 50 sessions, the same run, 4 interleaved runs each) the
+thread against inline signing: RSA 417 against 355 msgs/s for 2.88 against 2.51 CPU ms per
+message (the GIL hand-offs cost about 0.3 ms), Ed25519 740 against 520 msgs/s for 1.44
+against 1.58 ms.  ``run_in_executor`` did the same with more CPU per hop for Ed25519; a
+one-process pool frees the loop wholly but pickles each message both ways and signed the
+fewest a second: more CPU per message is fewer messages on cores that are busy relaying.
+A faster backend is in already (OpenSSL for RSA, :mod:`mta.delivery.signing`); what is left
+is dkimpy's Python, which no backend swap removes.
 
 Invariants: one signature per :meth:`sign` call, results in the caller's task (an
 exception in signing, a bug, is raised there); a task cancelled while waiting leaves its
