@@ -8,9 +8,9 @@ a DNS lookup or a file read in the default executor, and the loop never waits fo
 Why a thread, measured (``python -m bench.dkim``, bench/README.md; a loaded two-core
 machine).  Jobs come to the agent in bursts (every job of one read of the queue manager's
 socket starts at once); signed inline, each at its start, a burst of 200 held the loop for
-about 270 ms with RSA-2048 and 80 ms with Ed25519, and every other delivery of the process
+270-310 ms with RSA-2048 and 80-110 ms with Ed25519, and every other delivery of the process
 (SMTP replies, timeouts, results to the queue manager) waited that long.  With this thread
-the loop's worst lag was 5-13 ms: dkimpy's canonicalisation and hashing are Python and hold
+the loop's worst lag was 4-13 ms: dkimpy's canonicalisation and hashing are Python and hold
 the GIL (so the interpreter's 5 ms switch interval shows), while OpenSSL's RSA private-key
 operation, over half of an RSA signature's CPU, releases it and runs beside the loop on the
 other core.  End to end (1 KiB, 50 sessions, the same run, 4 interleaved runs each) the

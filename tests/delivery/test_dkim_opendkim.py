@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from mta.delivery.stored import STREAM_THRESHOLD
 from tests.delivery.sink import CaptureSink
 from tests.delivery.test_dkim import dkim_config, keygen, message, send
 from tests.helpers import MtaProcess
@@ -94,3 +95,24 @@ def test_opendkim_verifies_what_the_relay_signed_with_both_key_types(
     assert verdicts["ed.eml"].endswith(") succeeded")
     for changed in ("rsa-changed.eml", "ed-changed.eml"):
         assert "failed" in verdicts[changed], verdicts
+
+
+def test_a_large_message_sent_from_its_file_is_signed_and_verifies(
+    mta_factory: Callable[..., MtaProcess],
+    sink: CaptureSink,
+    keys: dict[str, tuple[Path, str]],
+    tmp_path: Path,
+) -> None:
+    """Over STREAM_THRESHOLD a message is read whole for dkimpy, off the loop, and signed
+    by the agent's signing thread; the body sent in chunks is the one signed."""
+    relay = mta_factory(dkim_config(keys, delivery={"relayhost": f"127.0.0.1:{sink.port}"}))
+    line = b"0123456789abcdefghijklmnopqrstuvwxyz" * 2 + b"\r\n"
+    data = message("eve@ed.test", "large").replace(b"Hello.\r\n", line * (STREAM_THRESHOLD // 70))
+    assert len(data) > STREAM_THRESHOLD
+    send(relay, "eve@ed.test", data)
+    [got] = sink.wait_for(1, timeout=30)
+    assert got.data.endswith(data)
+    signature = email.message_from_bytes(got.data)["DKIM-Signature"]
+    assert "h=from:to:subject:message-id:date:from;" in "".join(signature.split())
+    verdicts = opendkim_verify(tmp_path, keys, {"large.eml": got.data})
+    assert verdicts["large.eml"].endswith(") succeeded"), verdicts
