@@ -10,7 +10,7 @@ import dkim
 import msgspec
 import pytest
 
-from mta.config import DKIM_HEADERS, Config, ConfigError, load_config
+from mta.config import DKIM_HEADERS, Config, ConfigError, DkimConfig, load_config
 from mta.delivery.signing import Signer, generate_key, load_signer
 
 
@@ -66,6 +66,21 @@ def test_h_lists_the_present_fields_each_instance_and_from_once_more(
         forged = signed.replace(b"\r\n\r\n", change + b"\r\n\r\n", 1)
         assert not dkim.verify(forged, dnsfunc=dnsfunc)
     assert not dkim.verify(signed.replace(b"dave@", b"eve@"), dnsfunc=dnsfunc)
+
+
+def test_an_oversigned_field_is_named_even_when_absent_so_none_can_be_added(
+    signer_and_dns: tuple[Signer, object], tmp_path: Path
+) -> None:
+    signer, dnsfunc = signer_and_dns
+    settings = msgspec.convert({"oversign": ["From", "Reply-To"]}, DkimConfig)
+    oversigning = Signer(signer.keys, settings, str(tmp_path))
+    header = oversigning.sign(MESSAGE)
+    assert header is not None
+    assert tags(header)["h"] == "from:to:cc:cc:subject:list-id:from:reply-to"
+    signed = header + MESSAGE
+    assert dkim.verify(signed, dnsfunc=dnsfunc)
+    added = signed.replace(b"\r\n\r\n", b"\r\nReply-To: x@evil.test\r\n\r\n", 1)
+    assert not dkim.verify(added, dnsfunc=dnsfunc)
 
 
 def test_the_default_list_is_rfc_6376s_with_the_mime_fields() -> None:
