@@ -390,10 +390,19 @@ class DeliveryConfig(_Section, frozen=True):
 
 # Signed by default (RFC 6376 §5.4.1's list); From is signed once more than it occurs
 # (oversigned), so that no From can be added below the signature without breaking it.
+# RFC 6376 §5.4.1's list (signed where present), plus Sender, Message-ID and the MIME
+# fields, as dkimpy's and OpenDKIM's defaults also sign.
 DKIM_HEADERS = (
-    "From", "To", "Cc", "Subject", "Date", "Message-ID", "Reply-To", "In-Reply-To",
-    "References", "MIME-Version", "Content-Type", "Content-Transfer-Encoding",
+    "From", "Reply-To", "Subject", "Date", "To", "Cc", "Resent-Date", "Resent-From",
+    "Resent-To", "Resent-Cc", "In-Reply-To", "References", "List-Id", "List-Help",
+    "List-Unsubscribe", "List-Subscribe", "List-Post", "List-Owner", "List-Archive",
+    "Sender", "Message-ID", "MIME-Version", "Content-Type", "Content-Transfer-Encoding",
 )  # fmt: skip
+# RFC 6376 §5.4.1: SHOULD NOT be signed (receivers' relays add or change them), with Bcc
+# (removed before delivery) and DKIM-Signature itself, as dkimpy refuses them.
+DKIM_UNSIGNABLE = frozenset(
+    ("return-path", "received", "comments", "keywords", "bcc", "resent-bcc", "dkim-signature")
+)
 
 
 class DkimKeyConfig(_Section, frozen=True):
@@ -417,6 +426,10 @@ class DkimConfig(_Section, frozen=True):
     def __post_init__(self) -> None:
         if "from" not in {h.lower() for h in self.headers}:
             raise ValueError("headers: must include From (RFC 6376 §5.4)")
+        for key, names in (("headers", self.headers), ("oversign", self.oversign)):
+            bad = sorted({h for h in names if h.lower() in DKIM_UNSIGNABLE})
+            if bad:
+                raise ValueError(f"{key}: {', '.join(bad)} must not be signed (RFC 6376 §5.4.1)")
         for domain in self.keys:
             if not re.fullmatch(r"[A-Za-z0-9.-]+", domain) or domain.startswith("."):
                 raise ValueError(f'keys."{domain}": not a domain name')

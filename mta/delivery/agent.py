@@ -25,6 +25,7 @@ from mta.config import Config
 from mta.delivery.deliver import Deliverer
 from mta.delivery.dns import Resolver
 from mta.delivery.routing import Router
+from mta.delivery.sign_thread import SigningThread
 from mta.delivery.signing import Signer, load_signer
 from mta.delivery.smtp_client import Transaction
 from mta.delivery.stored import (
@@ -70,6 +71,7 @@ class DeliveryAgent:
         self.router = Router(config)
         self.deliverer = Deliverer(config, Resolver(config.delivery.dns_servers))
         self.signer = load_signer(config)  # keys were checked at start: serve, reload
+        self.signing = SigningThread(self.signer.sign) if self.signer is not None else None
         self.tasks: set[asyncio.Task[None]] = set()
         self.writer: asyncio.StreamWriter | None = None
         self.large_jobs = asyncio.Semaphore(LARGE_JOBS)
@@ -92,6 +94,8 @@ class DeliveryAgent:
             task.cancel()
         self.publish_stats()
         await self.deliverer.close_idle(0)
+        if self.signing is not None:
+            self.signing.close()
 
     async def _drain(self) -> None:
         """Let deliveries in flight finish (the master KILLs us after its graceful timeout)."""
@@ -192,8 +196,10 @@ class DeliveryAgent:
         envelope = message_file.envelope
         recipients = job.recipients or [r.address for r in envelope.recipients]
         signature, new_signature = b"", False
-        if self.signer is not None:
-            signature, new_signature = await self._signature(self.signer, job, message)
+        if self.signer is not None and self.signing is not None:
+            signature, new_signature = await self._signature(
+                self.signer, self.signing, job, message
+            )
             if signature:
                 message = (
                     signature + message
@@ -227,19 +233,18 @@ class DeliveryAgent:
         return Result(queue_id=job.queue_id, results=results)
 
     async def _signature(
-        self, signer: Signer, job: Job, message: bytes | StoredMessage
+        self, signer: Signer, signing: SigningThread, job: Job, message: bytes | StoredMessage
     ) -> tuple[bytes, bool]:
         """(the DKIM-Signature header, whether it was made now): the one saved at an
-        earlier attempt, else a new one (b"" when the message is not to be signed).  A
-        large message is read whole for it, in a thread (dkimpy signs bytes)."""
+        earlier attempt, else a new one made off the loop (b"" when the message is not to
+        be signed).  A large message is read whole for it, in a thread (dkimpy signs
+        bytes)."""
         saved = signer.saved(job.queue_id)
         if saved is not None:
             return saved, False
-        if isinstance(message, bytes):
-            header = signer.sign(message)
-        else:
-            whole = await asyncio.to_thread(_read_whole, message)
-            header = await asyncio.to_thread(signer.sign, whole)
+        if not isinstance(message, bytes):
+            message = await asyncio.to_thread(_read_whole, message)
+        header = await signing.sign(message)
         return header or b"", header is not None
 
     def _is_large(self, queue_id: str) -> bool:

@@ -28,11 +28,13 @@ the ``dkim.keys`` entry and the file.
 
 **Cost.**  dkimpy signs RSA with Python's ``pow`` (about 11 ms of CPU for a 2048-bit key
 here); :func:`_rsa_sign_with_openssl` takes its place, the same RSASSA-PKCS1-v1_5 signature
-made by OpenSSL through ``cryptography``, the same bytes.  Measured (``Signer.sign`` on a
-4 KB message, CPU time, loaded two-core machine): RSA 2048 with dkimpy's pow 11 ms, with
-OpenSSL 1.8 ms; Ed25519 0.6 ms (mostly dkimpy's header handling in Python).  The agent
-signs on its event loop: a delivery process signs at most ~550 (RSA) or ~1,700 (Ed25519)
-messages a second per core.
+made by OpenSSL through ``cryptography``, the same bytes, and :func:`_parse_key_once` spares
+dkimpy parsing the PEM key in Python at every signature.  Measured (``python -m bench.dkim``,
+``Signer.sign`` on the bench's 1 KiB message, CPU time, loaded two-core machine): RSA 2048
+about 1.4 ms (0.8 ms of it OpenSSL's private-key operation, which releases the GIL),
+Ed25519 about 0.4 ms (nearly all dkimpy's canonicalisation and hashing, in Python).  The
+delivery agent has them made by its signing thread (:mod:`mta.delivery.sign_thread`, which
+says why), not on its event loop.
 
 Failures: a message whose header section dkimpy cannot parse is sent unsigned, logged.
 """
@@ -126,10 +128,17 @@ class Signer:
         self.keys = keys
         self.saved_dir = saved_dir
         oversign = {h.lower() for h in settings.oversign}
-        headers = [h.encode() for h in settings.headers]
-        # Oversigning: name the header once more than it can occur (RFC 6376 §8.15).
-        headers += [h.encode() for h in settings.headers if h.lower() in oversign]
-        self.headers = headers
+        self.signed = frozenset(h.lower().encode() for h in settings.headers)
+        # Oversigning: name the header once more than it occurs (RFC 6376 §8.15).
+        self.oversigned = [h.lower().encode() for h in settings.headers if h.lower() in oversign]
+
+    def headers_to_sign(self, fields: list[tuple[bytes, bytes]]) -> list[bytes]:
+        """h= for a message with these header fields: each configured field once per
+        instance present (RFC 6376 §5.4.2), then the oversigned ones once more.  An absent
+        field is not named: that would forbid adding it (as oversigning does) and turn
+        h= into the configuration's list instead of the message's."""
+        names = [name.lower() for name, _ in fields]
+        return [name for name in names if name in self.signed] + self.oversigned
 
     def key_for(self, message: bytes) -> DkimKey | None:
         """The key of the From: domain or its nearest parent that has one."""
@@ -148,14 +157,13 @@ class Signer:
         if key is None:
             return None
         try:
-            return dkim.sign(
-                message,
+            parsed = dkim.DKIM(message, signature_algorithm=key.algorithm)
+            return parsed.sign(
                 key.selector.encode(),
                 key.domain.encode(),
                 key.private,
                 canonicalize=(b"relaxed", b"relaxed"),
-                signature_algorithm=key.algorithm,
-                include_headers=self.headers,
+                include_headers=self.headers_to_sign(parsed.headers),
             )
         except dkim.DKIMException as exc:  # a header section dkimpy cannot parse
             log.warning("DKIM signing failed for d=%s: %s; sent unsigned", key.domain, exc)
@@ -209,8 +217,22 @@ def _rsa_sign_with_openssl(digest: object, private_key: dict[str, int]) -> bytes
     return key.sign(raw, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
 
 
-# dkim.DKIM.gen_header calls the name it imported from dkim.crypto: replace that one.
+_PARSED_KEYS: dict[bytes, object] = {}  # PEM -> dkimpy's key (a dict of ints)
+_dkimpy_parse_key = dkim.crypto.parse_pem_private_key
+
+
+def _parse_key_once(pem: bytes) -> object:
+    """dkimpy parses the PEM (in Python) at every signature, a seventh of an RSA one's CPU;
+    the keys are the few of [dkim.keys], so each is parsed once.  dkimpy only reads it."""
+    parsed = _PARSED_KEYS.get(pem)
+    if parsed is None:
+        parsed = _PARSED_KEYS[pem] = _dkimpy_parse_key(pem)
+    return parsed
+
+
+# dkim.DKIM calls the names it imported from dkim.crypto: replace those.
 dkim.RSASSA_PKCS1_v1_5_sign = _rsa_sign_with_openssl  # type: ignore[attr-defined]
+dkim.parse_pem_private_key = _parse_key_once  # type: ignore[attr-defined]
 
 
 def from_domain(message: bytes) -> str | None:
