@@ -24,9 +24,12 @@ from __future__ import annotations
 import ipaddress
 import ssl
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from mta.config import TlsLevel
+
+if TYPE_CHECKING:
+    from mta.delivery.dane import TlsaRecord
 
 __all__ = [
     "PolicyTable",
@@ -40,10 +43,12 @@ __all__ = [
 @dataclass(frozen=True, slots=True)
 class TlsPolicy:
     """What one connection must achieve: its level, and for ``verify`` the names of which
-    one must match the server's certificate (lower case, no trailing dot)."""
+    one must match the server's certificate (lower case, no trailing dot); for ``dane``
+    (made by :func:`mta.delivery.dane.dane_policy`) the usable TLSA records too."""
 
     level: TlsLevel = "may"
     match: tuple[str, ...] = ()
+    tlsa: tuple[TlsaRecord, ...] = ()
 
     @property
     def starttls(self) -> bool:
@@ -51,7 +56,7 @@ class TlsPolicy:
 
     @property
     def required(self) -> bool:
-        return self.level in ("encrypt", "verify")
+        return self.level in ("encrypt", "verify", "dane", "dane-only")
 
     @property
     def verified(self) -> bool:
@@ -101,7 +106,7 @@ class PolicyTable:
     def policy(self, target: str, port: int, mx: bool, host: str) -> TlsPolicy:
         """The policy for a connection to MX (or configured) ``host`` of this next hop."""
         level = self.level(target, port, mx)
-        if level != "verify":
+        if level not in ("verify", "dane", "dane-only"):
             return TlsPolicy(level)
         names = dict.fromkeys([_clean(host), _clean(target)])
         return TlsPolicy(level, tuple(names))
