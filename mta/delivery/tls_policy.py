@@ -9,11 +9,14 @@ The levels are Postfix's (``smtp_tls_security_level``, ``smtp_tls_policy_maps``)
   handshake fails), no certificate check;
 - ``verify``: as encrypt, and the chain must verify against ``delivery.tls_ca_file`` (or the
   system store) and a name in the certificate must match the MX host name or the next-hop
-  domain (Postfix's ``smtp_tls_verify_cert_match = hostname, nexthop``).
+  domain (Postfix's ``smtp_tls_verify_cert_match = hostname, nexthop``);
+- ``dane``/``dane-only``: DNSSEC-authenticated TLSA records of the MX host decide
+  (:mod:`mta.delivery.dane`, which makes the connection's policy); without them ``dane``
+  is ``may`` and ``dane-only`` defers.
 
 The level is decided here, before connecting, from the next hop: ``[host]:port`` (a
 bracketed route or relayhost), then the exact domain, then ``.parent`` entries for its
-subdomains, then ``delivery.tls``.  Later levels (``dane``, MTA-STS's ``enforce``) extend
+subdomains, then ``delivery.tls``.  Later levels (MTA-STS's ``enforce``) extend
 :data:`TlsLevel` and :class:`TlsPolicy` (the names to match come from the policy, not the
 level).  Invariants: every context sent by this module has TLS 1.2 as its minimum; the
 SNI is the MX host name whenever it is a name and not an address.

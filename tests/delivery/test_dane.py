@@ -199,6 +199,17 @@ def test_unauthenticated_tlsa_falls_back_to_may(
     sink.wait_for(1)
 
 
+def test_only_pkix_usages_fall_back_to_may(
+    zone: Zone, ca: trustme.CA, sink_factory: SinkFactory
+) -> None:
+    """RFC 7672 §3.1.3: PKIX-TA(0) and PKIX-EE(1) records are unusable for SMTP."""
+    sink, leaf = tls_sink(sink_factory, ca, HOSTS[0], zone.port, "other.test")
+    zone.tlsa(MX1, record(1, 1, 1, leaf), record(0, 0, 1, der(ca.cert_pem)))
+    result = deliver(zone, tls="dane")
+    assert result.status == "sent" and result.tls.endswith(" unverified"), result
+    sink.wait_for(1)
+
+
 def test_unauthenticated_mx_means_no_dane(
     zone: Zone, ca: trustme.CA, sink_factory: SinkFactory
 ) -> None:
