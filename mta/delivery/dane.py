@@ -6,8 +6,9 @@ The policy (:func:`dane_policy`) is decided before connecting, per MX host, as P
 
 - DANE applies only when the answers that led to the host are authenticated (the AD bit set
   by the validating resolver in ``delivery.dns_servers``): the MX RRset of an MX-routed next
-  hop (RFC 7672 §2.2.1; a configured ``[host]`` is trusted as configured) and the TLSA RRset
-  ``_PORT._tcp.HOST`` itself (§2.2.3);
+  hop (RFC 7672 §2.2.1; a configured ``[host]`` is trusted as configured), the host's
+  address records (§2.2.2: no TLSA lookup for an insecure host, as Postfix) and the TLSA
+  RRset ``_PORT._tcp.HOST`` itself (§2.2.3);
 - an authenticated TLSA RRset with usable records (DANE-TA(2), DANE-EE(3), known selectors
   and matching types; PKIX-TA(0)/PKIX-EE(1) are unusable for SMTP, §3.1.3) gives a ``dane``
   :class:`~mta.delivery.tls_policy.TlsPolicy`: TLS is mandatory and authenticated by them;
@@ -91,6 +92,8 @@ def usable(records: Sequence[TlsaRecord]) -> tuple[TlsaRecord, ...]:
 class TlsaResolver(Protocol):
     """What :func:`dane_policy` needs of :class:`mta.delivery.dns.Resolver`."""
 
+    async def addresses_authenticated(self, host: str) -> bool: ...
+
     async def tlsa(self, host: str, port: int) -> tuple[list[TlsaRecord], bool]: ...
 
 
@@ -101,6 +104,8 @@ async def dane_policy(
     does not apply to it; raises DeliveryError 4.7.5 when the TLSA lookup fails."""
     if not mx_secure or not _is_name(host):
         return None  # §2.2.1: an insecure MX RRset; an address has no TLSA base name
+    if not await resolver.addresses_authenticated(host):
+        return None  # §2.2.2: an insecure host
     try:
         records, authenticated = await resolver.tlsa(host, port)
     except DeliveryError as exc:

@@ -73,6 +73,20 @@ class Resolver:
         hosts = [r.exchange.to_text(omit_final_dot=True) for r in records]
         return MxAnswer(hosts, _authenticated(answer.response))
 
+    async def addresses_authenticated(self, host: str) -> bool:
+        """Whether the A and AAAA answers for ``host`` (cached by :meth:`addresses`) were
+        authenticated, records or denial; False when a lookup fails."""
+        for rdtype in ("A", "AAAA"):
+            try:
+                answer = await self._resolver.resolve(
+                    host, rdtype, search=False, raise_on_no_answer=False
+                )
+            except dns.exception.DNSException:
+                return False
+            if not _authenticated(answer.response):
+                return False
+        return True
+
     async def tlsa(self, host: str, port: int) -> tuple[list[TlsaRecord], bool]:
         """The TLSA records of ``_PORT._tcp.HOST`` (RFC 6698 §3) and whether the answer,
         records or denial (NXDOMAIN, NODATA), was authenticated; raises DeliveryError

@@ -73,6 +73,7 @@ class Zone:
             dns.authenticated(domain)
         for host, ip in zip((MX1, MX2), HOSTS, strict=True):
             dns.add_a(host, ip)
+            dns.authenticated(host)
 
     def tlsa_name(self, host: str) -> str:
         return f"_{self.port}._tcp.{host}"
@@ -217,6 +218,19 @@ def test_unauthenticated_mx_means_no_dane(
     sink, _ = tls_sink(sink_factory, ca, HOSTS[0], zone.port, MX1)
     zone.tlsa(MX1, record(3, 1, 1, der(ca.cert_pem)))  # authenticated, would not match
     zone.dns.authenticated("solo.test", False)
+    result = deliver(zone)
+    assert result.status == "sent" and result.tls.endswith(" unverified"), result
+    assert not any(q[1] == "TLSA" for q in zone.dns.queries)
+    sink.wait_for(1)
+
+
+def test_unauthenticated_host_addresses_mean_no_dane(
+    zone: Zone, ca: trustme.CA, sink_factory: SinkFactory
+) -> None:
+    """RFC 7672 §2.2.2: no TLSA lookup for an MX host whose address records are insecure."""
+    sink, _ = tls_sink(sink_factory, ca, HOSTS[0], zone.port, MX1)
+    zone.tlsa(MX1, record(3, 1, 1, der(ca.cert_pem)))  # authenticated, would not match
+    zone.dns.authenticated(MX1, False)
     result = deliver(zone)
     assert result.status == "sent" and result.tls.endswith(" unverified"), result
     assert not any(q[1] == "TLSA" for q in zone.dns.queries)
