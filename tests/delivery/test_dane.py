@@ -190,6 +190,22 @@ def test_dane_ta_with_a_wrong_name_defers(
     assert sink.transactions == 0
 
 
+def test_implicit_mx_with_authenticated_denial_uses_the_domain_s_tlsa(
+    zone: Zone, ca: trustme.CA, sink_factory: SinkFactory
+) -> None:
+    """No MX (NODATA, authenticated): the domain is its own exchanger and TLSA base name."""
+    sink, leaf = tls_sink(sink_factory, ca, HOSTS[0], zone.port, "bare.test")
+    zone.dns.add_a("bare.test", HOSTS[0])
+    zone.dns.authenticated("bare.test")
+    zone.tlsa("bare.test", record(3, 1, 1, leaf))
+    result = deliver(zone, domain="bare.test")
+    assert result.status == "sent" and result.tls.endswith(" dane"), result
+    zone.dns.authenticated("bare.test", False)  # nothing about bare.test is authenticated
+    result = deliver(zone, domain="bare.test")
+    assert result.status == "sent" and result.tls.endswith(" unverified"), result
+    sink.wait_for(2)
+
+
 def test_unauthenticated_tlsa_falls_back_to_may(
     zone: Zone, ca: trustme.CA, sink_factory: SinkFactory
 ) -> None:
