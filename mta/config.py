@@ -55,7 +55,8 @@ _ROUTE_KINDS = ("smtp", "lmtp", "maildir", "discard")
 
 
 # outbound TLS security levels (Postfix's); mta/delivery/tls_policy.py gives their meaning
-TlsLevel = Literal["none", "may", "encrypt", "verify"]
+# dane: TLSA records when DNSSEC-authenticated, else may; dane-only: DANE or defer
+TlsLevel = Literal["none", "may", "encrypt", "verify", "dane", "dane-only"]
 TLS_LEVELS: tuple[str, ...] = get_args(TlsLevel)
 
 
@@ -366,7 +367,7 @@ class DeliveryConfig(_Section, frozen=True):
     local_domains: tuple[str, ...] = ()
     # default outbound TLS level (Postfix's smtp_tls_security_level); [tls_policy] overrides
     # it per destination (smtp_tls_policy_maps); see mta/delivery/tls_policy.py
-    tls: TlsLevel = "may"
+    tls: TlsLevel = "may"  # "dane"/"dane-only" need a validating resolver in dns_servers
     tls_ca_file: str = ""  # PEM trust anchors for "verify" (smtp_tls_CAfile); "": system store
     # CPU niceness of the queue manager and delivery processes, added to smtpd's
     nice: Annotated[int, msgspec.Meta(ge=0, le=19)] = 10

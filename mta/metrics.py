@@ -101,7 +101,8 @@ MESSAGES_DELIVERED = Counter(
 BOUNCES = Counter("mta_delivery_bounces", "Delivery status notifications generated")
 # outcome: verified, unverified, plaintext (level none, or may and not offered), failed (the
 # handshake; under may retried in plaintext, counted again as level none), not_offered,
-# untrusted (verify), other (refused or lost before TLS was decided)
+# untrusted (verify), dane (TLSA matched), dane_failed (no TLSA record matched), other (refused
+# or lost before TLS was decided)
 DELIVERY_TLS = Counter(
     "mta_delivery_tls_connections",
     "Outbound connections by TLS level and outcome",

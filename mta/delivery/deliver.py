@@ -8,7 +8,10 @@ an error or drops the connection before taking the message.  At most
 Idle connections are kept for :data:`IDLE_SECONDS` for the next message to the same server
 and TLS policy.  The TLS policy of each connection is decided before connecting, from the
 next hop (:class:`~mta.delivery.tls_policy.PolicyTable`); under ``may`` a failed STARTTLS
-handshake is retried once in plaintext on the same server (Postfix does the same).
+handshake is retried once in plaintext on the same server (Postfix does the same).  Under
+``dane``/``dane-only`` the policy of each server is its DANE policy when DNSSEC-authenticated
+TLSA records apply (:func:`~mta.delivery.dane.dane_policy`), else the non-DANE level; a
+failed TLSA lookup or a failed DANE match moves on to the next server.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import time
 from collections import defaultdict
 
 from mta.config import Config
+from mta.delivery.dane import dane_policy
 from mta.delivery.dns import Resolver
 from mta.delivery.maildir import deliver_maildir
 from mta.delivery.results import DeliveryError
@@ -89,7 +93,7 @@ class Deliverer:
         usual case, the first server takes the message) is finalised by the event loop
         with a task of its own, which cost more than the rest of this function."""
         try:
-            hosts = await self._hosts(nexthop)
+            hosts, mx_secure = await self._hosts(nexthop)
         except DeliveryError as exc:
             return [exc.result_for(r) for r in tx.recipients]
         last_error: DeliveryError | None = None
@@ -104,10 +108,15 @@ class Deliverer:
                 if lookup_error is None or (lookup_error.permanent and not exc.permanent):
                     lookup_error = exc
                 continue
+            try:
+                policy = await self._policy(nexthop, host, mx_secure)
+            except DeliveryError as exc:  # TLSA lookup error, or dane-only without DANE
+                last_error = exc
+                log.debug("%s: %s; trying the next server", nexthop.key, exc.reply)
+                continue
             for ip in addresses[: MAX_ADDRESSES_TRIED - tried]:
                 tried += 1
                 try:
-                    policy = self.tls.policy(nexthop.target, nexthop.port, nexthop.mx, host)
                     key = (ip, nexthop.port, nexthop.kind == "lmtp", policy)
                     conn = self._take_idle(key) or await self._open(host, ip, nexthop, policy)
                     results = await conn.send(tx)
@@ -125,11 +134,29 @@ class Deliverer:
             error = DeliveryError(False, "4.4.4", f"no server found for {nexthop.target}")
         return [error.result_for(r) for r in tx.recipients]
 
-    async def _hosts(self, nexthop: NextHop) -> list[str]:
-        """The servers to try, best first: the MX hosts, or the one configured host."""
+    async def _hosts(self, nexthop: NextHop) -> tuple[list[str], bool]:
+        """The servers to try, best first: the MX hosts, or the one configured host; and
+        whether DNSSEC vouches for them (a configured host is trusted as configured)."""
         if nexthop.mx:
-            return await self.resolver.mx_hosts(nexthop.target)
-        return [nexthop.target]
+            return await self.resolver.mx(nexthop.target)
+        return [nexthop.target], True
+
+    async def _policy(self, nexthop: NextHop, host: str, mx_secure: bool) -> TlsPolicy:
+        """The TLS policy of one server, decided before connecting.  DANE beats everything
+        else where it applies; where it does not, the non-DANE level is ``may`` (Postfix)."""
+        policy = self.tls.policy(nexthop.target, nexthop.port, nexthop.mx, host)
+        if policy.level not in ("dane", "dane-only"):
+            return policy
+        found = await dane_policy(self.resolver, host, nexthop.port, nexthop.target, mx_secure)
+        if found is not None:
+            return found
+        if policy.level == "dane-only":  # Postfix's dane-only: DANE or defer
+            raise DeliveryError(
+                False,
+                "4.7.5",
+                f"no DNSSEC-authenticated usable TLSA records for {host}:{nexthop.port}",
+            )
+        return TlsPolicy("may")
 
     async def _open(
         self, host: str, ip: str, nexthop: NextHop, policy: TlsPolicy

@@ -4,6 +4,11 @@ Classification (RFC 5321 §5.1, RFC 7505): NXDOMAIN and a null MX (``0 .``) are 
 SERVFAIL, timeouts and unreachable servers are temporary; a domain that exists without MX
 records is its own mail exchanger (implicit MX).  Hosts of equal preference are shuffled so
 that load spreads as RFC 5321 §5.1 asks.
+
+DNSSEC is left to the resolver in ``delivery.dns_servers``: every query sets the AD bit
+(RFC 6840 §5.7), so a validating resolver says whether its answer is authenticated.
+:meth:`Resolver.mx` and :meth:`Resolver.tlsa` report that, for DANE (RFC 7672 §2.2);
+nothing else depends on it.
 """
 
 from __future__ import annotations
@@ -11,17 +16,27 @@ from __future__ import annotations
 import functools
 import ipaddress
 import random
+from typing import NamedTuple
 
 import dns.asyncresolver
 import dns.exception
+import dns.flags
+import dns.message
 import dns.nameserver
+import dns.rdatatype
 import dns.resolver
 
 from mta import metrics
 from mta.config import parse_hostport
+from mta.delivery.dane import TlsaRecord
 from mta.delivery.results import DeliveryError
 
-__all__ = ["Resolver"]
+__all__ = ["MxAnswer", "Resolver"]
+
+
+class MxAnswer(NamedTuple):
+    hosts: list[str]  # best preference first
+    authenticated: bool  # the resolver set AD: the MX RRset (or its absence) is DNSSEC-secure
 
 
 class Resolver:
@@ -34,22 +49,65 @@ class Resolver:
             ]
         resolver.cache = dns.resolver.Cache()
         resolver.lifetime = timeout
+        resolver.flags = dns.flags.RD | dns.flags.AD  # ask for the AD bit (RFC 6840 §5.7)
         self._resolver = resolver
 
     async def mx_hosts(self, domain: str) -> list[str]:
         """Mail exchangers for ``domain``, best preference first; raises DeliveryError."""
+        return (await self.mx(domain)).hosts
+
+    async def mx(self, domain: str) -> MxAnswer:
+        """:meth:`mx_hosts` and whether the answer was authenticated."""
         if domain.startswith("[") and domain.endswith("]"):
-            return [domain]  # address literal: no lookup
+            return MxAnswer([domain], False)  # address literal: no lookup
         try:
             answer = await self._query(domain, "MX")
-        except dns.resolver.NoAnswer:
-            return [domain]  # RFC 5321 §5.1: no MX, the domain's address records are used
+        except dns.resolver.NoAnswer as exc:
+            # RFC 5321 §5.1: no MX, the domain's address records are used
+            return MxAnswer([domain], _authenticated(exc.response()))
         records = sorted(answer, key=lambda r: (r.preference, random.random()))
         if len(records) == 1 and records[0].exchange == dns.name.root:
             raise DeliveryError(
                 True, "5.1.10", f"556 5.1.10 Domain {domain} does not accept mail (null MX)"
             )
-        return [r.exchange.to_text(omit_final_dot=True) for r in records]
+        hosts = [r.exchange.to_text(omit_final_dot=True) for r in records]
+        return MxAnswer(hosts, _authenticated(answer.response))
+
+    async def addresses_authenticated(self, host: str) -> bool:
+        """Whether the A and AAAA answers for ``host`` (cached by :meth:`addresses`) were
+        authenticated, records or denial; False when a lookup fails."""
+        for rdtype in ("A", "AAAA"):
+            try:
+                answer = await self._resolver.resolve(
+                    host, rdtype, search=False, raise_on_no_answer=False
+                )
+            except dns.exception.DNSException:
+                return False
+            if not _authenticated(answer.response):
+                return False
+        return True
+
+    async def tlsa(self, host: str, port: int) -> tuple[list[TlsaRecord], bool]:
+        """The TLSA records of ``_PORT._tcp.HOST`` (RFC 6698 §3) and whether the answer,
+        records or denial (NXDOMAIN, NODATA), was authenticated; raises DeliveryError
+        (temporary) when the lookup fails.  CNAMEs are followed by the resolver."""
+        name = f"_{port}._tcp.{host.rstrip('.')}"
+        metrics.DNS_LOOKUPS.labels("TLSA").inc()
+        try:
+            answer = await self._resolver.resolve(
+                name, "TLSA", search=False, raise_on_no_answer=False
+            )
+        except dns.resolver.NXDOMAIN as exc:
+            return [], all(_authenticated(r) for r in exc.responses().values())
+        except dns.exception.DNSException as exc:
+            metrics.DNS_FAILURES.labels("TLSA", "temporary").inc()
+            raise DeliveryError(False, "4.4.3", f"DNS error for {name} type=TLSA: {exc}") from None
+        records = [
+            TlsaRecord(r.usage, r.selector, r.mtype, r.cert)
+            for r in answer.rrset or ()
+            if r.rdtype == dns.rdatatype.TLSA
+        ]
+        return records, _authenticated(answer.response)
 
     async def addresses(self, host: str) -> list[str]:
         """IPv4 then IPv6 addresses of ``host``; raises DeliveryError when none."""
@@ -94,6 +152,10 @@ class Resolver:
         except dns.exception.DNSException as exc:
             metrics.DNS_FAILURES.labels(rdtype, "temporary").inc()
             raise DeliveryError(False, "4.4.3", f"DNS error for {name}: {exc}") from None
+
+
+def _authenticated(response: dns.message.Message) -> bool:
+    return bool(response.flags & dns.flags.AD)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -9,8 +9,9 @@ timeout), does the TLS handshake when the session says so, holds the connection 
 :class:`~mta.delivery.tls_policy.TlsPolicy` (SNI always sent for a host name; ``encrypt``
 and ``verify`` defer a server without STARTTLS with ``4.7.4``, a failed handshake with
 ``4.7.5``, and ``verify`` a certificate that does not verify or name the server with
-``4.7.5``; ``may`` lets the caller retry a failed handshake in plaintext, see
-:class:`TlsHandshakeError`), and turns the session's outcomes
+``4.7.5``, ``dane`` a chain that matches none of the policy's TLSA records with
+``4.7.5`` (:mod:`mta.delivery.dane`); ``may`` lets the caller retry a failed handshake in
+plaintext, see :class:`TlsHandshakeError`), and turns the session's outcomes
 into one :class:`RecipientResult` per recipient, named with this connection's relay.  A
 connection carries any number of transactions, so the next message to the same server
 reuses it.
@@ -44,6 +45,7 @@ import logging
 import ssl
 
 from mta import metrics
+from mta.delivery import dane
 from mta.delivery.results import DeliveryError
 from mta.delivery.stored import read_chunks
 from mta.delivery.tls_policy import TlsPolicy, cert_matches, client_context, sni_for
@@ -63,6 +65,7 @@ from mta.queue.results import RecipientResult, Status
 
 __all__ = [
     "OutboundConnection",
+    "TlsDaneError",
     "TlsHandshakeError",
     "TlsNotOfferedError",
     "TlsUntrustedError",
@@ -84,6 +87,10 @@ class TlsUntrustedError(DeliveryError):
     """``verify``: the certificate's chain or name did not verify; never retried."""
 
 
+class TlsDaneError(TlsUntrustedError):
+    """``dane``: the certificate chain matched none of the TLSA records; never retried."""
+
+
 class TlsNotOfferedError(DeliveryError):
     """``encrypt``/``verify``: the server did not offer STARTTLS."""
 
@@ -92,6 +99,8 @@ def _outcome(exc: DeliveryError) -> str:
     """The metric's outcome for a connection that failed before its first transaction."""
     if isinstance(exc, TlsHandshakeError):
         return "failed"
+    if isinstance(exc, TlsDaneError):
+        return "dane_failed"
     if isinstance(exc, TlsUntrustedError):
         return "untrusted"
     return "not_offered" if isinstance(exc, TlsNotOfferedError) else "other"
@@ -387,17 +396,34 @@ class OutboundConnection:
             if not cert or not cert_matches(cert, policy.match):
                 names = ", ".join(policy.match)
                 raise self._untrusted(f"certificate does not match {names}")
-        trust = "verified" if policy.verified else "unverified"
+        authenticated = policy.verified or policy.level == "dane"
+        if policy.level == "dane":
+            self._check_dane(tls)
+            trust = "dane"
+        else:
+            trust = "verified" if policy.verified else "unverified"
         self.tls_summary = f"{version} {trust}"
         cipher = tls.cipher() if tls is not None else None
         # Postfix: "Untrusted/Verified TLS connection established to ...: TLSv1.3 with ..."
         log.info(
             "%s TLS connection established to %s: %s with cipher %s",
-            "Verified" if policy.verified else "Untrusted",
+            "Verified" if authenticated else "Untrusted",
             self.relay,
             version,
             cipher[0] if cipher else "unknown",
         )
+
+    def _check_dane(self, tls: ssl.SSLObject | None) -> None:
+        """RFC 7672 §3: the presented chain must match a TLSA record of the policy."""
+        chain = dane.presented_chain(tls) if tls is not None else []
+        why = dane.check_chain(chain, self.policy.tlsa, self.policy.match)
+        if why:
+            raise TlsDaneError(
+                False,
+                "4.7.5",
+                f"Server certificate not trusted for {self.relay}: DANE: {why}",
+                self.relay,
+            )
 
     def _untrusted(self, why: str) -> TlsUntrustedError:
         """A certificate that ``verify`` cannot accept: defer, never fall back."""

@@ -9,11 +9,14 @@ The levels are Postfix's (``smtp_tls_security_level``, ``smtp_tls_policy_maps``)
   handshake fails), no certificate check;
 - ``verify``: as encrypt, and the chain must verify against ``delivery.tls_ca_file`` (or the
   system store) and a name in the certificate must match the MX host name or the next-hop
-  domain (Postfix's ``smtp_tls_verify_cert_match = hostname, nexthop``).
+  domain (Postfix's ``smtp_tls_verify_cert_match = hostname, nexthop``);
+- ``dane``/``dane-only``: DNSSEC-authenticated TLSA records of the MX host decide
+  (:mod:`mta.delivery.dane`, which makes the connection's policy); without them ``dane``
+  is ``may`` and ``dane-only`` defers.
 
 The level is decided here, before connecting, from the next hop: ``[host]:port`` (a
 bracketed route or relayhost), then the exact domain, then ``.parent`` entries for its
-subdomains, then ``delivery.tls``.  Later levels (``dane``, MTA-STS's ``enforce``) extend
+subdomains, then ``delivery.tls``.  Later levels (MTA-STS's ``enforce``) extend
 :data:`TlsLevel` and :class:`TlsPolicy` (the names to match come from the policy, not the
 level).  Invariants: every context sent by this module has TLS 1.2 as its minimum; the
 SNI is the MX host name whenever it is a name and not an address.
@@ -24,9 +27,12 @@ from __future__ import annotations
 import ipaddress
 import ssl
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from mta.config import TlsLevel
+
+if TYPE_CHECKING:
+    from mta.delivery.dane import TlsaRecord
 
 __all__ = [
     "PolicyTable",
@@ -40,10 +46,12 @@ __all__ = [
 @dataclass(frozen=True, slots=True)
 class TlsPolicy:
     """What one connection must achieve: its level, and for ``verify`` the names of which
-    one must match the server's certificate (lower case, no trailing dot)."""
+    one must match the server's certificate (lower case, no trailing dot); for ``dane``
+    (made by :func:`mta.delivery.dane.dane_policy`) the usable TLSA records too."""
 
     level: TlsLevel = "may"
     match: tuple[str, ...] = ()
+    tlsa: tuple[TlsaRecord, ...] = ()
 
     @property
     def starttls(self) -> bool:
@@ -51,7 +59,7 @@ class TlsPolicy:
 
     @property
     def required(self) -> bool:
-        return self.level in ("encrypt", "verify")
+        return self.level in ("encrypt", "verify", "dane", "dane-only")
 
     @property
     def verified(self) -> bool:
@@ -101,7 +109,7 @@ class PolicyTable:
     def policy(self, target: str, port: int, mx: bool, host: str) -> TlsPolicy:
         """The policy for a connection to MX (or configured) ``host`` of this next hop."""
         level = self.level(target, port, mx)
-        if level != "verify":
+        if level not in ("verify", "dane", "dane-only"):
             return TlsPolicy(level)
         names = dict.fromkeys([_clean(host), _clean(target)])
         return TlsPolicy(level, tuple(names))

@@ -14,6 +14,9 @@ Rules it keeps (RFC 1034 §4.3.2, RFC 2308):
 - UDP and TCP are served on the same port; a UDP answer too big for the client's buffer
   (512 octets, or its EDNS size) is sent truncated, as is every UDP answer while
   :meth:`DnsServer.truncate_udp` is on.
+- It stands in for a validating resolver too: an answer (records or denial) for a name
+  marked :meth:`DnsServer.authenticated` carries the AD bit, when the query asked for it
+  with AD or DO (RFC 6840 §5.7, RFC 4035 §3.2.3); by default no answer has it.
 
 It runs in a thread and event loop of its own, started and stopped as every test server
 is (loop_server.py).
@@ -69,6 +72,7 @@ class DnsServer(LoopServer):
         self._servfail: set[str] = set()
         self._silent: set[str] = set()
         self._truncate = False
+        self._authenticated: set[str] = set()
         self._queries: list[tuple[str, str, str]] = []
         # machinery, owned by the loop thread once started
         self._udp: asyncio.DatagramTransport | None = None
@@ -93,6 +97,17 @@ class DnsServer(LoopServer):
 
     def add_aaaa(self, name: str, address: str) -> None:
         self._add(name, _rdata(dns.rdatatype.AAAA, address))
+
+    def add_tlsa(self, name: str, usage: int, selector: int, mtype: int, data: bytes) -> None:
+        """A TLSA record at ``name`` (``_25._tcp.mx.example.test``), RFC 6698 §2."""
+        text = f"{usage} {selector} {mtype} {data.hex()}"
+        self._add(name, _rdata(dns.rdatatype.TLSA, text))
+
+    def authenticated(self, name: str, on: bool = True) -> None:
+        """Whether answers for ``name`` carry the AD bit (DNSSEC-validated, as a
+        validating resolver would say)."""
+        with self._lock:
+            (self._authenticated.add if on else self._authenticated.discard)(_key(name))
 
     def servfail(self, name: str) -> None:
         with self._lock:
@@ -176,6 +191,9 @@ class DnsServer(LoopServer):
             return self._truncated(query)
         response = dns.message.make_response(query)
         response.flags |= dns.flags.AA
+        asked = query.flags & dns.flags.AD or query.ednsflags & dns.flags.DO
+        if name in self._authenticated and asked:
+            response.flags |= dns.flags.AD
         qname = query.question[0].name
         if name in self._servfail:
             response.set_rcode(dns.rcode.SERVFAIL)

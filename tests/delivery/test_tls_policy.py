@@ -226,7 +226,7 @@ def test_policy_lookup_order() -> None:
         ({"tls_policy": {"example.org": "secure"}}, "tls_policy.example.org: level 'secure'"),
         ({"tls_policy": {"[10.0.0.5]": "verify"}}, "tls_policy.[10.0.0.5]: a next hop is"),
         ({"tls_policy": {"a b": "may"}}, "tls_policy.a b: not a domain"),
-        ({"delivery": {"tls": "dane"}}, "delivery.tls"),
+        ({"delivery": {"tls": "secure"}}, "delivery.tls"),
         ({"delivery": {"tls_ca_file": "/nonexistent.pem"}}, "tls_ca_file: cannot read"),
     ],
 )
