@@ -9,6 +9,8 @@ Idle connections are kept for :data:`IDLE_SECONDS` for the next message to the s
 and TLS policy.  The TLS policy of each connection is decided before connecting, from the
 next hop (:class:`~mta.delivery.tls_policy.PolicyTable`); under ``may`` a failed STARTTLS
 handshake is retried once in plaintext on the same server (Postfix does the same).
+For MX next hops without a ``[tls_policy]`` entry, the domain's MTA-STS policy (asked once
+per next hop) narrows the MX hosts and decides the level (:mod:`mta.delivery.mta_sts_apply`).
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ import time
 from collections import defaultdict
 
 from mta.config import Config
+from mta.delivery import mta_sts_apply
 from mta.delivery.dns import Resolver
 from mta.delivery.maildir import deliver_maildir
+from mta.delivery.mta_sts import StsPolicy
+from mta.delivery.mta_sts_cache import StsPolicies
 from mta.delivery.results import DeliveryError
 from mta.delivery.routing import NextHop
 from mta.delivery.smtp_client import OutboundConnection, TlsHandshakeError, Transaction
@@ -47,6 +52,7 @@ class Deliverer:
         delivery = config.delivery
         self.tls = PolicyTable(delivery.tls, config.tls_policy, delivery.tls_ca_file)
         self._limits: dict[str, asyncio.Semaphore] = {}
+        self.sts = StsPolicies(config, resolver) if config.mta_sts.enabled else None
 
     async def deliver(self, nexthop: NextHop, tx: Transaction) -> list[RecipientResult]:
         if nexthop.kind == "discard":
@@ -90,6 +96,9 @@ class Deliverer:
         with a task of its own, which cost more than the rest of this function."""
         try:
             hosts = await self._hosts(nexthop)
+            sts = await self._sts_policy(nexthop)
+            if sts is not None:
+                hosts = mta_sts_apply.allowed_hosts(nexthop.target, sts, hosts)
         except DeliveryError as exc:
             return [exc.result_for(r) for r in tx.recipients]
         last_error: DeliveryError | None = None
@@ -107,9 +116,9 @@ class Deliverer:
             for ip in addresses[: MAX_ADDRESSES_TRIED - tried]:
                 tried += 1
                 try:
-                    policy = self.tls.policy(nexthop.target, nexthop.port, nexthop.mx, host)
+                    policy = self._tls_policy(nexthop, host, sts)
                     key = (ip, nexthop.port, nexthop.kind == "lmtp", policy)
-                    conn = self._take_idle(key) or await self._open(host, ip, nexthop, policy)
+                    conn = self._take_idle(key) or await self._open(host, ip, nexthop, policy, sts)
                     results = await conn.send(tx)
                 except DeliveryError as exc:
                     last_error = exc
@@ -131,13 +140,40 @@ class Deliverer:
             return await self.resolver.mx_hosts(nexthop.target)
         return [nexthop.target]
 
+    async def _sts_policy(self, nexthop: NextHop) -> StsPolicy | None:
+        """The MTA-STS policy in force for an MX next hop, unless a [tls_policy] entry
+        names the domain (an operator's word wins) or the policy says ``none``."""
+        if self.sts is None or not nexthop.mx or self.tls.has_entry(nexthop.target):
+            return None
+        policy = await self.sts.policy_for(nexthop.target.lower().rstrip("."))
+        return policy if policy is not None and policy.mode != "none" else None
+
+    def _tls_policy(self, nexthop: NextHop, host: str, sts: StsPolicy | None) -> TlsPolicy:
+        """The TLS policy of one MX host: MTA-STS enforce, else the table's.  (DANE, where
+        it applies to the host, is to be decided here first: it beats MTA-STS.)"""
+        if sts is not None and sts.mode == "enforce":
+            return mta_sts_apply.enforced_tls(host)
+        return self.tls.policy(nexthop.target, nexthop.port, nexthop.mx, host)
+
     async def _open(
-        self, host: str, ip: str, nexthop: NextHop, policy: TlsPolicy
+        self,
+        host: str,
+        ip: str,
+        nexthop: NextHop,
+        policy: TlsPolicy,
+        sts: StsPolicy | None = None,
     ) -> OutboundConnection:
+        trial = mta_sts_apply.trial_tls(sts, host)
+        if trial is not None:  # MTA-STS testing: try as enforce would, report, go on
+            try:
+                return await self._connect(host, ip, nexthop, trial)
+            except mta_sts_apply.TLS_FAILURES as exc:
+                mta_sts_apply.would_fail(nexthop.target, exc.reply, "tls")
         try:
             return await self._connect(host, ip, nexthop, policy)
-        except TlsHandshakeError as exc:
-            if policy.level != "may":
+        except mta_sts_apply.TLS_FAILURES as exc:
+            mta_sts_apply.enforce_failed(policy, exc)
+            if policy.level != "may" or not isinstance(exc, TlsHandshakeError):
                 raise
             log.warning("%s; retrying in plaintext", exc.reply)
             return await self._connect(host, ip, nexthop, TlsPolicy("none"))

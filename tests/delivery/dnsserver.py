@@ -94,6 +94,12 @@ class DnsServer(LoopServer):
     def add_aaaa(self, name: str, address: str) -> None:
         self._add(name, _rdata(dns.rdatatype.AAAA, address))
 
+    def set_txt(self, name: str, *texts: str) -> None:
+        """The TXT records at ``name``, one per text (each one string), replacing any."""
+        rdatas = [_rdata(dns.rdatatype.TXT, '"' + t.replace('"', '\\"') + '"') for t in texts]
+        with self._lock:
+            self._records.setdefault(_key(name), {})[dns.rdatatype.TXT] = rdatas
+
     def servfail(self, name: str) -> None:
         with self._lock:
             self._servfail.add(_key(name))
