@@ -7,6 +7,7 @@ that is enough, through ``mta serve`` for the log line and the cache across rest
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -122,6 +123,20 @@ def test_invalid_policies(text: str, problem: str) -> None:
         parse_policy(text)
 
 
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"fetch_timeout": 0}, "mta_sts.fetch_timeout"),
+        ({"cache_size": 0}, "mta_sts.cache_size"),
+        ({"enable": True}, "unknown field `enable`"),
+    ],
+)
+def test_bad_mta_sts_config_names_the_key(section: dict[str, Any], message: str) -> None:
+    with pytest.raises(msgspec.ValidationError, match=message):
+        msgspec.convert({"mta_sts": section}, Config)
+    assert Config().mta_sts.enabled  # on by default
+
+
 def test_max_age_limit_is_allowed() -> None:
     text = "version: STSv1\nmode: enforce\nmx: a.test\nmax_age: 31557600\n"
     assert parse_policy(text).max_age == 31557600
@@ -231,8 +246,6 @@ def test_one_fetch_in_flight_per_domain(
     dns: DnsServer, https: PolicyServer, ca_file: str, tmp_path: Path
 ) -> None:
     async def together() -> list[StsPolicy | None]:
-        import asyncio
-
         sts = policies(dns, ca_file, tmp_path)
         return await asyncio.gather(*(sts.policy_for(DOMAIN) for _ in range(5)))
 
@@ -388,9 +401,13 @@ def test_a_tls_policy_entry_wins_over_mta_sts(
 ) -> None:
     mx_at(dns, "mx.elsewhere.test")
     with CaptureSink() as sink:
-        cfg = config(dns, ca_file, tmp_path, tls_policy={DOMAIN: "may"})
-        assert deliver(sink_config(sink, cfg)).status == "sent"
-    assert https.count == 0
+        for entry in (DOMAIN, ".test"):
+            cfg = config(dns, ca_file, tmp_path, tls_policy={entry: "may"})
+            assert deliver(sink_config(sink, cfg)).status == "sent"
+        assert https.count == 0
+        cfg = config(dns, ca_file, tmp_path, tls_policy={f"other.{DOMAIN}": "may"})
+        assert deliver(sink_config(sink, cfg)).dsn == "4.7.5"  # the policy, not the entry
+        assert https.count == 1
 
 
 def test_testing_delivers_and_logs_what_would_fail(
