@@ -2,7 +2,7 @@
 
 Pure functions and values, no I/O: :mod:`mta.delivery.mta_sts_fetch` fetches a policy,
 :mod:`mta.delivery.mta_sts_cache` keeps policies in the spool and decides which one is in
-force, and the delivery applies it (:func:`allowed_hosts`, :func:`tls_policy`).
+force, and :mod:`mta.delivery.mta_sts_apply` applies it to a delivery.
 
 What is parsed, and what is refused (refused input means "no policy", never an error that
 stops delivery, RFC 8461 §3.1 and §3.2):
