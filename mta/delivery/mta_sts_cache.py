@@ -7,8 +7,8 @@ three sources (RFC 8461 §3 and §5):
    policy text as fetched, its id and when it was fetched), replaced atomically with
    :func:`mta.queue.durable.replace_file` so it survives restarts and crashes whole; the
    parsed policies of the last ``mta_sts.cache_size`` domains are also kept in memory (LRU);
-2. the ``_mta-sts.<domain>`` TXT record, asked each time (the resolver caches it for its
-   TTL): only a hint that a policy exists and which id is current;
+2. the ``_mta-sts.<domain>`` TXT record, asked again after :data:`TXT_SECONDS`: only a
+   hint that a policy exists and which id is current;
 3. the HTTPS fetch, only when the TXT id differs from the cached policy's (or nothing is
    cached), at most one in flight per domain in this process.
 
@@ -49,6 +49,10 @@ __all__ = ["CachedPolicy", "StsCache", "StsPolicies"]
 log = logging.getLogger("mta.delivery")
 
 RETRY_SECONDS = 300.0  # after a failed fetch, the next try for the same domain and id
+# The TXT answer (the id, or none) is remembered this long: even from the resolver's cache
+# a lookup costs about as much as the MX lookup (~0.1 ms), paid by every MX delivery; a new
+# policy id seen up to a minute late is harmless (the record is only a hint).
+TXT_SECONDS = 60.0
 # A domain that can be a file name: A-labels, no leading dot, no "..", no brackets.
 _DOMAIN = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)(?:\.(?!-)[a-z0-9-]{1,63}(?<!-))+")
 
@@ -153,6 +157,7 @@ class StsPolicies:
         self._context = https_context(config.delivery.tls_ca_file)
         self._inflight: dict[str, asyncio.Future[_Entry | None]] = {}
         self._failed: OrderedDict[tuple[str, str], float] = OrderedDict()  # → retry time
+        self._txt: OrderedDict[str, tuple[float, str | None]] = OrderedDict()  # → until, id
 
     async def policy_for(self, domain: str) -> StsPolicy | None:
         """The policy of ``domain`` (lower case, no final dot), or None when it has none."""
@@ -166,12 +171,21 @@ class StsPolicies:
         return cached.policy if cached is not None else None
 
     async def _txt_id(self, domain: str) -> str | None:
+        now = self.clock()
+        known = self._txt.get(domain)
+        if known is not None and known[0] > now:
+            return known[1]
         try:
             records = await self.resolver.txt(f"_mta-sts.{domain}")
         except DeliveryError as exc:  # temporary: as if there were no record (a hint)
             log.info("mta-sts: %s: TXT lookup failed: %s", domain, exc.reply)
             return None
-        return parse_txt(records)
+        policy_id = parse_txt(records)
+        self._txt[domain] = (now + TXT_SECONDS, policy_id)
+        self._txt.move_to_end(domain)
+        if len(self._txt) > self.cache.size:
+            self._txt.popitem(last=False)
+        return policy_id
 
     async def _refresh(self, domain: str, policy_id: str) -> _Entry | None:
         """The policy of id ``policy_id``, fetched by one task per domain at a time."""

@@ -327,6 +327,33 @@ def test_an_expired_policy_is_not_used(
     assert run(sts().policy_for(DOMAIN)) is None
 
 
+class CountingResolver(Resolver):
+    asked = 0
+
+    async def txt(self, name: str) -> list[str]:
+        self.asked += 1
+        return await super().txt(name)
+
+
+def test_the_txt_answer_is_remembered_for_a_minute(
+    dns: DnsServer, ca_file: str, tmp_path: Path
+) -> None:
+    cfg = config(dns, ca_file, tmp_path)
+    now = [1_000_000.0]
+    resolver = CountingResolver(cfg.delivery.dns_servers)
+    sts = StsPolicies(cfg, resolver, clock=lambda: now[0])
+
+    async def ask(times: int) -> None:
+        for _ in range(times):
+            assert await sts.policy_for("plain.test") is None
+
+    run(ask(3))
+    assert resolver.asked == 1
+    now[0] += 61
+    run(ask(1))
+    assert resolver.asked == 2
+
+
 # -- applying it: a Deliverer in process ---------------------------------------------------
 
 
