@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import re
 import smtplib
+import socket
 import ssl
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -293,6 +295,25 @@ def test_policy_host_certificate_must_name_it(
         assert run(policies(dns, ca_file, tmp_path).policy_for(DOMAIN)) is None
         assert fetches("tls") == before + 1
         assert server.count == 0  # refused at the handshake, nothing asked
+
+
+def test_a_silent_policy_host_times_out(dns: DnsServer, ca_file: str, tmp_path: Path) -> None:
+    host = f"127.{random.randrange(1, 255)}.{random.randrange(256)}.2"
+    with socket.socket() as silent:  # listens, never accepts: the handshake never ends
+        try:
+            silent.bind((host, 443))
+        except PermissionError:
+            pytest.skip("binding port 443 (RFC 8461's policy URL) needs root")
+        silent.listen()
+        dns.add_a(f"mta-sts.{DOMAIN}", host)
+        dns.set_txt(f"_mta-sts.{DOMAIN}", "v=STSv1; id=1;")
+        cfg = msgspec.structs.replace(
+            config(dns, ca_file, tmp_path), mta_sts=MtaStsConfig(fetch_timeout=0.5)
+        )
+        before = fetches("timeout")
+        sts = StsPolicies(cfg, Resolver(cfg.delivery.dns_servers))
+        assert run(sts.policy_for(DOMAIN)) is None
+    assert fetches("timeout") == before + 1
 
 
 def test_no_txt_or_failed_fetch_keeps_the_cached_policy(
