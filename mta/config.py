@@ -406,6 +406,15 @@ DKIM_UNSIGNABLE = frozenset(
 )
 
 
+class MtaStsConfig(_Section, frozen=True):
+    """MTA-STS (RFC 8461) for MX deliveries: mta/delivery/mta_sts*.py.  Postfix has none
+    built in; postfix-mta-sts-resolver's defaults are a 4 s fetch and 10,000 cached."""
+
+    enabled: bool = True  # apply the policies domains publish ([tls_policy] entries win)
+    fetch_timeout: Seconds = 10.0  # the whole HTTPS fetch of a policy, connection included
+    cache_size: PositiveInt = 10_000  # parsed policies kept in memory (the spool keeps all)
+
+
 class DkimKeyConfig(_Section, frozen=True):
     selector: str  # the DNS label: SELECTOR._domainkey.DOMAIN
     key: str  # private key file: PEM (RSA or Ed25519) or dkimpy's base64 Ed25519 seed
@@ -476,6 +485,7 @@ class Config(_Section, frozen=True):
     queue: QueueConfig = QueueConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     dkim: DkimConfig = DkimConfig()
+    mta_sts: MtaStsConfig = MtaStsConfig()
     routes: dict[str, str] = {}
     tls_policy: dict[str, str] = {}  # destination -> TLS level (smtp_tls_policy_maps)
     listeners: dict[str, ListenerConfig] = {}

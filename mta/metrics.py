@@ -108,6 +108,18 @@ DELIVERY_TLS = Counter(
     "Outbound connections by TLS level and outcome",
     ["level", "outcome"],
 )
+# MTA-STS policy fetches by result: ok, invalid (the policy did not parse), http (status,
+# media type, size), network, timeout, tls (the policy host's certificate)
+MTA_STS_FETCHES = Counter(
+    "mta_delivery_mta_sts_fetches", "MTA-STS policy fetches by result", ["result"]
+)
+# what a policy refused (enforce) or would have refused (testing): mx (no MX host matches),
+# tls (STARTTLS missing, handshake or certificate failed)
+MTA_STS_FAILURES = Counter(
+    "mta_delivery_mta_sts_failures",
+    "Deliveries an MTA-STS policy refused or would have refused",
+    ["mode", "reason"],
+)
 DNS_LOOKUPS = Counter("mta_dns_lookups", "DNS queries made for delivery", ["rtype"])
 DNS_FAILURES = Counter("mta_dns_failures", "DNS queries that failed", ["rtype", "kind"])
 

@@ -11,7 +11,10 @@ next hop (:class:`~mta.delivery.tls_policy.PolicyTable`); under ``may`` a failed
 handshake is retried once in plaintext on the same server (Postfix does the same).  Under
 ``dane``/``dane-only`` the policy of each server is its DANE policy when DNSSEC-authenticated
 TLSA records apply (:func:`~mta.delivery.dane.dane_policy`), else the non-DANE level; a
-failed TLSA lookup or a failed DANE match moves on to the next server.
+failed TLSA lookup or a failed DANE match moves on to the next server.  For MX next hops
+without a ``[tls_policy]`` entry, the domain's MTA-STS policy (asked once per next hop)
+narrows the MX hosts and decides the level where DANE does not apply (RFC 8461 §2:
+DANE beats MTA-STS; :mod:`mta.delivery.mta_sts_apply`).
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ from collections import defaultdict
 
 from mta.config import Config
 from mta.delivery.dane import dane_policy
+from mta.delivery import mta_sts_apply
 from mta.delivery.dns import Resolver
 from mta.delivery.maildir import deliver_maildir
+from mta.delivery.mta_sts import StsPolicy
+from mta.delivery.mta_sts_cache import StsPolicies
 from mta.delivery.results import DeliveryError
 from mta.delivery.routing import NextHop
 from mta.delivery.smtp_client import OutboundConnection, TlsHandshakeError, Transaction
@@ -51,6 +57,7 @@ class Deliverer:
         delivery = config.delivery
         self.tls = PolicyTable(delivery.tls, config.tls_policy, delivery.tls_ca_file)
         self._limits: dict[str, asyncio.Semaphore] = {}
+        self.sts = StsPolicies(config, resolver) if config.mta_sts.enabled else None
 
     async def deliver(self, nexthop: NextHop, tx: Transaction) -> list[RecipientResult]:
         if nexthop.kind == "discard":
@@ -94,6 +101,9 @@ class Deliverer:
         with a task of its own, which cost more than the rest of this function."""
         try:
             hosts, mx_secure = await self._hosts(nexthop)
+            sts = await self._sts_policy(nexthop)
+            if sts is not None:
+                hosts = mta_sts_apply.allowed_hosts(nexthop.target, sts, hosts)
         except DeliveryError as exc:
             return [exc.result_for(r) for r in tx.recipients]
         last_error: DeliveryError | None = None
@@ -109,7 +119,7 @@ class Deliverer:
                     lookup_error = exc
                 continue
             try:
-                policy = await self._policy(nexthop, host, mx_secure)
+                policy = await self._policy(nexthop, host, mx_secure, sts)
             except DeliveryError as exc:  # TLSA lookup error, or dane-only without DANE
                 last_error = exc
                 log.debug("%s: %s; trying the next server", nexthop.key, exc.reply)
@@ -118,7 +128,9 @@ class Deliverer:
                 tried += 1
                 try:
                     key = (ip, nexthop.port, nexthop.kind == "lmtp", policy)
-                    conn = self._take_idle(key) or await self._open(host, ip, nexthop, policy)
+                    conn = self._take_idle(key) or await self._open(
+                        host, ip, nexthop, policy, None if policy.tlsa else sts
+                    )
                     results = await conn.send(tx)
                 except DeliveryError as exc:
                     last_error = exc
@@ -141,30 +153,55 @@ class Deliverer:
             return await self.resolver.mx(nexthop.target)
         return [nexthop.target], True
 
-    async def _policy(self, nexthop: NextHop, host: str, mx_secure: bool) -> TlsPolicy:
+    async def _policy(
+        self, nexthop: NextHop, host: str, mx_secure: bool, sts: StsPolicy | None
+    ) -> TlsPolicy:
         """The TLS policy of one server, decided before connecting.  DANE beats everything
-        else where it applies; where it does not, the non-DANE level is ``may`` (Postfix)."""
+        else where it applies; where it does not, the non-DANE level is the MTA-STS
+        policy's (enforce) or ``may`` (Postfix)."""
         policy = self.tls.policy(nexthop.target, nexthop.port, nexthop.mx, host)
-        if policy.level not in ("dane", "dane-only"):
-            return policy
-        found = await dane_policy(self.resolver, host, nexthop.port, nexthop.target, mx_secure)
-        if found is not None:
-            return found
-        if policy.level == "dane-only":  # Postfix's dane-only: DANE or defer
-            raise DeliveryError(
-                False,
-                "4.7.5",
-                f"no DNSSEC-authenticated usable TLSA records for {host}:{nexthop.port}",
-            )
-        return TlsPolicy("may")
+        if policy.level in ("dane", "dane-only"):
+            found = await dane_policy(self.resolver, host, nexthop.port, nexthop.target, mx_secure)
+            if found is not None:
+                return found
+            if policy.level == "dane-only":  # Postfix's dane-only: DANE or defer
+                raise DeliveryError(
+                    False,
+                    "4.7.5",
+                    f"no DNSSEC-authenticated usable TLSA records for {host}:{nexthop.port}",
+                )
+            policy = TlsPolicy("may")
+        if sts is not None and sts.mode == "enforce":
+            return mta_sts_apply.enforced_tls(host)
+        return policy
+
+    async def _sts_policy(self, nexthop: NextHop) -> StsPolicy | None:
+        """The MTA-STS policy in force for an MX next hop, unless a [tls_policy] entry
+        names the domain (an operator's word wins) or the policy says ``none``."""
+        if self.sts is None or not nexthop.mx or self.tls.has_entry(nexthop.target):
+            return None
+        policy = await self.sts.policy_for(nexthop.target.lower().rstrip("."))
+        return policy if policy is not None and policy.mode != "none" else None
 
     async def _open(
-        self, host: str, ip: str, nexthop: NextHop, policy: TlsPolicy
+        self,
+        host: str,
+        ip: str,
+        nexthop: NextHop,
+        policy: TlsPolicy,
+        sts: StsPolicy | None = None,
     ) -> OutboundConnection:
+        trial = mta_sts_apply.trial_tls(sts, host)
+        if trial is not None:  # MTA-STS testing: try as enforce would, report, go on
+            try:
+                return await self._connect(host, ip, nexthop, trial)
+            except mta_sts_apply.TLS_FAILURES as exc:
+                mta_sts_apply.would_fail(nexthop.target, exc.reply, "tls")
         try:
             return await self._connect(host, ip, nexthop, policy)
-        except TlsHandshakeError as exc:
-            if policy.level != "may":
+        except mta_sts_apply.TLS_FAILURES as exc:
+            mta_sts_apply.enforce_failed(policy, exc)
+            if policy.level != "may" or not isinstance(exc, TlsHandshakeError):
                 raise
             log.warning("%s; retrying in plaintext", exc.reply)
             return await self._connect(host, ip, nexthop, TlsPolicy("none"))

@@ -133,6 +133,20 @@ class Resolver:
             raise errors[0]
         raise DeliveryError(True, "5.1.2", f"Host or domain name not found: {host} has no address")
 
+    async def txt(self, name: str) -> list[str]:
+        """The TXT records at ``name``, each one's strings joined (as RFC 8461 §3.1 reads
+        them); [] when there are none or the name does not exist.  Raises DeliveryError
+        for a temporary failure."""
+        try:
+            answer = await self._query(name, "TXT")
+        except dns.resolver.NoAnswer:
+            return []
+        except DeliveryError as exc:
+            if exc.permanent:  # NXDOMAIN: no record
+                return []
+            raise
+        return [b"".join(r.strings).decode("ascii", "replace") for r in answer]
+
     async def _query(self, name: str, rdtype: str) -> dns.resolver.Answer:
         metrics.DNS_LOOKUPS.labels(rdtype).inc()
         try:

@@ -402,7 +402,7 @@ class OutboundConnection:
             trust = "dane"
         else:
             trust = "verified" if policy.verified else "unverified"
-        self.tls_summary = f"{version} {trust}"
+        self.tls_summary = " ".join(filter(None, (version, policy.source, trust)))
         cipher = tls.cipher() if tls is not None else None
         # Postfix: "Untrusted/Verified TLS connection established to ...: TLSv1.3 with ..."
         log.info(

@@ -52,6 +52,7 @@ class TlsPolicy:
     level: TlsLevel = "may"
     match: tuple[str, ...] = ()
     tlsa: tuple[TlsaRecord, ...] = ()
+    source: str = ""  # what decided it when not the table: "mta-sts" (in the tls= log field)
 
     @property
     def starttls(self) -> bool:
@@ -105,6 +106,12 @@ class PolicyTable:
             if found is not None:
                 return found
         return self.default
+
+    def has_entry(self, domain: str) -> bool:
+        """Whether an entry names ``domain`` or a parent of it (an MTA-STS policy yields)."""
+        labels = _clean(domain).split(".")
+        names = [".".join(labels)] + ["." + ".".join(labels[i:]) for i in range(1, len(labels))]
+        return any(name in self.entries for name in names)
 
     def policy(self, target: str, port: int, mx: bool, host: str) -> TlsPolicy:
         """The policy for a connection to MX (or configured) ``host`` of this next hop."""

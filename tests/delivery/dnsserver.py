@@ -109,6 +109,12 @@ class DnsServer(LoopServer):
         with self._lock:
             (self._authenticated.add if on else self._authenticated.discard)(_key(name))
 
+    def set_txt(self, name: str, *texts: str) -> None:
+        """The TXT records at ``name``, one per text (each one string), replacing any."""
+        rdatas = [_rdata(dns.rdatatype.TXT, '"' + t.replace('"', '\\"') + '"') for t in texts]
+        with self._lock:
+            self._records.setdefault(_key(name), {})[dns.rdatatype.TXT] = rdatas
+
     def servfail(self, name: str) -> None:
         with self._lock:
             self._servfail.add(_key(name))
