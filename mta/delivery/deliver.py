@@ -25,8 +25,8 @@ import time
 from collections import defaultdict
 
 from mta.config import Config
-from mta.delivery.dane import dane_policy
 from mta.delivery import mta_sts_apply
+from mta.delivery.dane import dane_policy
 from mta.delivery.dns import Resolver
 from mta.delivery.maildir import deliver_maildir
 from mta.delivery.mta_sts import StsPolicy
