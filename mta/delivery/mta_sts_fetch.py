@@ -112,8 +112,9 @@ async def _wait_closed(closing: list[asyncio.Future[None]]) -> None:
         try:
             async with asyncio.timeout(CLOSE_SECONDS):
                 await asyncio.shield(closed)
-        except (TimeoutError, OSError):
-            pass  # closing in the background, or it closed with an error: nothing to do
+        except (TimeoutError, OSError, aiohttp.ClientError):
+            pass  # closing in the background, or it closed with an error (the server reset
+            # a connection whose body we did not read): nothing to do
 
 
 async def _body(url: str, response: aiohttp.ClientResponse) -> str:
