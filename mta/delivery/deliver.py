@@ -9,6 +9,10 @@ Idle connections are kept for :data:`IDLE_SECONDS` for the next message to the s
 and TLS policy.  The TLS policy of each connection is decided before connecting, from the
 next hop (:class:`~mta.delivery.tls_policy.PolicyTable`); under ``may`` a failed STARTTLS
 handshake is retried once in plaintext on the same server (Postfix does the same).
+A relayhost or route with credentials in ``delivery.smtp_auth_file`` is authenticated to
+(:mod:`mta.delivery.credentials`; its TLS level defaults to ``verify``), and a next hop on
+one of ``delivery.tls_wrapper_ports`` (465) gets TLS before the greeting (RFC 8314), at
+least at ``encrypt``: a plaintext retry on such a port would be pointless.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 from collections import defaultdict
 
 from mta.config import Config
+from mta.delivery.credentials import load_credentials
 from mta.delivery.dns import Resolver
 from mta.delivery.maildir import deliver_maildir
 from mta.delivery.results import DeliveryError
@@ -35,7 +40,7 @@ log = logging.getLogger("mta.delivery")
 IDLE_SECONDS = 10.0
 MAX_IDLE_PER_SERVER = 32
 MAX_ADDRESSES_TRIED = 5  # like Postfix's smtp_mx_address_limit
-IdleKey = tuple[str, int, bool, TlsPolicy]  # address, port, LMTP, TLS policy
+IdleKey = tuple[str, int, bool, TlsPolicy, str]  # address, port, LMTP, TLS policy, login
 
 
 class Deliverer:
@@ -45,7 +50,10 @@ class Deliverer:
         self.helo_name = config.fqdn
         self._idle: dict[IdleKey, list[tuple[float, OutboundConnection]]] = defaultdict(list)
         delivery = config.delivery
-        self.tls = PolicyTable(delivery.tls, config.tls_policy, delivery.tls_ca_file)
+        self.credentials = load_credentials(config)  # checked at start: serve, reload
+        self.tls = PolicyTable(
+            delivery.tls, config.tls_policy, delivery.tls_ca_file, self.credentials
+        )
         self._limits: dict[str, asyncio.Semaphore] = {}
 
     async def deliver(self, nexthop: NextHop, tx: Transaction) -> list[RecipientResult]:
@@ -107,8 +115,8 @@ class Deliverer:
             for ip in addresses[: MAX_ADDRESSES_TRIED - tried]:
                 tried += 1
                 try:
-                    policy = self.tls.policy(nexthop.target, nexthop.port, nexthop.mx, host)
-                    key = (ip, nexthop.port, nexthop.kind == "lmtp", policy)
+                    policy = self._policy(nexthop, host)
+                    key = (ip, nexthop.port, nexthop.kind == "lmtp", policy, self._login(nexthop))
                     conn = self._take_idle(key) or await self._open(host, ip, nexthop, policy)
                     results = await conn.send(tx)
                 except DeliveryError as exc:
@@ -130,6 +138,20 @@ class Deliverer:
         if nexthop.mx:
             return await self.resolver.mx_hosts(nexthop.target)
         return [nexthop.target]
+
+    def _policy(self, nexthop: NextHop, host: str) -> TlsPolicy:
+        policy = self.tls.policy(nexthop.target, nexthop.port, nexthop.mx, host)
+        if self._implicit_tls(nexthop) and not policy.required:
+            # TLS from the first byte is at least encrypt (as Postfix's wrappermode wants)
+            return TlsPolicy("encrypt", min_version=policy.min_version)
+        return policy
+
+    def _implicit_tls(self, nexthop: NextHop) -> bool:
+        return nexthop.kind == "smtp" and nexthop.port in self.config.delivery.tls_wrapper_ports
+
+    def _login(self, nexthop: NextHop) -> str:
+        found = self.credentials.lookup(nexthop) if self.credentials is not None else None
+        return found.username if found is not None else ""
 
     async def _open(
         self, host: str, ip: str, nexthop: NextHop, policy: TlsPolicy
@@ -156,6 +178,8 @@ class Deliverer:
             command_timeout=delivery.command_timeout,
             policy=policy,
             context=self.tls.context(policy),
+            credentials=self.credentials.lookup(nexthop) if self.credentials else None,
+            implicit_tls=self._implicit_tls(nexthop),
         )
 
     def _take_idle(self, key: IdleKey) -> OutboundConnection | None:

@@ -243,6 +243,10 @@ def _access_problem(config: Config, account: Account, import_path: list[str]) ->
             if path and not os.access(path, os.R_OK):
                 blocker = _blocker(path)
                 return f"{section}.{key}: user {account.name} cannot read {path}: {blocker}"
+    auth_file = config.delivery.smtp_auth_file  # read by the delivery processes
+    if auth_file and not os.access(auth_file, os.R_OK):
+        blocker = _blocker(auth_file)
+        return f"delivery.smtp_auth_file: user {account.name} cannot read {auth_file}: {blocker}"
     return ""
 
 

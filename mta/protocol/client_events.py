@@ -129,6 +129,4 @@ class TransactionNotSent(msgspec.Struct, frozen=True, gc=False):
     limit: int | None  # the server's SIZE limit, for reason "size"
 
 
-ClientEvent = (
-    Ready | StartTlsNow | HandshakeRefused | AuthFailed | SendMessage | TransactionDone
-)
+ClientEvent = Ready | StartTlsNow | HandshakeRefused | AuthFailed | SendMessage | TransactionDone
