@@ -54,6 +54,7 @@ import ssl
 
 from mta import metrics
 from mta.delivery.results import DeliveryError
+from mta.delivery.smtp_auth import auth_error, log_auth
 from mta.delivery.stored import read_chunks
 from mta.delivery.tls_policy import TlsPolicy, cert_matches, client_context, sni_for
 from mta.protocol.client import ClientConnection, ProtocolError, Reply
@@ -71,7 +72,6 @@ from mta.protocol.client_events import (
     TransactionNotSent,
 )
 from mta.protocol.client_session import ClientSession
-from mta.protocol.printable import for_log
 from mta.queue.results import RecipientResult, Status
 
 __all__ = [
@@ -405,13 +405,15 @@ class OutboundConnection:
             elif isinstance(event, HandshakeRefused):
                 raise self._refused(event)
             elif isinstance(event, AuthFailed):
-                raise self._auth_failed(event)
+                if event.reason == "no_tls" and self.policy.required:
+                    raise self._tls_not_offered()
+                raise auth_error(event, self.relay)
             else:
                 break
         if self.policy.required and not self.tls:
             raise self._tls_not_offered()
         if isinstance(event, Ready) and self.credentials is not None:
-            self._log_auth(event)
+            log_auth(self.relay, self.credentials, event)
 
     def _tls_not_offered(self) -> TlsNotOfferedError:
         return TlsNotOfferedError(
@@ -420,43 +422,6 @@ class OutboundConnection:
             f"TLS is required, but was not offered by host {self.relay}",
             self.relay,
         )
-
-    def _auth_failed(self, event: AuthFailed) -> DeliveryError:
-        """Why we could not authenticate, as Postfix says it; always temporary (Postfix's
-        smtp_sasl_auth_soft_bounce = yes: a wrong password is fixed by the operator, and
-        the mail must wait for that, not bounce)."""
-        relay = self.relay
-        if event.reason == "no_tls":
-            if self.policy.required:
-                return self._tls_not_offered()
-            text = (
-                f"cannot authenticate to server {relay}: it offers AUTH without TLS, "
-                "and a password is never sent in clear text"
-            )
-            return DeliveryError(False, "4.7.0", text, relay)
-        if event.reason == "no_mechanism" or event.reply is None:
-            text = f"SASL authentication failed; cannot authenticate to server {relay}: "
-            return DeliveryError(False, "4.7.0", text + "no mechanism available", relay)
-        reply = event.reply
-        dsn = "4" + reply.enhanced[1:]  # soft bounce: a 5.7.8 defers as 4.7.8
-        text = f"SASL authentication failed; server {relay} said: {reply.text}"
-        return DeliveryError(False, dsn, text, relay)
-
-    def _log_auth(self, ready: Ready) -> None:
-        assert self.credentials is not None
-        if ready.auth:
-            log.info(
-                "%s: authenticated as %s with %s",
-                self.relay,
-                for_log(self.credentials.username),
-                ready.auth,
-            )
-        else:  # Postfix delivers too; the operator should know the password was not used
-            log.warning(
-                "%s offered no AUTH: delivering without authentication as %s",
-                self.relay,
-                for_log(self.credentials.username),
-            )
 
     def _refused(self, event: HandshakeRefused) -> DeliveryError:
         reply = event.reply
