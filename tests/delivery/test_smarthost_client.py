@@ -21,6 +21,7 @@ import msgspec
 import pytest
 import trustme
 import uvloop
+from prometheus_client import REGISTRY
 
 from mta.config import Config, ConfigError, DeliveryConfig
 from mta.delivery.credentials import load_credentials
@@ -49,6 +50,11 @@ TX = Transaction(sender="a@b.test", recipients=["c@dest.test"], message=b"Subjec
 class LoopbackResolver(Resolver):
     async def addresses(self, host: str) -> list[str]:
         return ["127.0.0.1"]
+
+
+def auth_count(outcome: str) -> float:
+    value = REGISTRY.get_sample_value("mta_delivery_auth_total", {"outcome": outcome})
+    return value or 0.0
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -128,11 +134,13 @@ def test_auth_over_starttls_verified_by_default(
     caplog: pytest.LogCaptureFixture,
     mechanisms: tuple[str, ...],
 ) -> None:
+    before = auth_count("authenticated")
     with auth_sink(ca) as sink, caplog.at_level(logging.DEBUG, "mta.delivery"):
         sink.auth_mechanisms = mechanisms
         result = deliver(deliverer(tmp_path, sink.port, ca_file), sink.port)
         [got] = sink.wait_for(1)
     assert result.status == "sent", result
+    assert auth_count("authenticated") == before + 1
     assert re.fullmatch(r"TLSv1\.[23] verified", result.tls)  # verify, with no entry for it
     assert got.auth == USER and got.tls
     assert sink.auth_attempts == [(mechanisms[0], True)]  # PLAIN when offered, else LOGIN
@@ -164,9 +172,11 @@ def test_a_port_not_listed_is_never_wrapped(ca: trustme.CA, ca_file: str, tmp_pa
 def test_wrong_password_is_deferred_with_the_reply(
     ca: trustme.CA, ca_file: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    before = auth_count("refused")
     with auth_sink(ca, password="another") as sink, caplog.at_level(logging.DEBUG, "mta"):
         result = deliver(deliverer(tmp_path, sink.port, ca_file), sink.port)
         assert sink.messages == [] and sink.transactions == 0
+    assert auth_count("refused") == before + 1
     assert (result.status, result.dsn) == ("deferred", "4.7.8")  # soft bounce: 5.7.8 → 4.7.8
     assert result.reply == (
         f"SASL authentication failed; server {HOST}[127.0.0.1]:{sink.port} said: "
@@ -181,6 +191,7 @@ def test_no_password_without_tls(
 ) -> None:
     """A server offering AUTH with no STARTTLS: under the default verify TLS is missing
     (4.7.4); under an explicit may the password is still never sent (4.7.0)."""
+    before = auth_count("no_tls")
     with CaptureSink() as sink:
         sink.auth_users, sink.auth_in_clear = {USER: PASSWORD}, True
         entries = {k.format(host=HOST, port=sink.port): v for k, v in policy.items()}
@@ -188,15 +199,18 @@ def test_no_password_without_tls(
         assert (result.status, result.dsn) == ("deferred", dsn), result
         assert sink.auth_attempts == [] and sink.transactions == 0
         assert_no_secret(repr(result), sink)
+    assert auth_count("no_tls") == before + (dsn == "4.7.0")  # 4.7.4: TLS decided it first
 
 
 def test_server_without_auth_gets_the_mail_and_a_warning(
     ca: trustme.CA, ca_file: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    before = auth_count("not_offered")
     with CaptureSink(ssl_context=server_context(ca)) as sink, caplog.at_level(logging.WARNING):
         result = deliver(deliverer(tmp_path, sink.port, ca_file), sink.port)
         [got] = sink.wait_for(1)
     assert result.status == "sent" and got.auth == ""
+    assert auth_count("not_offered") == before + 1
     assert f"{HOST}[127.0.0.1]:{sink.port} offered no AUTH" in caplog.text
 
 
