@@ -41,8 +41,9 @@ PASSWORD = "Tr0ub4dor&3:x"
 HOST = "smarthost.test"
 SMTPS_HOST = "smtps.smarthost.test"
 # Port 465 itself (the auto wrapper mode) needs root to bind; elsewhere a free port, named
-# in tls_wrapper_ports.
-SMTPS_ADDRESS = "127.0.0.146"
+# in tls_wrapper_ports.  An address of this test run's own, so that no other run's 465
+# is in the way.
+SMTPS_ADDRESS = f"127.46.{os.getpid() % 250 + 1}.{os.getpid() // 250 % 250 + 1}"
 
 
 @dataclass

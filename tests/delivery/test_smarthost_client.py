@@ -319,6 +319,16 @@ def test_credentials_lookup_forms(tmp_path: Path) -> None:
     assert "pw" not in repr(found)
 
 
+def test_a_missing_credentials_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "nonexistent"
+    with pytest.raises(ConfigError) as caught:
+        load_credentials(Config(delivery=DeliveryConfig(smtp_auth_file=str(path))))
+    assert (
+        str(caught.value)
+        == f"delivery.smtp_auth_file: {path}: cannot read: No such file or directory"
+    )
+
+
 @pytest.mark.parametrize(
     ("text", "mode", "message"),
     [
