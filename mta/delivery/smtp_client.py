@@ -298,6 +298,7 @@ class OutboundConnection:
         command_timeout: float,
         policy: TlsPolicy = MAY,
         context: ssl.SSLContext = _TLS,
+        credentials: Credentials | None = None,
     ) -> None:
         self.transport = transport
         self.stream = stream
@@ -312,7 +313,7 @@ class OutboundConnection:
         self.context = context
         self.tls_summary = "none"  # for log lines: "none", "TLSv1.3 unverified", ...
         self.transactions = 0
-        self.credentials: Credentials | None = None  # AUTH to this server (set by open)
+        self.credentials = credentials  # AUTH to this server
 
     @property
     def client(self) -> ClientConnection:
@@ -378,8 +379,8 @@ class OutboundConnection:
             command_timeout=command_timeout,
             policy=policy,
             context=context,
+            credentials=credentials,
         )
-        conn.credentials = credentials
         try:
             if implicit_tls:
                 conn._tls_up(transport)
