@@ -178,8 +178,7 @@ def _give_tree(path: str, account: Account) -> int:
 
 def check_access(config: Config, account: Account) -> None:
     """Probe, as ``account``, that the children can use the spool and read the TLS files
-    and the smarthost's password file;
-    raise PrivilegeError naming what they cannot."""
+    and the smarthost's password file; raise PrivilegeError naming what they cannot."""
     import_path = _code_sources()
     read_end, write_end = os.pipe()
     pid = os.fork()
