@@ -70,6 +70,7 @@ def _check_tables(config: Config, status: int = 1) -> int | None:
     """The files the configuration names (auth.passwords, auth.sender_logins, the access
     and recipient tables): 1 with the key, file and line when one cannot be used, before
     anything starts."""
+    from mta.delivery.credentials import load_credentials
     from mta.delivery.signing import load_signer
     from mta.policy.auth import load_auth_tables
     from mta.policy.tables import load_tables
@@ -78,6 +79,7 @@ def _check_tables(config: Config, status: int = 1) -> int | None:
         load_auth_tables(config)
         load_tables(config)
         load_signer(config)  # DKIM keys
+        load_credentials(config)  # the smarthost's passwords
     except ConfigError as exc:
         print(f"mta: configuration error: {exc}", file=sys.stderr)
         return status

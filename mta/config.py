@@ -60,10 +60,33 @@ TlsLevel = Literal["none", "may", "encrypt", "verify", "dane", "dane-only"]
 TLS_LEVELS: tuple[str, ...] = get_args(TlsLevel)
 
 
+# A [tls_policy] value is a level, optionally followed by Postfix's attribute for the
+# lowest protocol version (smtp_tls_policy_maps' "protocols=>=TLSv1.3"); TLS 1.2 is the floor.
+TLS_MIN_VERSIONS = {">=TLSv1.2": "1.2", ">=TLSv1.3": "1.3"}
+
+
+def split_tls_policy(value: str) -> tuple[str, str]:
+    """``"verify protocols=>=TLSv1.3"`` → ("verify", "1.3"); ValueError says what is wrong."""
+    level, *attributes = value.split() or [""]
+    if level not in TLS_LEVELS:
+        raise ValueError(f"level {level!r} is not one of {', '.join(TLS_LEVELS)}")
+    minimum = "1.2"
+    for attribute in attributes:
+        name, _, setting = attribute.partition("=")
+        if name != "protocols" or setting not in TLS_MIN_VERSIONS:
+            raise ValueError(
+                f"{attribute!r}: the one attribute is protocols=>=TLSv1.2 or protocols=>=TLSv1.3"
+            )
+        minimum = TLS_MIN_VERSIONS[setting]
+    return level, minimum
+
+
 def tls_policy_problem(destination: str, level: str) -> str:
     """What is wrong with a ``[tls_policy]`` entry ("domain", ".parent", "[host]:port")."""
-    if level not in TLS_LEVELS:
-        return f"level {level!r} is not one of {', '.join(TLS_LEVELS)}"
+    try:
+        split_tls_policy(level)
+    except ValueError as exc:
+        return str(exc)
     if destination.startswith("["):
         close = destination.find("]")
         port = destination[close + 2 :]
@@ -369,6 +392,10 @@ class DeliveryConfig(_Section, frozen=True):
     # it per destination (smtp_tls_policy_maps); see mta/delivery/tls_policy.py
     tls: TlsLevel = "may"  # "dane"/"dane-only" need a validating resolver in dns_servers
     tls_ca_file: str = ""  # PEM trust anchors for "verify" (smtp_tls_CAfile); "": system store
+    # smarthost: "[host]:port user:password" lines (smtp_sasl_password_maps), mode 0600;
+    # a next hop on one of tls_wrapper_ports gets TLS before EHLO (smtp_tls_wrappermode)
+    smtp_auth_file: str = ""
+    tls_wrapper_ports: tuple[Annotated[int, msgspec.Meta(ge=1, le=65535)], ...] = (465,)
     # CPU niceness of the queue manager and delivery processes, added to smtpd's
     nice: Annotated[int, msgspec.Meta(ge=0, le=19)] = 10
 

@@ -120,6 +120,11 @@ MTA_STS_FAILURES = Counter(
     "Deliveries an MTA-STS policy refused or would have refused",
     ["mode", "reason"],
 )
+# AUTH to a smarthost (connections with credentials); outcome: authenticated, refused (535...),
+# no_tls (AUTH offered without TLS: no password sent), no_mechanism, not_offered (sent anyway)
+DELIVERY_AUTH = Counter(
+    "mta_delivery_auth", "Outbound connections with credentials by AUTH outcome", ["outcome"]
+)
 DNS_LOOKUPS = Counter("mta_dns_lookups", "DNS queries made for delivery", ["rtype"])
 DNS_FAILURES = Counter("mta_dns_failures", "DNS queries that failed", ["rtype", "kind"])
 

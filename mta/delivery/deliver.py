@@ -15,6 +15,10 @@ failed TLSA lookup or a failed DANE match moves on to the next server.  For MX n
 without a ``[tls_policy]`` entry, the domain's MTA-STS policy (asked once per next hop)
 narrows the MX hosts and decides the level where DANE does not apply (RFC 8461 §2:
 DANE beats MTA-STS; :mod:`mta.delivery.mta_sts_apply`).
+A relayhost or route with credentials in ``delivery.smtp_auth_file`` is authenticated to
+(:mod:`mta.delivery.credentials`; its TLS level defaults to ``verify``), and a next hop on
+one of ``delivery.tls_wrapper_ports`` (465) gets TLS before the greeting (RFC 8314), at
+least at ``encrypt``: a plaintext retry on such a port would be pointless.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from collections import defaultdict
 
 from mta.config import Config
 from mta.delivery import mta_sts_apply
+from mta.delivery.credentials import load_credentials
 from mta.delivery.dane import dane_policy
 from mta.delivery.dns import Resolver
 from mta.delivery.maildir import deliver_maildir
@@ -45,7 +50,7 @@ log = logging.getLogger("mta.delivery")
 IDLE_SECONDS = 10.0
 MAX_IDLE_PER_SERVER = 32
 MAX_ADDRESSES_TRIED = 5  # like Postfix's smtp_mx_address_limit
-IdleKey = tuple[str, int, bool, TlsPolicy]  # address, port, LMTP, TLS policy
+IdleKey = tuple[str, int, bool, TlsPolicy, str]  # address, port, LMTP, TLS policy, login
 
 
 class Deliverer:
@@ -55,7 +60,10 @@ class Deliverer:
         self.helo_name = config.fqdn
         self._idle: dict[IdleKey, list[tuple[float, OutboundConnection]]] = defaultdict(list)
         delivery = config.delivery
-        self.tls = PolicyTable(delivery.tls, config.tls_policy, delivery.tls_ca_file)
+        self.credentials = load_credentials(config)  # checked at start: serve, reload
+        self.tls = PolicyTable(
+            delivery.tls, config.tls_policy, delivery.tls_ca_file, self.credentials
+        )
         self._limits: dict[str, asyncio.Semaphore] = {}
         self.sts = StsPolicies(config, resolver) if config.mta_sts.enabled else None
 
@@ -127,7 +135,7 @@ class Deliverer:
             for ip in addresses[: MAX_ADDRESSES_TRIED - tried]:
                 tried += 1
                 try:
-                    key = (ip, nexthop.port, nexthop.kind == "lmtp", policy)
+                    key = (ip, nexthop.port, nexthop.kind == "lmtp", policy, self._login(nexthop))
                     conn = self._take_idle(key) or await self._open(
                         host, ip, nexthop, policy, None if policy.tlsa else sts
                     )
@@ -173,6 +181,9 @@ class Deliverer:
             policy = TlsPolicy("may")
         if sts is not None and sts.mode == "enforce":
             return mta_sts_apply.enforced_tls(host)
+        if self._implicit_tls(nexthop) and not policy.required:
+            # TLS from the first byte is at least encrypt (as Postfix's wrappermode wants)
+            return TlsPolicy("encrypt", min_version=policy.min_version)
         return policy
 
     async def _sts_policy(self, nexthop: NextHop) -> StsPolicy | None:
@@ -182,6 +193,13 @@ class Deliverer:
             return None
         policy = await self.sts.policy_for(nexthop.target.lower().rstrip("."))
         return policy if policy is not None and policy.mode != "none" else None
+
+    def _implicit_tls(self, nexthop: NextHop) -> bool:
+        return nexthop.kind == "smtp" and nexthop.port in self.config.delivery.tls_wrapper_ports
+
+    def _login(self, nexthop: NextHop) -> str:
+        found = self.credentials.lookup(nexthop) if self.credentials is not None else None
+        return found.username if found is not None else ""
 
     async def _open(
         self,
@@ -220,6 +238,8 @@ class Deliverer:
             command_timeout=delivery.command_timeout,
             policy=policy,
             context=self.tls.context(policy),
+            credentials=self.credentials.lookup(nexthop) if self.credentials else None,
+            implicit_tls=self._implicit_tls(nexthop),
         )
 
     def _take_idle(self, key: IdleKey) -> OutboundConnection | None:

@@ -33,6 +33,15 @@ If reading the message fails midway, the connection is aborted, never ended with
 line, and :class:`~mta.delivery.stored.MessageReadError` goes up to the caller: it is the
 message's trouble, not the server's, so no other server is tried for it.
 
+A smarthost: with ``credentials`` the session authenticates after the last EHLO, only over
+TLS (:mod:`mta.protocol.client_auth`).  A refusal (``535``) defers, as Postfix's default
+``smtp_sasl_auth_soft_bounce = yes`` does (the server's enhanced code with a ``4``), so the
+next server is tried and the message retried; a server that offers AUTH on a connection
+without TLS gets no password (``4.7.0``, or ``4.7.4`` where TLS was required anyway); one
+that offers no AUTH gets the mail without it, with a warning (Postfix delivers too).  With
+``implicit_tls`` the connection is TLS from the first byte (RFC 8314; Postfix's
+``smtp_tls_wrappermode``) and held to the policy as a STARTTLS connection is.
+
 Errors are classified here: a failure to connect, a refused greeting, LHLO or HELO, a
 failed TLS handshake, or a broken or silent connection before the server took the message
 raise :class:`DeliveryError` (temporary), so the caller tries the next mail exchanger.
@@ -47,12 +56,16 @@ import ssl
 from mta import metrics
 from mta.delivery import dane
 from mta.delivery.results import DeliveryError
+from mta.delivery.smtp_auth import auth_error, log_auth
 from mta.delivery.stored import read_chunks
 from mta.delivery.tls_policy import TlsPolicy, cert_matches, client_context, sni_for
 from mta.protocol.client import ClientConnection, ProtocolError, Reply
+from mta.protocol.client_auth import Credentials
 from mta.protocol.client_events import (
+    AuthFailed,
     ClientEvent,
     HandshakeRefused,
+    Ready,
     SendMessage,
     StartTlsNow,
     StoredMessage,
@@ -238,6 +251,47 @@ class _ReplyStream(asyncio.Protocol):
             waiter.set_exception(exc)
 
 
+def _untrusted(relay: str, why: str) -> TlsUntrustedError:
+    """A certificate that ``verify`` cannot accept: defer, never fall back."""
+    return TlsUntrustedError(
+        False, "4.7.5", f"Server certificate not verified for {relay}: {why}", relay
+    )
+
+
+async def _connect(
+    loop: asyncio.AbstractEventLoop,
+    stream: _ReplyStream,
+    ip: str,
+    port: int,
+    timeout: float,
+    relay: str,
+    policy: TlsPolicy,
+    context: ssl.SSLContext | None,
+    sni: str | None,
+) -> asyncio.Transport:
+    """Connect; with ``context``, TLS first (implicit TLS, RFC 8314 §3.3), its failures
+    classified as STARTTLS's are."""
+    # server_hostname "" sends no SNI (an address); None is all create_connection takes
+    # without ssl
+    hostname = (sni or "") if context is not None else None
+    try:
+        async with asyncio.timeout(timeout):
+            transport, _ = await loop.create_connection(
+                lambda: stream, ip, port, ssl=context, server_hostname=hostname
+            )
+    except ssl.SSLCertVerificationError as exc:
+        metrics.DELIVERY_TLS.labels(policy.level, "untrusted").inc()
+        raise _untrusted(relay, exc.verify_message or str(exc)) from None
+    except ssl.SSLError as exc:
+        metrics.DELIVERY_TLS.labels(policy.level, "failed").inc()
+        text = f"TLS handshake with {relay} failed: {exc}"
+        raise TlsHandshakeError(False, "4.7.5", text, relay) from None
+    except (OSError, TimeoutError) as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise DeliveryError(False, "4.4.1", f"connect to {relay}: {reason}", relay) from None
+    return transport
+
+
 class OutboundConnection:
     """One connection to one server: transactions in, one result per recipient out."""
 
@@ -253,6 +307,7 @@ class OutboundConnection:
         command_timeout: float,
         policy: TlsPolicy = MAY,
         context: ssl.SSLContext = _TLS,
+        credentials: Credentials | None = None,
     ) -> None:
         self.transport = transport
         self.stream = stream
@@ -267,6 +322,7 @@ class OutboundConnection:
         self.context = context
         self.tls_summary = "none"  # for log lines: "none", "TLSv1.3 unverified", ...
         self.transactions = 0
+        self.credentials = credentials  # AUTH to this server
 
     @property
     def client(self) -> ClientConnection:
@@ -298,22 +354,30 @@ class OutboundConnection:
         command_timeout: float = 300.0,
         policy: TlsPolicy | None = None,
         context: ssl.SSLContext | None = None,
+        credentials: Credentials | None = None,
+        implicit_tls: bool = False,
     ) -> OutboundConnection:
         """Connect and greet; ``policy`` (default: ``may``, or ``none`` when not
         ``starttls``) decides what TLS must achieve, with ``context`` (default: one that
-        checks no certificate, which suits all but ``verify``)."""
+        checks no certificate, which suits all but ``verify``); ``credentials``: AUTH to
+        this server; ``implicit_tls``: TLS before the greeting (port 465, RFC 8314)."""
         if policy is None:
             policy = MAY if starttls else TlsPolicy("none")
+        context = context or _TLS
         relay = f"{host}[{ip}]:{port}"
         loop = asyncio.get_running_loop()
-        session = ClientSession(helo_name, lmtp=lmtp, starttls=policy.starttls)
+        session = ClientSession(
+            helo_name,
+            lmtp=lmtp,
+            starttls=policy.starttls,
+            credentials=credentials,
+            tls=implicit_tls,
+        )
         stream = _ReplyStream(session, loop)
-        try:
-            async with asyncio.timeout(connect_timeout):
-                transport, _ = await loop.create_connection(lambda: stream, ip, port)
-        except (OSError, TimeoutError) as exc:
-            reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-            raise DeliveryError(False, "4.4.1", f"connect to {relay}: {reason}", relay) from None
+        tls_first = context if implicit_tls else None
+        transport = await _connect(
+            loop, stream, ip, port, connect_timeout, relay, policy, tls_first, sni_for(host)
+        )
         conn = cls(
             transport,
             stream,
@@ -323,9 +387,12 @@ class OutboundConnection:
             port=port,
             command_timeout=command_timeout,
             policy=policy,
-            context=context or _TLS,
+            context=context,
+            credentials=credentials,
         )
         try:
+            if implicit_tls:
+                conn._tls_up(transport)
             await conn._handshake()
         except DeliveryError as exc:
             metrics.DELIVERY_TLS.labels(policy.level, _outcome(exc)).inc()
@@ -339,7 +406,7 @@ class OutboundConnection:
         return conn
 
     async def _handshake(self) -> None:
-        """Greeting, EHLO (or HELO) and STARTTLS, as the session decides."""
+        """Greeting, EHLO (or HELO), STARTTLS and AUTH, as the session decides."""
         while True:
             event = await self._run()
             if isinstance(event, StartTlsNow):
@@ -347,15 +414,24 @@ class OutboundConnection:
                 self.session.tls_started()
             elif isinstance(event, HandshakeRefused):
                 raise self._refused(event)
+            elif isinstance(event, AuthFailed):
+                if event.reason == "no_tls" and self.policy.required:
+                    raise self._tls_not_offered()
+                raise auth_error(event, self.relay)
             else:
                 break
         if self.policy.required and not self.tls:
-            raise TlsNotOfferedError(
-                False,
-                "4.7.4",
-                f"TLS is required, but was not offered by host {self.relay}",
-                self.relay,
-            )
+            raise self._tls_not_offered()
+        if isinstance(event, Ready) and self.credentials is not None:
+            log_auth(self.relay, self.credentials, event)
+
+    def _tls_not_offered(self) -> TlsNotOfferedError:
+        return TlsNotOfferedError(
+            False,
+            "4.7.4",
+            f"TLS is required, but was not offered by host {self.relay}",
+            self.relay,
+        )
 
     def _refused(self, event: HandshakeRefused) -> DeliveryError:
         reply = event.reply
@@ -367,7 +443,6 @@ class OutboundConnection:
 
     async def _start_tls(self) -> None:
         loop = asyncio.get_running_loop()
-        policy = self.policy
         try:
             async with asyncio.timeout(self.command_timeout):
                 transport = await loop.start_tls(
@@ -387,6 +462,11 @@ class OutboundConnection:
             raise TlsHandshakeError(
                 False, "4.7.5", f"TLS handshake with {self.relay} failed", self.relay
             )
+        self._tls_up(transport)
+
+    def _tls_up(self, transport: asyncio.Transport) -> None:
+        """The handshake is done (STARTTLS or implicit): hold the peer to the policy."""
+        policy = self.policy
         self.transport = self.stream.transport = transport
         self.tls = True
         tls = transport.get_extra_info("ssl_object")
@@ -426,13 +506,7 @@ class OutboundConnection:
             )
 
     def _untrusted(self, why: str) -> TlsUntrustedError:
-        """A certificate that ``verify`` cannot accept: defer, never fall back."""
-        return TlsUntrustedError(
-            False,
-            "4.7.5",
-            f"Server certificate not verified for {self.relay}: {why}",
-            self.relay,
-        )
+        return _untrusted(self.relay, why)
 
     async def send(self, tx: Transaction) -> list[RecipientResult]:
         """One transaction; results for every recipient of ``tx``."""

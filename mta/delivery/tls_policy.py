@@ -16,10 +16,16 @@ The levels are Postfix's (``smtp_tls_security_level``, ``smtp_tls_policy_maps``)
 
 The level is decided here, before connecting, from the next hop: ``[host]:port`` (a
 bracketed route or relayhost), then the exact domain, then ``.parent`` entries for its
-subdomains, then ``delivery.tls``.  Later levels (MTA-STS's ``enforce``) extend
-:data:`TlsLevel` and :class:`TlsPolicy` (the names to match come from the policy, not the
-level).  Invariants: every context sent by this module has TLS 1.2 as its minimum; the
-SNI is the MX host name whenever it is a name and not an address.
+subdomains, then ``verify`` for a next hop we authenticate to (``delivery.smtp_auth_file``
+has credentials for it: a password goes only to a server whose certificate proves its
+name), then ``delivery.tls``.  An entry may raise the lowest TLS version for its
+destination (``"encrypt protocols=>=TLSv1.3"``, Postfix's syntax); a server that cannot
+speak it fails the handshake (``4.7.5`` under encrypt and verify).
+
+``dane`` policies carry their TLSA records, MTA-STS's say where they came from
+(``source``); the names to match come from the policy, not the level.  Invariants:
+every context made by this module has TLS 1.2 or higher as its minimum; the SNI is the MX
+host name whenever it is a name and not an address.
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from mta.config import TlsLevel
+from mta.config import TlsLevel, split_tls_policy
+from mta.delivery.credentials import CredentialTable
+from mta.delivery.routing import NextHop
 
 if TYPE_CHECKING:
     from mta.delivery.dane import TlsaRecord
@@ -53,6 +61,7 @@ class TlsPolicy:
     match: tuple[str, ...] = ()
     tlsa: tuple[TlsaRecord, ...] = ()
     source: str = ""  # what decided it when not the table: "mta-sts" (in the tls= log field)
+    min_version: str = "1.2"  # the lowest TLS version: "1.2" or "1.3"
 
     @property
     def starttls(self) -> bool:
@@ -80,32 +89,51 @@ def _entry_key(key: str) -> str:
 class PolicyTable:
     """The default level and the per-destination entries, looked up per next hop."""
 
-    def __init__(self, default: TlsLevel, entries: dict[str, str], ca_file: str = "") -> None:
+    def __init__(
+        self,
+        default: TlsLevel,
+        entries: dict[str, str],
+        ca_file: str = "",
+        credentials: CredentialTable | None = None,
+    ) -> None:
         self.default: TlsLevel = default
-        self.entries: dict[str, TlsLevel] = {
-            _entry_key(k): cast(TlsLevel, v)  # the config checked the levels
-            for k, v in entries.items()
-        }
+        self.entries: dict[str, TlsLevel] = {}
+        self.min_versions: dict[str, str] = {}  # entries that raise the lowest version
+        for key, value in entries.items():
+            level, minimum = split_tls_policy(value)  # the config checked the values
+            self.entries[_entry_key(key)] = cast(TlsLevel, level)
+            if minimum != "1.2":
+                self.min_versions[_entry_key(key)] = minimum
         self.ca_file = ca_file
-        self._contexts: dict[bool, ssl.SSLContext] = {}
+        self.credentials = credentials
+        self._contexts: dict[tuple[bool, str], ssl.SSLContext] = {}
 
     def level(self, target: str, port: int, mx: bool) -> TlsLevel:
         """The level for a next hop: ``target`` is the domain (``mx``) or the host."""
+        key = self._entry_for(target, port, mx)
+        if key is not None:
+            return self.entries[key]
+        credentials = self.credentials
+        if credentials is not None and NextHop("smtp", target, port, mx) in credentials:
+            return "verify"  # an authenticated hop: the password only to a proven name
+        return self.default
+
+    def _entry_for(self, target: str, port: int, mx: bool) -> str | None:
+        """The key of the entry that applies to a next hop, None if none does."""
         entries = self.entries
         if not mx:
-            found = entries.get(f"[{_clean(target)}]:{port}")
-            if found is not None:
-                return found
+            key = f"[{_clean(target)}]:{port}"
+            if key in entries:
+                return key
         name = _clean(target)
-        found = entries.get(name)
-        if found is not None:
-            return found
+        if name in entries:
+            return name
         labels = name.split(".")
         for i in range(1, len(labels)):
-            found = entries.get("." + ".".join(labels[i:]))
-            if found is not None:
-                return found
-        return self.default
+            key = "." + ".".join(labels[i:])
+            if key in entries:
+                return key
+        return None
 
     def has_entry(self, domain: str) -> bool:
         """Whether an entry names ``domain`` or a parent of it (an MTA-STS policy yields)."""
@@ -116,26 +144,35 @@ class PolicyTable:
     def policy(self, target: str, port: int, mx: bool, host: str) -> TlsPolicy:
         """The policy for a connection to MX (or configured) ``host`` of this next hop."""
         level = self.level(target, port, mx)
+        minimum = "1.2"
+        if self.min_versions:
+            key = self._entry_for(target, port, mx)
+            minimum = self.min_versions.get(key, "1.2") if key is not None else "1.2"
         if level not in ("verify", "dane", "dane-only"):
-            return TlsPolicy(level)
+            return TlsPolicy(level, min_version=minimum)
         names = dict.fromkeys([_clean(host), _clean(target)])
-        return TlsPolicy(level, tuple(names))
+        return TlsPolicy(level, tuple(names), min_version=minimum)
 
     def context(self, policy: TlsPolicy) -> ssl.SSLContext:
-        """One context per kind (verified or not), made once."""
-        verified = policy.verified
-        context = self._contexts.get(verified)
+        """One context per kind (verified or not, lowest version), made once."""
+        kind = (policy.verified, policy.min_version)
+        context = self._contexts.get(kind)
         if context is None:
-            context = self._contexts[verified] = client_context(verified, self.ca_file)
+            context = client_context(policy.verified, self.ca_file, policy.min_version)
+            self._contexts[kind] = context
         return context
 
 
-def client_context(verified: bool, ca_file: str = "") -> ssl.SSLContext:
-    """A client context with TLS 1.2 as its minimum.  Verified: the chain is checked against
-    ``ca_file`` (else the system store); the name is checked by :func:`cert_matches`,
-    because it may be one of several names (check_hostname knows only the SNI)."""
+_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+def client_context(verified: bool, ca_file: str = "", min_version: str = "1.2") -> ssl.SSLContext:
+    """A client context with TLS 1.2 (or ``min_version``) as its minimum.  Verified: the
+    chain is checked against ``ca_file`` (else the system store); the name is checked by
+    :func:`cert_matches`, because it may be one of several names (check_hostname knows
+    only the SNI)."""
     context = ssl.create_default_context(cafile=ca_file or None)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.minimum_version = _VERSIONS[min_version]
     context.check_hostname = False
     # may/encrypt: encryption without authentication (Postfix's may and encrypt)
     context.verify_mode = ssl.CERT_REQUIRED if verified else ssl.CERT_NONE

@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Protocol
 import msgspec
 
 from mta.config import Config, ConfigError, load_config
+from mta.delivery.credentials import load_credentials
 from mta.delivery.signing import load_signer
 from mta.exitcodes import EXIT_CONFIG
 from mta.master import metrics_dir, privileges, tempdirs
@@ -307,6 +308,7 @@ class Arbiter:
             load_tables(config)
             check_certificates(config)
             load_signer(config)  # DKIM keys
+            load_credentials(config)  # the smarthost's passwords
         except ConfigError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             return
@@ -529,6 +531,7 @@ def run_master(config: Config, config_path: str | None) -> int:
         load_auth_tables(config)  # every table it names: errors before serving
         load_tables(config)
         load_signer(config)  # every DKIM key: read and parsed
+        load_credentials(config)  # delivery.smtp_auth_file: mode and every line
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
         return EXIT_CONFIG

@@ -177,8 +177,8 @@ def _give_tree(path: str, account: Account) -> int:
 
 
 def check_access(config: Config, account: Account) -> None:
-    """Probe, as ``account``, that the children can use the spool and read the TLS files;
-    raise PrivilegeError naming what they cannot."""
+    """Probe, as ``account``, that the children can use the spool and read the TLS files
+    and the smarthost's password file; raise PrivilegeError naming what they cannot."""
     import_path = _code_sources()
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -243,6 +243,10 @@ def _access_problem(config: Config, account: Account, import_path: list[str]) ->
             if path and not os.access(path, os.R_OK):
                 blocker = _blocker(path)
                 return f"{section}.{key}: user {account.name} cannot read {path}: {blocker}"
+    auth_file = config.delivery.smtp_auth_file  # read by the delivery processes
+    if auth_file and not os.access(auth_file, os.R_OK):
+        blocker = _blocker(auth_file)
+        return f"delivery.smtp_auth_file: user {account.name} cannot read {auth_file}: {blocker}"
     return ""
 
 

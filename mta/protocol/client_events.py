@@ -25,6 +25,7 @@ import msgspec
 from mta.protocol.client import Reply
 
 __all__ = [
+    "AuthFailed",
     "ClientEvent",
     "HandshakeRefused",
     "Ready",
@@ -79,6 +80,7 @@ class Ready(msgspec.Struct, frozen=True, gc=False):
 
     tls: bool
     esmtp: bool
+    auth: str = ""  # the SASL mechanism we authenticated with, "" for none (RFC 4954)
 
 
 class StartTlsNow(msgspec.Struct, frozen=True, gc=False):
@@ -100,6 +102,18 @@ class HandshakeRefused(msgspec.Struct, frozen=True, gc=False):
     reply: Reply
 
 
+class AuthFailed(msgspec.Struct, frozen=True, gc=False):
+    """We have credentials for this server and could not authenticate (RFC 4954): the
+    session is closed before any transaction.  ``reason``: ``refused`` (the server's
+    ``reply`` to AUTH or to a LOGIN answer, a ``535`` say), ``no_tls`` (the server offers
+    AUTH but the connection is not encrypted: the password is never sent in clear), or
+    ``no_mechanism`` (neither PLAIN nor LOGIN is offered; ``reply`` is the EHLO reply)."""
+
+    reason: Literal["refused", "no_tls", "no_mechanism"]
+    mechanism: str  # "PLAIN" | "LOGIN", "" when none was tried
+    reply: Reply | None = None  # for "refused": the server's refusal
+
+
 class TransactionDone(msgspec.Struct, frozen=True, gc=False):
     """Every recipient of the transaction, in order, with the reply that decided it."""
 
@@ -115,4 +129,4 @@ class TransactionNotSent(msgspec.Struct, frozen=True, gc=False):
     limit: int | None  # the server's SIZE limit, for reason "size"
 
 
-ClientEvent = Ready | StartTlsNow | HandshakeRefused | SendMessage | TransactionDone
+ClientEvent = Ready | StartTlsNow | HandshakeRefused | AuthFailed | SendMessage | TransactionDone

@@ -16,6 +16,10 @@ except where an API call is named)::
     GREETING / LHLO / HELO refused --> CLOSED               (event HandshakeRefused)
     STARTTLS --220--> TLS --tls_started()--> EHLO           (event StartTlsNow)
     STARTTLS --other--> READY                               (carry on in clear text)
+    with credentials, after the last EHLO, when the server offers AUTH (RFC 4954):
+      --> AUTH (PLAIN, initial response) --235--> READY    (event Ready, auth="PLAIN")
+      --> AUTH_USER (LOGIN) --334--> AUTH_PASS --334--> AUTH --235--> READY
+      refused, no TLS, no PLAIN or LOGIN --> CLOSED        (event AuthFailed)
     READY --start_transaction()--> BATCH (PIPELINING: MAIL, RCPTs, DATA in one write)
                                \\-> MAIL --> RCPT ... --> DATA (one command at a time)
     BATCH / DATA --354--> MESSAGE --> READY                 (event TransactionDone)
@@ -65,7 +69,14 @@ Errors, as in :mod:`mta.protocol.errors`: :class:`ClientUsageError` (a
 :class:`~mta.protocol.client.ProtocolError` when the server sends something that is not an
 SMTP reply.
 
-To add a state (AUTH to a smarthost, BDAT, a TLS policy that refuses to carry on in clear
+AUTH to a smarthost (``credentials``; the lines are :mod:`mta.protocol.client_auth`'s) is
+said only over TLS (``tls_started()``, or ``tls=True`` for a connection encrypted from the
+start, RFC 8314): a server that offers AUTH on a clear-text connection gets no password
+(:class:`~mta.protocol.client_events.AuthFailed` ``no_tls``).  A server that does not offer
+AUTH at all gets the mail without it, as Postfix does; ``Ready.auth`` is then "" and the
+I/O layer warns.
+
+To add a state (BDAT, a TLS policy that refuses to carry on in clear
 text): add it to :class:`State` and :data:`TRANSITIONS`, write its ``_on_<state>`` reply
 handler and register it in ``_handlers``; the I/O layer needs a change only if the state
 asks it to do something new (as TLS does).
@@ -78,7 +89,15 @@ from collections import deque
 from collections.abc import Callable
 
 from mta.protocol.client import ClientConnection, Reply
+from mta.protocol.client_auth import (
+    Credentials,
+    choose_mechanism,
+    login_line,
+    offered_mechanisms,
+    plain_command,
+)
 from mta.protocol.client_events import (
+    AuthFailed,
     ClientEvent,
     HandshakeRefused,
     Ready,
@@ -106,6 +125,9 @@ class State(enum.Enum):
     HELO = "helo"  # EHLO refused, HELO sent
     STARTTLS = "starttls"  # STARTTLS sent
     TLS = "tls"  # the server said 220 to STARTTLS: the I/O layer does the handshake
+    AUTH = "auth"  # AUTH PLAIN (or LOGIN's password) sent: waiting for 235
+    AUTH_USER = "auth_user"  # AUTH LOGIN sent: waiting for the username challenge
+    AUTH_PASS = "auth_pass"  # LOGIN's username sent: waiting for the password challenge
     READY = "ready"  # idle: a transaction may start
     BATCH = "batch"  # PIPELINING: MAIL, every RCPT and DATA sent in one write
     MAIL = "mail"  # one at a time: MAIL sent
@@ -130,6 +152,9 @@ class State(enum.Enum):
     HELO,
     STARTTLS,
     TLS,
+    AUTH,
+    AUTH_USER,
+    AUTH_PASS,
     READY,
     BATCH,
     MAIL,
@@ -145,10 +170,13 @@ class State(enum.Enum):
 # What may follow what.  quit() and connection_lost() lead from any state to CLOSED.
 TRANSITIONS: dict[State, frozenset[State]] = {
     GREETING: frozenset({EHLO, CLOSED}),
-    EHLO: frozenset({HELO, STARTTLS, READY, CLOSED}),
-    HELO: frozenset({READY, CLOSED}),
-    STARTTLS: frozenset({TLS, READY}),
+    EHLO: frozenset({HELO, STARTTLS, AUTH, AUTH_USER, READY, CLOSED}),
+    HELO: frozenset({AUTH, AUTH_USER, READY, CLOSED}),
+    STARTTLS: frozenset({TLS, AUTH, AUTH_USER, READY, CLOSED}),
     TLS: frozenset({EHLO}),  # tls_started()
+    AUTH: frozenset({READY, CLOSED}),
+    AUTH_USER: frozenset({AUTH_PASS, CLOSED}),
+    AUTH_PASS: frozenset({AUTH, CLOSED}),
     READY: frozenset({BATCH, MAIL}),  # start_transaction()
     BATCH: frozenset({MESSAGE, STREAM, ABANDON, RSET}),
     MAIL: frozenset({RCPT, READY}),
@@ -165,15 +193,27 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 class ClientSession:
     """One outbound SMTP/LMTP conversation, from greeting to QUIT, with no I/O of its own."""
 
-    def __init__(self, helo_name: str, *, lmtp: bool = False, starttls: bool = True) -> None:
+    def __init__(
+        self,
+        helo_name: str,
+        *,
+        lmtp: bool = False,
+        starttls: bool = True,
+        credentials: Credentials | None = None,
+        tls: bool = False,
+    ) -> None:
+        """``credentials``: authenticate with them (only over TLS); ``tls``: the connection
+        is encrypted from the start (RFC 8314 implicit TLS), so no STARTTLS."""
         # what we know of the server, and the command formats
         self.client = ClientConnection(helo_name, lmtp=lmtp)
         self.lmtp = lmtp
         self.want_tls = starttls  # say STARTTLS when the server offers it
+        self.credentials = credentials
         # connection state
         self.state = State.GREETING
-        self.tls = False
-        self._tls_tried = False
+        self.tls = tls
+        self._tls_tried = tls
+        self.auth_mechanism = ""  # the mechanism being tried, then the one that worked
         # input and output
         self._replies: deque[Reply] = deque()  # received, not yet taken by a handler
         self._wanted = 1  # replies the current state needs before it can move on
@@ -194,6 +234,9 @@ class ClientSession:
             EHLO: self._on_ehlo,
             HELO: self._on_helo,
             STARTTLS: self._on_starttls,
+            AUTH: self._on_auth,
+            AUTH_USER: self._on_auth_user,
+            AUTH_PASS: self._on_auth_pass,
             BATCH: self._on_batch,
             MAIL: self._on_mail,
             RCPT: self._on_rcpt,
@@ -364,17 +407,66 @@ class ClientSession:
             self._out.append(self.client.starttls())
             self._go(STARTTLS)
             return None
-        return self._ready()
+        return self._authenticate()
 
     def _on_starttls(self) -> ClientEvent | None:
         if self._replies.popleft().code == 220:
             self._go(TLS, 0)
             return StartTlsNow()
-        return self._ready()  # opportunistic: carry on in clear text
+        return self._authenticate()  # opportunistic: carry on in clear text
 
     def _ready(self) -> Ready:
         self._go(READY, 0)
-        return Ready(self.tls, self.client.esmtp)
+        return Ready(self.tls, self.client.esmtp, self.auth_mechanism)
+
+    # ----- AUTH (RFC 4954) ------------------------------------------------------------------
+
+    def _authenticate(self) -> ClientEvent | None:
+        """The handshake is done: AUTH if we have credentials and the server offers it."""
+        credentials = self.credentials
+        if credentials is None or self.lmtp or not offered_mechanisms(self.client.extensions):
+            return self._ready()  # no AUTH offered: deliver without it, as Postfix does
+        if not self.tls:  # never a password in clear text
+            self._close()
+            return AuthFailed("no_tls", "")
+        mechanism = choose_mechanism(self.client.extensions)
+        if not mechanism:
+            self._close()
+            return AuthFailed("no_mechanism", "")
+        self.auth_mechanism = mechanism
+        if mechanism == "PLAIN":
+            self._out.append(plain_command(credentials))
+            self._go(AUTH)
+        else:
+            self._out.append(b"AUTH LOGIN\r\n")
+            self._go(AUTH_USER)
+        return None
+
+    def _on_auth(self) -> ClientEvent | None:
+        reply = self._replies.popleft()
+        if reply.code != 235:
+            return self._auth_refused(reply)
+        return self._ready()
+
+    def _on_auth_user(self) -> ClientEvent | None:
+        return self._login_step(0, AUTH_PASS)
+
+    def _on_auth_pass(self) -> ClientEvent | None:
+        return self._login_step(1, AUTH)
+
+    def _login_step(self, step: int, then: State) -> ClientEvent | None:
+        """LOGIN: a 334 challenge is answered (username, then password)."""
+        reply = self._replies.popleft()
+        if reply.code != 334:
+            return self._auth_refused(reply)
+        assert self.credentials is not None
+        self._out.append(login_line(self.credentials, step))
+        self._go(then)
+        return None
+
+    def _auth_refused(self, reply: Reply) -> AuthFailed:
+        self._close()
+        return AuthFailed("refused", self.auth_mechanism, reply)
 
     # ----- transactions ---------------------------------------------------------------------
 

@@ -1,10 +1,10 @@
 """CaptureSink: a real SMTP/LMTP server on loopback that records what it is sent.
 
 The delivery tests point the relay at it and then assert on :attr:`CaptureSink.messages`.
-It speaks the protocol for real (RFC 5321, RFC 2920 pipelining, RFC 3207 STARTTLS,
-RFC 2033 LMTP) so that client bugs show up as they would against a real peer, and it
-misbehaves only when told to: per-recipient rejections, a failing end of DATA, a 421
-greeting, a closed port.
+It speaks the protocol for real (RFC 5321, RFC 2920 pipelining, RFC 3207 STARTTLS or
+RFC 8314 implicit TLS, RFC 2033 LMTP, RFC 4954 AUTH PLAIN/LOGIN when given ``auth_users``)
+so that client bugs show up as they would against a real peer, and it misbehaves only when
+told to: per-recipient rejections, a failing end of DATA, a 421 greeting, a closed port.
 
 Invariants:
 
@@ -23,6 +23,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import binascii
 import datetime
 import functools
 import hashlib
@@ -60,6 +61,7 @@ class Captured:
     tls: bool = False  # whether the transaction ran over STARTTLS
     size: int = -1  # with the sink's data_limit: octets of the whole data (else -1)
     sha256: str = ""  # with the sink's data_limit: the whole data's digest, hex (else "")
+    auth: str = ""  # the username the client authenticated as ("" for none)
 
 
 class _SinkProtocol(asyncio.Protocol):
@@ -77,6 +79,9 @@ class _SinkProtocol(asyncio.Protocol):
         self.breaking = False  # broken_tls: STARTTLS was answered, the handshake will fail
         # session: forgotten after STARTTLS (RFC 3207 §4.2)
         self.helo = ""
+        self.auth_user = ""  # authenticated as
+        self.auth_step = ""  # in an AUTH exchange: "plain", "login_user" or "login_pass"
+        self.login_user = ""
         # transaction: ended by RSET, HELO/EHLO, STARTTLS and end of data
         self.mail_from: str | None = None
         self.mail_params: dict[str, str | None] = {}
@@ -89,6 +94,7 @@ class _SinkProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.peer = str(transport.get_extra_info("peername")[0])
+        self.tls = self.sink.implicit_tls
         self.sink._opened(self)
         if self.sink.greeting_reply is not None:
             self.send(self.sink.greeting_reply)
@@ -126,6 +132,10 @@ class _SinkProtocol(asyncio.Protocol):
             return False
         line = bytes(self.buffer[:end]).decode("utf-8", "replace")
         del self.buffer[: end + 2]
+        self.sink.lines.append(line)
+        if self.auth_step:
+            self.send(self.auth_response(line))
+            return True
         verb, _, arg = line.partition(" ")
         handler = _HANDLERS.get(verb.upper(), _SinkProtocol.cmd_unknown)
         self.send(handler(self, arg.strip()))
@@ -180,6 +190,8 @@ class _SinkProtocol(asyncio.Protocol):
         lines += [f"SIZE {self.sink.max_size}", "ENHANCEDSTATUSCODES", "SMTPUTF8"]
         if self.sink.tls and not self.tls:
             lines.append("STARTTLS")
+        if self.sink.auth_users and (self.tls or self.sink.auth_in_clear):
+            lines.append("AUTH " + " ".join(self.sink.auth_mechanisms))
         return (250, "\n".join(lines))
 
     def cmd_lhlo(self, arg: str) -> Reply:
@@ -263,6 +275,46 @@ class _SinkProtocol(asyncio.Protocol):
     def cmd_unknown(self, arg: str) -> Reply:
         return (500, "5.5.2 Command not recognized")
 
+    def cmd_auth(self, arg: str) -> Reply:
+        """RFC 4954 with PLAIN (initial response or not) and LOGIN; records each attempt."""
+        mechanism, _, initial = arg.partition(" ")
+        mechanism = mechanism.upper()
+        if not self.sink.auth_users:
+            return (502, "5.5.1 AUTH not offered")
+        if self.auth_user:
+            return (503, "5.5.1 Already authenticated")
+        if mechanism not in self.sink.auth_mechanisms:
+            return (504, "5.5.4 Unrecognized authentication type")
+        self.sink.auth_attempts.append((mechanism, self.tls))
+        if mechanism == "PLAIN":
+            if initial:
+                return self.check_plain(initial)
+            self.auth_step = "plain"
+            return (334, "")
+        self.auth_step = "login_user"
+        return (334, "VXNlcm5hbWU6")  # "Username:"
+
+    def auth_response(self, line: str) -> Reply:
+        step, self.auth_step = self.auth_step, ""
+        if step == "plain":
+            return self.check_plain(line)
+        if step == "login_user":
+            self.login_user = _b64decode(line)
+            self.auth_step = "login_pass"
+            return (334, "UGFzc3dvcmQ6")  # "Password:"
+        return self.check(self.login_user, _b64decode(line))
+
+    def check_plain(self, response: str) -> Reply:
+        _, _, credentials = _b64decode(response).partition("\0")
+        username, _, password = credentials.partition("\0")
+        return self.check(username, password)
+
+    def check(self, username: str, password: str) -> Reply:
+        if username and self.sink.auth_users.get(username) == password:
+            self.auth_user = username
+            return (235, "2.7.0 Authentication successful")
+        return (535, "5.7.8 Error: authentication failed")
+
     # -- end of data and TLS ----------------------------------------------------------
 
     def end_of_data(self, data: bytes) -> list[Reply]:
@@ -283,6 +335,7 @@ class _SinkProtocol(asyncio.Protocol):
                 mail_params=self.mail_params,
                 peer=self.peer,
                 tls=self.tls,
+                auth=self.auth_user,
             )
             limit = self.sink.data_limit
             if limit is not None:
@@ -312,6 +365,7 @@ class _SinkProtocol(asyncio.Protocol):
             return
         assert transport is not None
         self.transport, self.tls, self.helo, self.paused = transport, True, "", False
+        self.auth_user = ""
         self.reset()
         self.process()
 
@@ -327,7 +381,15 @@ _HANDLERS: dict[str, Callable[[_SinkProtocol, str], Reply]] = {
     "NOOP": _SinkProtocol.cmd_noop,
     "QUIT": _SinkProtocol.cmd_quit,
     "STARTTLS": _SinkProtocol.cmd_starttls,
+    "AUTH": _SinkProtocol.cmd_auth,
 }
+
+
+def _b64decode(text: str) -> str:
+    try:
+        return binascii.a2b_base64(text.strip()).decode("utf-8", "replace")
+    except binascii.Error:
+        return ""
 
 
 def _path_and_params(arg: str, prefix: str) -> tuple[str, dict[str, str | None]] | None:
@@ -367,10 +429,12 @@ class CaptureSink(LoopServer):
         tls: bool = False,
         data_limit: int | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        implicit_tls: bool = False,
     ) -> None:
         # where and what it serves
         super().__init__(host, port)
-        self.lmtp, self.tls = lmtp, tls
+        self.lmtp, self.tls = lmtp, tls or implicit_tls
+        self.implicit_tls = implicit_tls  # TLS from the first byte (RFC 8314), no STARTTLS
         self.data_limit = data_limit  # keep this much of each message's data (None: all)
         # behaviour knobs
         self.rcpt_replies: dict[str, Reply] = {}
@@ -380,10 +444,15 @@ class CaptureSink(LoopServer):
         self.greeting_reply: Reply | None = None
         self.broken_tls = False  # answer STARTTLS with 220, then send garbage, not a handshake
         self.max_size = 50 * 1024 * 1024  # advertised in SIZE and enforced on MAIL SIZE=
+        self.auth_users: dict[str, str] = {}  # offer AUTH and take these (user: password)
+        self.auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")  # as offered, in order
+        self.auth_in_clear = False  # offer AUTH before TLS too (a careless server)
         # what it has seen
         self.connections = 0
         self.transactions = 0
         self.server_names: list[str | None] = []  # the SNI of each TLS handshake
+        self.auth_attempts: list[tuple[str, bool]] = []  # (mechanism, over TLS) per AUTH
+        self.lines: list[str] = []  # every line received outside DATA (AUTH's too)
         self._messages: list[Captured] = []
         self._seen = threading.Condition()
         # machinery, owned by the loop thread once started
@@ -477,7 +546,10 @@ class CaptureSink(LoopServer):
         if self._server is not None:
             return
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _SinkProtocol(self), self.host, self.port)
+        tls = self._ssl if self.implicit_tls else None
+        self._server = await loop.create_server(
+            lambda: _SinkProtocol(self), self.host, self.port, ssl=tls
+        )
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _unlisten(self) -> None:

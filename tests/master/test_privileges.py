@@ -335,3 +335,21 @@ def test_a_fresh_machine_where_nobody_cannot_run_the_children_keeps_root_and_say
     log = server.log()
     assert "falling back to 'nobody'" in log
     assert "so the children run as root: create the account 'mta-no-such-account'" in log
+
+
+@needs_root
+def test_a_smarthost_password_file_the_account_cannot_read_stops_the_master(
+    nobody_factory: Factory, open_dir: Path
+) -> None:
+    """delivery.smtp_auth_file passes the master's own check (0600, root's) but the
+    delivery processes, as nobody, could not read it: refused before any child starts."""
+    secrets = open_dir / "smtp_auth"
+    secrets.write_text("[relay.test]:587 user:password\n")
+    secrets.chmod(0o600)  # root's alone
+    config = unprivileged(open_dir / "spool")
+    config["delivery"] = {"smtp_auth_file": str(secrets)}
+    server = nobody_factory(config, wait=False)
+    assert server.proc is not None
+    assert server.proc.wait(20) == 78
+    expected = f"delivery.smtp_auth_file: user nobody cannot read {secrets}: it is mode -rw-------"
+    assert expected in server.log()
