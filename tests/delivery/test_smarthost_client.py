@@ -272,7 +272,7 @@ def test_policy_table_with_credentials_and_versions(tmp_path: Path) -> None:
         "verify", ("relay.test",)
     )
     assert table.policy("v13.test", 25, True, "mx.v13.test") == TlsPolicy(
-        "verify", ("mx.v13.test", "v13.test"), "1.3"
+        "verify", ("mx.v13.test", "v13.test"), min_version="1.3"
     )
     assert table.context(TlsPolicy("encrypt", min_version="1.3")).minimum_version == (
         ssl.TLSVersion.TLSv1_3
