@@ -458,6 +458,7 @@ cdef class DataScanner:
 
     cdef readonly bint normalize
     cdef readonly bint strip_nul
+    cdef readonly bint chunked
     cdef readonly bint done
     cdef readonly Py_ssize_t size
     cdef readonly Py_ssize_t bare_cr
@@ -465,9 +466,10 @@ cdef class DataScanner:
     cdef readonly Py_ssize_t nul
     cdef int _state
 
-    def __init__(self, normalize=False, strip_nul=False):
+    def __init__(self, normalize=False, strip_nul=False, chunked=False):
         self.normalize = normalize
         self.strip_nul = strip_nul
+        self.chunked = chunked
         self._state = _LINE_START
         self.done = False
         self.size = 0
@@ -492,6 +494,19 @@ cdef class DataScanner:
             return self._feed(data, <const unsigned char*>view.buf, view.len)
         finally:
             PyBuffer_Release(&view)
+
+    def finish(self):
+        """The last BDAT chunk is in: a CR still pending is a bare CR (see _parser_py)."""
+        if not self.chunked or self.done:
+            return b""
+        self.done = True
+        if self._state != _PENDING_CR:
+            return b""
+        self._state = _MID
+        self.bare_cr += 1
+        tail = b"\r\n" if self.normalize else b"\r"
+        self.size += len(tail)
+        return tail
 
     cdef tuple _feed(self, object data, const unsigned char* src, Py_ssize_t n):
         cdef _Output out
@@ -523,7 +538,7 @@ cdef class DataScanner:
         cdef unsigned char c
         while i < n:
             if state == _LINE_START or state == _MID:
-                if state == _LINE_START and p[i] == _DOT:
+                if state == _LINE_START and p[i] == _DOT and not self.chunked:
                     _out_skip(o, i)
                     state = _LINE_DOT
                     i += 1

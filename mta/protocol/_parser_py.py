@@ -16,8 +16,9 @@ API
     dropped as RFC 5321 §4.1.2 asks) and a dict of upper-cased ESMTP parameter names to
     values (``None`` for a bare keyword).  Raises :class:`CommandSyntaxError`.
 
-``DataScanner(normalize, strip_nul=False)``
-    Streaming decoder for the DATA phase.  ``feed(chunk) -> (decoded, consumed)``.
+``DataScanner(normalize, strip_nul=False, chunked=False)``
+    Streaming decoder for the DATA phase (and, ``chunked``, for BDAT chunks).
+    ``feed(chunk) -> (decoded, consumed)``.
     Only ``CRLF.CRLF`` ends the data (RFC 5321 §4.1.1.4); the dot of a line that starts
     with one after a *real* CRLF is removed (§4.5.2).  A CR not followed by LF, or an LF not
     preceded by CR, is counted in ``bare_cr`` / ``bare_lf``; it is passed through as is, or
@@ -30,8 +31,15 @@ API
     ``consumed`` is ``len(chunk)`` unless the terminator was found, then it is the offset
     just past it (the rest belongs to the next command).  ``size`` counts decoded bytes.
     ``chunk`` may be any bytes-like object (bytes, bytearray, memoryview); ``decoded`` is
-    always ``bytes``.  ``normalize``, ``strip_nul``, ``done``, ``size``, ``bare_cr``,
-    ``bare_lf`` and ``nul`` are read-only: the scanner alone keeps them true.
+    always ``bytes``.  ``normalize``, ``strip_nul``, ``chunked``, ``done``, ``size``,
+    ``bare_cr``, ``bare_lf`` and ``nul`` are read-only: the scanner alone keeps them true.
+
+    ``chunked``: the octets of BDAT chunks (RFC 3030), one message in several ``feed``
+    calls.  Nothing is dot-unstuffed and nothing ends the data: every octet fed is consumed
+    (``consumed == len(chunk)``); bare CR, bare LF and NUL are counted and treated as in
+    DATA, and a CRLF split between two chunks is one line end.  ``finish()`` says the last
+    chunk is in: a CR still pending then is a bare CR (returned as ``b"\r"``, or CRLF when
+    normalising) and ``done`` becomes true.  ``finish()`` on a DATA scanner returns ``b""``.
 """
 
 from __future__ import annotations
@@ -214,6 +222,7 @@ class DataScanner:
         "_bare_cr",
         "_bare_lf",
         "_bare_out",
+        "_chunked",
         "_done",
         "_normalize",
         "_nul",
@@ -223,8 +232,11 @@ class DataScanner:
         "_strip_nul",
     )
 
-    def __init__(self, normalize: bool = False, strip_nul: bool = False) -> None:
+    def __init__(
+        self, normalize: bool = False, strip_nul: bool = False, chunked: bool = False
+    ) -> None:
         self._normalize = bool(normalize)
+        self._chunked = bool(chunked)
         self._strip_nul = bool(strip_nul)
         self._nul_out = b"" if strip_nul else b"\x00"
         self._nul = 0
@@ -244,6 +256,11 @@ class DataScanner:
     def strip_nul(self) -> bool:
         """NUL octets are left out of the output (fixed at construction)."""
         return self._strip_nul
+
+    @property
+    def chunked(self) -> bool:
+        """BDAT chunks: no dot-unstuffing, no terminator (fixed at construction)."""
+        return self._chunked
 
     @property
     def done(self) -> bool:
@@ -286,7 +303,7 @@ class DataScanner:
         next_cr = next_lf = next_nul = -1
         while i < n:
             if state in (_LINE_START, _MID):
-                if state == _LINE_START and data[i] == 0x2E:
+                if state == _LINE_START and data[i] == 0x2E and not self._chunked:
                     state = _DOT
                     i += 1
                     continue
@@ -352,3 +369,16 @@ class DataScanner:
         decoded = b"".join(out)
         self._size += len(decoded)
         return decoded, i
+
+    def finish(self) -> bytes:
+        """The last BDAT chunk is in: a CR still pending is a bare CR (see above)."""
+        if not self._chunked or self._done:
+            return b""
+        self._done = True
+        if self._state != _CR:
+            return b""
+        self._state = _MID
+        self._bare_cr += 1
+        tail = self._bare_out[0]
+        self._size += len(tail)
+        return tail

@@ -27,7 +27,9 @@ OK_RECIPIENT = reply(250, "2.1.5 Ok")
 RESET = reply(250, "2.0.0 Ok")
 START_DATA = reply(354, "End data with <CR><LF>.<CR><LF>")
 VRFY = reply(252, "2.0.0 Cannot VRFY user, but will accept message and attempt delivery")
-HELP = reply(214, "2.0.0 See RFC 5321 (commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY)")
+HELP = reply(
+    214, "2.0.0 See RFC 5321 (commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY)"
+)
 
 NEED_HELO = reply(503, "5.5.1 Error: send HELO/EHLO first")
 NESTED_MAIL = reply(503, "5.5.1 Error: nested MAIL command")
@@ -47,6 +49,8 @@ NUL_IN_ARGUMENT = reply(501, "5.5.2 Error: NUL in command argument")
 # RFC 5322 §2.3: NUL is not allowed in a message; refused like bare line endings (same code).
 NUL_IN_DATA = reply(550, "5.5.2 Error: message contains NUL octets")
 DATA_SYNTAX = reply(501, "5.5.4 Syntax: DATA")
+DATA_AFTER_BDAT = reply(503, "5.5.1 Error: DATA after BDAT in one transaction")
+RCPT_AFTER_BDAT = reply(503, "5.5.1 Error: RCPT after BDAT in one transaction")
 NO_ARGS_SYNTAX = reply(501, "5.5.4 Syntax error: no arguments allowed")
 VRFY_SYNTAX = reply(501, "5.5.4 Syntax: VRFY address")
 NULL_RECIPIENT = reply(501, "5.1.3 Bad recipient address syntax")
@@ -104,6 +108,17 @@ def too_many_connections(hostname: str) -> bytes:
 
 def too_many_auth_failures(hostname: str) -> bytes:
     return reply(421, f"4.7.0 {hostname} Error: too many authentication failures")
+
+
+def bdat_syntax(hostname: str) -> bytes:
+    """A BDAT whose count cannot be read: the octets that follow cannot be told from
+    commands, so the session ends (RFC 5321 §3.8: with a 421)."""
+    return reply(421, f"4.5.4 {hostname} Syntax: BDAT count [LAST]; closing connection")
+
+
+def chunk_received(size: int) -> bytes:
+    """The reply to a BDAT chunk that is not the last (RFC 3030 §2; Postfix's words)."""
+    return reply(250, f"2.0.0 Ok: {size} octets")
 
 
 def queued(queue_id: str) -> bytes:

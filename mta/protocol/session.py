@@ -13,6 +13,13 @@ Rules this module keeps:
   against ``max_errors``, after which the session says ``421`` and closes, as Postfix does.
 * Only ``CRLF.CRLF`` ends DATA; a bare CR or LF in a command rejects the command, in DATA it
   rejects the message after the real terminator (or is turned into CRLF when configured).
+* BDAT (RFC 3030 CHUNKING): the octets a ``BDAT n`` announces are always consumed, whatever
+  is answered, and only then is it answered, so a refused chunk never leaves its octets to
+  be read as commands; a count that is not a number closes the session for the same reason.
+  Chunks are not dot-unstuffed and nothing in them ends the message; bare line endings and
+  NULs get DATA's rules across the chunks, SIZE counts all of them, and a transaction is
+  either DATA or BDAT: DATA after a BDAT chunk is refused, and a failed chunk ends the
+  transaction (later chunks are consumed and refused with ``503``).
   A NUL octet likewise: in a command argument ``501``, in DATA the message is rejected
   after the terminator (or the NUL dropped when configured), because a next hop that drops
   NULs would read ``CRLF NUL . CRLF`` as the end of the data (SMTP smuggling).
@@ -75,6 +82,7 @@ class State(enum.Enum):
     MAIL = "mail"  # MAIL accepted, no recipient yet
     RCPT = "rcpt"  # at least one recipient accepted
     DATA = "data"  # reading the message
+    BDAT = "bdat"  # BDAT chunks received, the last one not yet (RFC 3030)
 
 
 class Decision(enum.Enum):
@@ -83,7 +91,7 @@ class Decision(enum.Enum):
 
     MAIL = "mail"  # MailFrom: open the transaction with this sender?
     RCPT = "rcpt"  # RcptTo: take this recipient (relay policy)?
-    DATA = "data"  # DataStart: ready to receive the message (354)?
+    DATA = "data"  # DataStart: ready to receive the message (354, or BDAT's first chunk)?
     END = "end"  # DataEnd: is the message durable (250 with its queue id)?
     STARTTLS = "starttls"  # StartTls: will the server start TLS (220)?
     AUTH = "auth"  # AuthRequest: are these credentials good (235)?
@@ -126,6 +134,7 @@ class DataScanner(Protocol):
     @property
     def nul(self) -> int: ...
     def feed(self, chunk: bytes | bytearray | memoryview) -> tuple[bytes, int]: ...
+    def finish(self) -> bytes: ...
 
 
 class ParserBackend(Protocol):
@@ -137,11 +146,31 @@ class ParserBackend(Protocol):
     def parse_path_argument(
         self, argument: bytes, keyword: bytes
     ) -> tuple[str, dict[str, str | None]]: ...
-    def DataScanner(self, normalize: bool, strip_nul: bool) -> DataScanner: ...  # noqa: N802
+    def DataScanner(  # noqa: N802
+        self, normalize: bool, strip_nul: bool, chunked: bool = False
+    ) -> DataScanner: ...
 
 
 _ANY = frozenset(State) - {State.DATA}
 _IN_TRANSACTION = frozenset({State.MAIL, State.RCPT})
+_BDAT_COUNT_DIGITS = 18  # octets in a chunk: more than any size limit, fits in 64 bits
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """The BDAT chunk being read: octets still to come, whether it is the last one, and
+    whether its octets are kept (part of the message) or consumed and dropped, to be
+    answered with ``refusal`` once they are in."""
+
+    size: int
+    last: bool
+    keep: bool = True
+    refusal: bytes | None = None
+    remaining: int = -1  # octets still to come (the size, at first)
+
+    def __post_init__(self) -> None:
+        if self.remaining < 0:
+            self.remaining = self.size
 
 
 @dataclass(slots=True, frozen=True)
@@ -159,6 +188,8 @@ COMMANDS: dict[str, Command] = {
     "MAIL": Command("_do_mail", frozenset({State.READY}), True),
     "RCPT": Command("_do_rcpt", _IN_TRANSACTION, True),
     "DATA": Command("_do_data", frozenset({State.RCPT}), False),
+    # BDAT takes every state: its chunk is consumed wherever it comes (_do_bdat)
+    "BDAT": Command("_do_bdat", _ANY, True),
     "RSET": Command("_do_rset", _ANY, False),
     "NOOP": Command("_do_noop", _ANY),
     "QUIT": Command("_do_quit", _ANY),
@@ -168,7 +199,7 @@ COMMANDS: dict[str, Command] = {
     "AUTH": Command("_do_auth", frozenset({State.READY}), True),
 }
 # Known to us but deliberately not offered (RFC 5321 §4.2.4: 502 for unimplemented commands).
-NOT_IMPLEMENTED = frozenset({"BDAT", "EXPN", "ETRN", "TURN", "ATRN"})
+NOT_IMPLEMENTED = frozenset({"EXPN", "ETRN", "TURN", "ATRN"})
 
 # Reply for a verb used in the wrong state, by the state we are in.
 _OUT_OF_SEQUENCE: dict[tuple[str, State], bytes] = {
@@ -180,6 +211,14 @@ _OUT_OF_SEQUENCE: dict[tuple[str, State], bytes] = {
     ("DATA", State.CONNECTED): replies.NEED_HELO,
     ("DATA", State.READY): replies.NEED_MAIL,
     ("DATA", State.MAIL): replies.NEED_RCPT,
+    ("DATA", State.BDAT): replies.DATA_AFTER_BDAT,
+    ("BDAT", State.CONNECTED): replies.NEED_HELO,
+    ("BDAT", State.READY): replies.NEED_MAIL,
+    ("BDAT", State.MAIL): replies.NEED_RCPT,
+    ("MAIL", State.BDAT): replies.NESTED_MAIL,
+    ("RCPT", State.BDAT): replies.RCPT_AFTER_BDAT,
+    ("STARTTLS", State.BDAT): replies.STARTTLS_IN_TRANSACTION,
+    ("AUTH", State.BDAT): replies.AUTH_IN_TRANSACTION,
     ("STARTTLS", State.MAIL): replies.STARTTLS_IN_TRANSACTION,
     ("STARTTLS", State.RCPT): replies.STARTTLS_IN_TRANSACTION,
     ("AUTH", State.MAIL): replies.AUTH_IN_TRANSACTION,
@@ -224,7 +263,8 @@ class ServerSession:
         self.mail_params: dict[str, str | None] = {}
         self.recipients: list[tuple[str, dict[str, str | None]]] = []
         self._pending_rcpt: tuple[str, dict[str, str | None]] = ("", {})
-        self._scanner: DataScanner | None = None  # while in DATA
+        self._scanner: DataScanner | None = None  # while in DATA or BDAT
+        self._chunk: _Chunk | None = None  # the BDAT chunk being read
         self._oversize = False
 
     # ----- the I/O layer's API -------------------------------------------------------------
@@ -269,6 +309,10 @@ class ServerSession:
         while not self._events:
             if self._pending is not None or self.closing:
                 return None
+            if self._chunk is not None:
+                if not self._read_chunk(self._chunk):
+                    return None
+                continue
             if self.state is State.DATA:
                 if not self._scan_data():
                     return None
@@ -303,13 +347,17 @@ class ServerSession:
             self.auth_mechanism = ""
             self.state = State.CONNECTED
         elif pending is Decision.DATA:
-            self.state = State.DATA
             limits = self.limits
+            chunked = self._chunk is not None
             self._scanner = self._parser.DataScanner(
-                limits.normalize_bare_line_endings, limits.strip_nul
+                limits.normalize_bare_line_endings, limits.strip_nul, chunked
             )
             self._oversize = False
-            self._reply(reply or replies.START_DATA)
+            if chunked:
+                self.state = State.BDAT  # the chunk's octets follow: no 354
+            else:
+                self.state = State.DATA
+                self._reply(reply or replies.START_DATA)
         elif pending is Decision.AUTH:
             self.authenticated = self._pending_auth[1]
             self.auth_mechanism = self._pending_auth[0]
@@ -327,6 +375,10 @@ class ServerSession:
         if pending is Decision.MAIL:
             self.sender = None
             self.mail_params = {}
+        chunk = self._chunk
+        if pending is Decision.DATA and chunk is not None and not reply.startswith(b"421"):
+            chunk.keep, chunk.refusal = False, reply  # answered once its octets are in
+            return
         if reply.startswith(b"421"):
             self._close_with(reply)
         else:
@@ -346,7 +398,12 @@ class ServerSession:
 
     @property
     def in_transaction(self) -> bool:
-        return self.state in _IN_TRANSACTION or self.state is State.DATA
+        return self.state in _IN_TRANSACTION or self.state in (State.DATA, State.BDAT)
+
+    @property
+    def receiving_message(self) -> bool:
+        """Message octets are being read: after DATA's 354, or in a BDAT transaction."""
+        return self.state is State.DATA or self.state is State.BDAT
 
     # ----- input ---------------------------------------------------------------------------
 
@@ -406,6 +463,59 @@ class ServerSession:
         else:
             self._pending = Decision.END
             self._events.append(DataEnd(scanner.size))
+
+    def _read_chunk(self, chunk: _Chunk) -> bool:
+        """Consume the BDAT chunk's octets as they come; False when more are needed."""
+        buf = self._buf
+        take = min(chunk.remaining, len(buf))
+        if take == 0 and chunk.remaining:
+            return False
+        if take:
+            chunk.remaining -= take
+            if chunk.keep:
+                self._keep_chunk_octets(buf, take)
+            del buf[:take]
+        if chunk.remaining:
+            return True
+        self._chunk = None
+        self._chunk_done(chunk)
+        return True
+
+    def _keep_chunk_octets(self, buf: bytearray, take: int) -> None:
+        scanner = self._scanner
+        if scanner is None:
+            raise SessionUsageError("in BDAT without a scanner")  # unreachable: accept()
+        decoded, _ = scanner.feed(memoryview(buf)[:take])
+        if scanner.size > self.limits.max_message_size:
+            self._oversize = True  # the chunk is still consumed, nothing more is kept
+        elif decoded:
+            self._events.append(DataChunk(decoded))
+
+    def _chunk_done(self, chunk: _Chunk) -> None:
+        """Answer a chunk whose octets are all in: refused, too big, the last, or more."""
+        if chunk.refusal is not None:
+            self._reply(chunk.refusal)
+            if self.state is State.RCPT:  # the message could not be opened: it is over
+                self._end_transaction()
+            return
+        if not chunk.keep:  # out of sequence, or after a failed chunk: not ours
+            return
+        scanner = self._scanner
+        if scanner is None:
+            raise SessionUsageError("in BDAT without a scanner")  # unreachable: accept()
+        if self._oversize:
+            self._scanner = None
+            self._abort_data("too_big", replies.TOO_BIG)
+        elif chunk.last:
+            tail = scanner.finish()
+            if tail and scanner.size <= self.limits.max_message_size:
+                self._events.append(DataChunk(tail))
+            elif tail:
+                self._oversize = True
+            self._scanner = None
+            self._finish_data(scanner)
+        else:
+            self._reply(replies.chunk_received(chunk.size))
 
     def _abort_data(self, reason: str, reply: bytes) -> None:
         self._events.append(DataAborted(reason))
@@ -484,6 +594,7 @@ class ServerSession:
             "8BITMIME",
             "ENHANCEDSTATUSCODES",
             "SMTPUTF8",
+            "CHUNKING",
         ]
         if self.limits.starttls and not self.tls:
             extensions.append("STARTTLS")
@@ -570,6 +681,24 @@ class ServerSession:
         self._pending = Decision.DATA
         return DataStart()
 
+    def _do_bdat(self, argument: bytes) -> Event | None:
+        """``BDAT count [LAST]``: the chunk's octets follow the line (RFC 3030 §2)."""
+        parsed = _parse_bdat(argument)
+        if parsed is None:  # how many octets follow is unknown: we cannot stay in step
+            self._close_with(replies.bdat_syntax(self.limits.hostname))
+            return None
+        size, last = parsed
+        if self.state is State.RCPT:  # the first chunk: the server opens the message
+            self._chunk = _Chunk(size, last)
+            self._pending = Decision.DATA
+            return DataStart()
+        if self.state is State.BDAT:
+            self._chunk = _Chunk(size, last)
+            return None
+        refusal = _OUT_OF_SEQUENCE.get(("BDAT", self.state), replies.NEED_HELO)
+        self._chunk = _Chunk(size, last, keep=False, refusal=refusal)
+        return None
+
     def _do_starttls(self, argument: bytes) -> Event | None:
         self._pending = Decision.STARTTLS
         return StartTls()
@@ -651,6 +780,7 @@ class ServerSession:
 
     def _reset_transaction(self) -> Event | None:
         had_transaction = self.sender is not None
+        self._scanner = None
         self.sender = None
         self.mail_params = {}
         self.recipients = []
@@ -662,3 +792,17 @@ class ServerSession:
         self._reset_transaction()
         if self._shutdown_requested:
             self._close_with(replies.shutting_down(self.limits.hostname))
+
+
+def _parse_bdat(argument: bytes) -> tuple[int, bool] | None:
+    """``count [LAST]`` (RFC 3030 §3: ``bdat-cmd ::= "BDAT" SP chunk-size [ SP end-marker ]``)
+    as (count, last); None when it is not that."""
+    words = argument.split(b" ")
+    if not 1 <= len(words) <= 2:
+        return None
+    count = words[0]
+    if not count.isdigit() or len(count) > _BDAT_COUNT_DIGITS:
+        return None
+    if len(words) == 2 and words[1].upper() != b"LAST":
+        return None
+    return int(count), len(words) == 2

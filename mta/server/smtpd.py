@@ -55,7 +55,7 @@ from mta.protocol.events import (
     TransactionReset,
 )
 from mta.protocol.printable import for_log
-from mta.protocol.session import ServerSession, State
+from mta.protocol.session import ServerSession
 from mta.queue.envelope import Envelope, Recipient
 from mta.queue.ids import new_queue_id
 from mta.queue.spool import MessageWriter
@@ -713,7 +713,7 @@ class SMTPProtocol(asyncio.Protocol):
             self._arm_timer(now + 1.0)
             return
         which = "session" if now >= session else "request" if now >= request else "idle"
-        if which == "request" and self.session.state is State.DATA:
+        if which == "request" and self.session.receiving_message:
             which = "data"
         log.info("timeout (%s) after %s from [%s]", which, self.session.state.value, self.client_ip)
         self.ctx.count_reject(f"timeout_{which}")

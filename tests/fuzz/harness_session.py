@@ -14,9 +14,9 @@ Checked on the way, for every batch of output and every event (:class:`Checker`)
 raises, each reply is well formed (three digits, ``-`` or space, CRLF, at most 512 octets a
 line, one code per multi-line reply, an enhanced status code where RFC 2034 asks for one),
 nothing follows ``221``/``421``, decision events leave the session waiting, message text
-flows only between an accepted DATA and its end, an accepted message is no bigger than the
-limit and holds no bare line end or NUL, recipients stay within the limit, and neither
-STARTTLS nor AUTH is offered where it must not be.
+flows only between an accepted DATA (or first BDAT chunk) and its end, an accepted message
+is no bigger than the limit and holds no bare line end or NUL, recipients stay within the
+limit, and neither STARTTLS nor AUTH is offered where it must not be.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from mta.protocol.events import (
     MailFrom,
     RcptTo,
     StartTls,
+    TransactionReset,
 )
 from mta.protocol.session import ServerSession, SessionLimits, State
 from mta.server.context import session_limits
@@ -180,6 +181,8 @@ class Checker:
         elif isinstance(event, DataAborted):
             assert self.in_data, event
             self.in_data = False
+        elif isinstance(event, TransactionReset):  # RSET or EHLO between BDAT chunks
+            self.in_data = False
 
     def _message_end(self, event: DataEnd) -> None:
         assert self.in_data, event
@@ -277,6 +280,7 @@ def answer(session: ServerSession, decision: str, accepted: bool, temporary: boo
 
 VERBS = (b"EHLO ", b"HELO ", b"MAIL ", b"RCPT ", b"DATA\r\n", b"RSET\r\n", b"NOOP\r\n")
 VERBS += (b"QUIT\r\n", b"VRFY ", b"HELP\r\n", b"STARTTLS\r\n", b"AUTH PLAIN ", b"AUTH LOGIN")
+VERBS += (b"BDAT 5\r\n", b"BDAT 0 LAST\r\n", b" LAST\r\n")
 
 
 @harness("session", lambda: seeds(), max_len=8192, dictionary=SMTP_TOKENS + VERBS)
@@ -306,6 +310,12 @@ SCRIPTS = [
     GREET + b"MAIL FROM:<a@x.test>\nRCPT TO:<b@y>\rDATA\r\n" + b"X" * 3000 + b"\r\n",
     GREET + TRANSACTION + b"a\r\n\x00.\r\nb\n.\nc\r.\r\n.\r\n" + b"MAIL FROM:<a@b>\r\n",
     GREET + b"RCPT TO:<a@b>\r\nDATA\r\nMAIL FROM:<>\r\nDATA\r\n" + b"QUIT\r\n",
+    # BDAT: chunks with a split CRLF and a would-be terminator, DATA and RSET between chunks,
+    # a chunk out of sequence, a bad count
+    GREET + TRANSACTION[:-6] + b"BDAT 4\r\nab\r\nBDAT 9 LAST\r\n.\r\nQUIT\r\n" + TRANSACTION,
+    GREET + TRANSACTION[:-6] + b"BDAT 3\r\nx\r\rDATA\r\nBDAT 2 LAST\r\n\n\x00RSET\r\n",
+    GREET + b"BDAT 6\r\nQUIT\r\n" + TRANSACTION[:-6] + b"BDAT 2\r\nabRSET\r\nBDAT 0 LAST\r\n",
+    GREET + TRANSACTION[:-6] + b"BDAT 70\r\n" + b"y" * 70 + b"BDAT x\r\nQUIT\r\n",
 ]
 HEADERS = [
     b"\x00\x00\xff\xff\x00\x00",  # defaults, everything accepted, all at once

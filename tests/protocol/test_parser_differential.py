@@ -138,6 +138,68 @@ def test_scanner_matches_model(
         assert scan(parser, [data], normalize, strip) == model(data, normalize, strip)
 
 
+# ----- BDAT chunks (the scanner with chunked=True) ---------------------------------------
+
+
+def scan_chunked(
+    parser: ModuleType, chunks: list[Any], normalize: bool, strip: bool
+) -> tuple[Any, ...]:
+    scanner = parser.DataScanner(normalize, strip, True)
+    decoded = []
+    for chunk in chunks:
+        out, used = scanner.feed(chunk)
+        assert used == len(chunk)  # a chunk is consumed whole: nothing in it ends the data
+        decoded.append(out)
+    assert not scanner.done
+    decoded.append(scanner.finish())
+    assert scanner.done and scanner.finish() == b""
+    result = b"".join(decoded)
+    assert scanner.size == len(result)
+    return result, scanner.bare_cr, scanner.bare_lf, scanner.nul
+
+
+def model_chunked(data: bytes, normalize: bool, strip: bool) -> tuple[Any, ...]:
+    """BDAT: every octet is message text; no dot goes, nothing ends it, a CR last is bare."""
+    bare_cr, bare_lf = len(_BARE_CR.findall(data)), len(_BARE_LF.findall(data))
+    decoded = data
+    if normalize:
+        decoded = _BARE_LF.sub(b"\r\n", _BARE_CR.sub(b"\r\n", decoded))
+    if strip:
+        decoded = decoded.replace(b"\x00", b"")
+    return decoded, bare_cr, bare_lf, data.count(b"\x00")
+
+
+@SETTINGS
+@given(
+    data=data_bytes,
+    points=st.lists(st.integers(min_value=0, max_value=200), max_size=8),
+    normalize=st.booleans(),
+    strip=st.booleans(),
+    kind=st.sampled_from(KINDS),
+)
+def test_chunked_scanner_matches_model_on_any_split(
+    backends: list[ModuleType],
+    data: bytes,
+    points: list[int],
+    normalize: bool,
+    strip: bool,
+    kind: type,
+) -> None:
+    expected = model_chunked(data, normalize, strip)
+    for parser in backends:
+        assert scan_chunked(parser, [data], normalize, strip) == expected
+        chunks = [kind(c) for c in cut(data, points)]
+        assert scan_chunked(parser, chunks, normalize, strip) == expected
+
+
+def test_chunked_scanner_keeps_dots_and_the_data_terminator(backends: list[ModuleType]) -> None:
+    data = b".a\r\n..b\r\n.\r\nMAIL FROM:<x@y>\r\n"
+    for parser in backends:
+        assert scan_chunked(parser, [data], False, False) == (data, 0, 0, 0)
+        # a DATA scanner over the same octets stops at the terminator and unstuffs
+        assert parser.DataScanner(False, False).feed(data) == (b"a\r\n.b\r\n", 12)
+
+
 # ----- commands ------------------------------------------------------------------------
 
 COMMAND_TOKENS = [bytes([c]) for c in b':<>@"\\ \t.[],=-aZ9_\xff\x00\x7f\r'] + [

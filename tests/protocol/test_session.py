@@ -150,7 +150,14 @@ def test_ehlo_advertises_exactly_our_extensions(parser: ParserBackend) -> None:
     assert lines[-1].startswith(b"250 ")
     keywords = sorted(line[4:] for line in lines[1:])
     assert keywords == sorted(
-        [b"PIPELINING", b"SIZE 12345", b"8BITMIME", b"ENHANCEDSTATUSCODES", b"SMTPUTF8"]
+        [
+            b"PIPELINING",
+            b"SIZE 12345",
+            b"8BITMIME",
+            b"ENHANCEDSTATUSCODES",
+            b"SMTPUTF8",
+            b"CHUNKING",
+        ]
     )
     assert session.esmtp
     assert session.helo == "client.test"
@@ -337,20 +344,19 @@ def test_empty_line_is_500(session: ServerSession) -> None:
     assert [code_of(r) for r in t.replies] == [b"500 5.5.2"]
 
 
-@pytest.mark.parametrize(
-    "command", [b"STARTTLS", b"AUTH PLAIN AGFAAGI=", b"BDAT 10 LAST", b"EXPN staff", b"ETRN x"]
-)
+@pytest.mark.parametrize("command", [b"STARTTLS", b"AUTH PLAIN AGFAAGI=", b"EXPN staff", b"ETRN x"])
 def test_unimplemented_command_is_502(session: ServerSession, command: bytes) -> None:
     t = run(greeted(session), command + b"\r\n")
     assert t.replies == [b"502 5.5.1 Error: command not implemented\r\n"]
     assert t.events == []
 
 
-def test_bdat_payload_is_read_as_commands_not_as_data(session: ServerSession) -> None:
-    # BDAT is not offered: its payload is never taken as message data.
+def test_bdat_payload_is_data_not_commands(session: ServerSession) -> None:
+    # BDAT is offered (CHUNKING): its payload is the message, never a command
+    # (test_session_bdat.py has the rest).
     t = run(greeted(session), TRANSACTION[:-6], b"BDAT 6 LAST\r\nNOOP\r\n")
-    assert t.codes[-2:] == [502, 250]
-    assert t.of(DataChunk) == []
+    assert t.codes[-1:] == [250]
+    assert t.data == b"NOOP\r\n"
 
 
 # ----- line length ---------------------------------------------------------------------
