@@ -35,7 +35,7 @@ from mta.delivery.stored import (
 )
 from mta.protocol.client_events import StoredMessage
 from mta.queue.envelope import Envelope
-from mta.queue.ipc import FrameReader, Job, Result, agent_address, encode_frame
+from mta.queue.ipc import FrameReader, Job, Result, SlotGrant, agent_address, encode_frame
 from mta.queue.msgfile import CorruptMessageFile
 from mta.queue.results import RecipientResult
 from mta.queue.segment import read_record
@@ -116,6 +116,7 @@ class DeliveryAgent:
                 await asyncio.sleep(RECONNECT_SECONDS)
                 continue
             self.writer = writer
+            self.deliverer.slots.attach(writer)
             log.debug("connected to the queue manager")
             try:
                 await self._read_jobs(reader)
@@ -127,6 +128,7 @@ class DeliveryAgent:
                 if not self.stopping:
                     log.info("the queue manager went away; reconnecting")
             self.writer = None
+            self.deliverer.slots.detach()
             writer.close()
             await asyncio.sleep(RECONNECT_SECONDS / 2)
 
@@ -140,6 +142,8 @@ class DeliveryAgent:
                     task = loop.create_task(self._do(frame))
                     self.tasks.add(task)
                     task.add_done_callback(self.tasks.discard)
+                elif isinstance(frame, SlotGrant):
+                    self.deliverer.slots.granted(frame)
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
