@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -64,7 +65,8 @@ class AgentChannel:
         self.spool_path = spool_path
         self.shaper = shaper
         self._grants: dict[Agent, list[bytes]] = {}  # encoded, to go out this turn
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # for the shaper's next_due()
+        self._timer_due: float | None = None
         self._suspensions = 0  # the shaper's count last published
         self.scheduler = scheduler
         self.apply = apply  # awaited for each result, in order
@@ -124,13 +126,13 @@ class AgentChannel:
             writer.close()
             self.scheduler.give_back(list(agent.jobs.values()))  # the agent died
             agent.jobs.clear()
-            self._answer(self.shaper.drop(agent, asyncio.get_running_loop().time()))
+            self._answer(self.shaper.drop(agent, time.monotonic()))
             self.wake()
 
     # ----- slots ---------------------------------------------------------------------
 
     def _slot(self, agent: Agent, frame: SlotRequest | SlotRelease) -> None:
-        now = asyncio.get_running_loop().time()
+        now = time.monotonic()
         if isinstance(frame, SlotRequest):
             grants = self.shaper.request(agent, frame.destination, frame.ticket, now)
         else:
@@ -147,27 +149,28 @@ class AgentChannel:
 
     def tick(self) -> None:
         """Grants that came due by the clock; called by the timer and each round."""
-        self._answer(self.shaper.due(asyncio.get_running_loop().time()))
+        self._answer(self.shaper.due(time.monotonic()))
 
     def revive_all(self) -> None:
         """A flush: every suspended destination may be tried again."""
-        self._answer(self.shaper.revive_all(asyncio.get_running_loop().time()))
+        self._answer(self.shaper.revive_all(time.monotonic()))
 
     def _answer(self, grants: list[Grant]) -> None:
         """Queue the grants for their agents (sent at the end of this loop turn), re-arm
         the rate timer and publish the dead-destination metrics."""
-        loop = asyncio.get_running_loop()
         if grants and not self._grants:
-            loop.call_soon(self._send_grants)
+            asyncio.get_running_loop().call_soon(self._send_grants)
         for grant in grants:
             frame = SlotGrant(grant.ticket, grant.verdict, grant.reason, grant.passable)
             self._grants.setdefault(grant.holder, []).append(encode_frame(frame))  # type: ignore[arg-type]
         due = self.shaper.next_due()
-        if self._timer is not None and (due is None or self._timer.when() != due):
+        if self._timer is not None and self._timer_due != due:
             self._timer.cancel()
             self._timer = None
         if due is not None and self._timer is None:
-            self._timer = loop.call_at(due, self._on_timer)
+            delay = max(0.0, due - time.monotonic())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+            self._timer_due = due
         self._publish()
 
     def _on_timer(self) -> None:
