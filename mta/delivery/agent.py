@@ -68,7 +68,9 @@ class DeliveryAgent:
         self.config = config
         self.spool = Spool(config.queue.path)
         self.router = Router(config)
-        self.deliverer = Deliverer(config, Resolver(config.delivery.dns_servers))
+        delivery = config.delivery
+        resolver = Resolver(delivery.dns_servers, preference=delivery.address_preference)
+        self.deliverer = Deliverer(config, resolver)
         self.signer = load_signer(config)  # keys were checked at start: serve, reload
         self.tasks: set[asyncio.Task[None]] = set()
         self.writer: asyncio.StreamWriter | None = None

@@ -162,6 +162,8 @@ class Deliverer:
             command_timeout=delivery.command_timeout,
             policy=policy,
             context=self.tls.context(policy),
+            # the source address by family (Postfix's smtp_bind_address and _address6)
+            bind=delivery.bind_address6 if ":" in ip else delivery.bind_address,
         )
 
     def _take_idle(self, key: IdleKey) -> OutboundConnection | None:

@@ -14,7 +14,8 @@ Round trips are kept off the hot path where the rules allow:
 * a slot whose destination has no rate (``passable``) and whose transaction reached a
   server is passed straight on to the next transaction waiting here for the same
   destination, at most :data:`MAX_PASSES` times (then it goes back, so agents share the
-  destination fairly); the outcomes passed on are counted in its release;
+  destination fairly); the successes passed on are reported once per turn of the event
+  loop (SlotRelease with ``kept``), so the queue manager's slow start sees them;
 * a "dead" verdict answers every transaction waiting here for that destination;
 * requests and releases made in one turn of the event loop go out in one write.
 
@@ -50,6 +51,7 @@ class Lease:
         "outcome",
         "passable",
         "passed",
+        "passes",
         "reason",
         "ticket",
         "verdict",
@@ -74,7 +76,8 @@ class Lease:
         self.local = local  # the per-process stand-in, no queue manager slot
         self.outcome: SlotOutcome = "none"
         self.error = ""
-        self.passed = 0  # earlier transactions under this slot, all "up"
+        self.passes = 0  # times it was passed on here
+        self.passed = 0  # of those (all "up"), the ones not reported yet
 
     @property
     def dead(self) -> bool:
@@ -103,6 +106,8 @@ class SlotClient:
         self._waiting: dict[str, deque[_Waiter]] = {}
         self._local: dict[str, asyncio.Semaphore] = {}
         self._out: list[bytes] = []  # encoded frames to go out this turn
+        self._passing: set[Lease] = set()  # leases with passes to report this turn
+        self._flushing = False  # a flush is due at the end of this turn
 
     # ----- the connection to the queue manager ---------------------------------------
 
@@ -117,6 +122,7 @@ class SlotClient:
         self._asked.clear()
         self._asking.clear()
         self._out.clear()
+        self._passing.clear()
         waiting, self._waiting = self._waiting, {}
         for queue in waiting.values():
             for waiter in queue:
@@ -179,11 +185,15 @@ class SlotClient:
         if lease.dead or lease.generation != self._generation:
             return
         queue = self._waiting.get(lease.destination)
-        if lease.passable and lease.outcome == "up" and queue and lease.passed < MAX_PASSES:
-            lease.passed += 1
+        if lease.passable and lease.outcome == "up" and queue and lease.passes < MAX_PASSES:
             lease.outcome, lease.error = "none", ""
             if self._hand_over(queue, lease):
+                lease.passes += 1
+                lease.passed += 1
+                self._passing.add(lease)
+                self._soon()
                 return
+            lease.outcome = "up"
         self._release(lease)
 
     def _hand_over(self, queue: deque[_Waiter] | None, lease: Lease) -> bool:
@@ -217,16 +227,26 @@ class SlotClient:
         self._send(SlotRequest(destination, ticket))
 
     def _release(self, lease: Lease) -> None:
-        self._send(
-            SlotRelease(lease.destination, lease.ticket, lease.outcome, lease.error, lease.passed)
-        )
+        self._passing.discard(lease)
+        passed, lease.passed = lease.passed, 0
+        self._send(SlotRelease(lease.destination, lease.ticket, lease.outcome, lease.error, passed))
 
     def _send(self, frame: SlotRequest | SlotRelease) -> None:
         self._out.append(encode_frame(frame))
-        if len(self._out) == 1:
+        self._soon()
+
+    def _soon(self) -> None:
+        if not self._flushing:
+            self._flushing = True
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
+        self._flushing = False
+        for lease in self._passing:
+            report = SlotRelease(lease.destination, lease.ticket, "none", "", lease.passed, True)
+            self._out.append(encode_frame(report))
+            lease.passed = 0
+        self._passing.clear()
         out, self._out = self._out, []
         writer = self._writer
         if out and writer is not None and not writer.is_closing():

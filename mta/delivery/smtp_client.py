@@ -289,10 +289,12 @@ class OutboundConnection:
         command_timeout: float = 300.0,
         policy: TlsPolicy | None = None,
         context: ssl.SSLContext | None = None,
+        bind: str = "",
     ) -> OutboundConnection:
-        """Connect and greet; ``policy`` (default: ``may``, or ``none`` when not
-        ``starttls``) decides what TLS must achieve, with ``context`` (default: one that
-        checks no certificate, which suits all but ``verify``)."""
+        """Connect (from source address ``bind`` if given) and greet; ``policy`` (default:
+        ``may``, or ``none`` when not ``starttls``) decides what TLS must achieve, with
+        ``context`` (default: one that checks no certificate, which suits all but
+        ``verify``)."""
         if policy is None:
             policy = MAY if starttls else TlsPolicy("none")
         relay = f"{host}[{ip}]:{port}"
@@ -301,7 +303,10 @@ class OutboundConnection:
         stream = _ReplyStream(session, loop)
         try:
             async with asyncio.timeout(connect_timeout):
-                transport, _ = await loop.create_connection(lambda: stream, ip, port)
+                local = (bind, 0) if bind else None
+                transport, _ = await loop.create_connection(
+                    lambda: stream, ip, port, local_addr=local
+                )
         except (OSError, TimeoutError) as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
             raise DeliveryError(False, "4.4.1", f"connect to {relay}: {reason}", relay) from None

@@ -144,6 +144,7 @@ class AgentChannel:
                 frame.reason,
                 frame.passed,
                 now,
+                frame.kept,
             )
         self._answer(grants)
 

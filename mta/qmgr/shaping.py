@@ -135,11 +135,16 @@ class Shaper:
         reason: str,
         passed: int,
         now: float,
+        kept: bool = False,
     ) -> list[Grant]:
+        """Slot ``ticket`` is free (``kept``: still held, only ``passed`` is news)."""
         dest = self.destinations.get(destination)
         slot = (holder, ticket)
         if dest is None or slot not in dest.busy:
             return []
+        if kept:
+            self._up(destination, dest, passed)
+            return self._pump(destination, dest, now)
         dest.busy.discard(slot)
         was_probe = dest.probe == slot
         if was_probe:

@@ -127,13 +127,15 @@ class SlotGrant(msgspec.Struct, tag="slot", frozen=True):
 class SlotRelease(msgspec.Struct, tag="slot-", frozen=True):
     """Agent → queue manager: slot ``ticket`` is free; ``outcome`` (and ``reason``, the
     last error when unreachable) is its last transaction's; ``passed`` earlier ones under
-    the same slot had the outcome "up"."""
+    the same slot, not reported yet, had the outcome "up".  With ``kept`` the slot stays
+    the agent's (it passed it on): this only reports the ``passed`` ones."""
 
     destination: str
     ticket: int
     outcome: SlotOutcome
     reason: str = ""
     passed: int = 0
+    kept: bool = False
 
 
 Frame = Job | Result | SlotRequest | SlotGrant | SlotRelease
