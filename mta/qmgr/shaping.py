@@ -115,6 +115,8 @@ class Shaper:
         self.dead_max_backoff = delivery.dead_max_backoff
         self.destinations: dict[str, _Destination] = {}
         self.suspensions = 0  # times a destination was marked dead
+        self.suspended: set[str] = set()  # destinations dead now
+        self._timed: set[str] = set()  # destinations with requests waiting for their rate
         self._last_sweep = 0.0
 
     # ----- what the queue manager feeds in -----------------------------------------------
@@ -180,15 +182,16 @@ class Shaper:
         for name, dest in self.destinations.items():
             if dest.dead_until is not None:
                 log.info("destination %s: suspension lifted by a flush", for_log(name))
-                self._revive(dest)
+                self._revive(name, dest)
                 grants += self._pump(name, dest, now)
         return grants
 
     def due(self, now: float) -> list[Grant]:
         """Grants whose rate interval has passed; forgets idle destinations now and then."""
         grants: list[Grant] = []
-        for name, dest in self.destinations.items():
-            if dest.waiting and dest.interval and dest.next_grant <= now:
+        for name in list(self._timed):
+            dest = self.destinations[name]  # a timed destination has requests: not forgotten
+            if dest.next_grant <= now + TIMER_SLACK:
                 grants += self._pump(name, dest, now)
         if now - self._last_sweep >= SWEEP_SECONDS:
             self._last_sweep = now
@@ -197,12 +200,11 @@ class Shaper:
 
     def next_due(self) -> float | None:
         """When :meth:`due` has grants to make (None: nothing is waiting for the clock)."""
-        times = [d.next_grant for d in self.destinations.values() if d.waiting and d.interval > 0]
-        return min(times, default=None)
+        return min((self.destinations[name].next_grant for name in self._timed), default=None)
 
     @property
     def dead(self) -> int:
-        return sum(1 for d in self.destinations.values() if d.dead_until is not None)
+        return len(self.suspended)
 
     # ----- the rules ---------------------------------------------------------------------
 
@@ -232,6 +234,7 @@ class Shaper:
                 dest.probe = dest.waiting.popleft()
                 dest.busy.add(dest.probe)
                 grants.append(Grant(*dest.probe, "probe"))
+            self._timed.discard(name)
             return grants
         passable = dest.interval == 0
         while dest.waiting and len(dest.busy) < dest.window:
@@ -245,6 +248,10 @@ class Shaper:
             slot = dest.waiting.popleft()
             dest.busy.add(slot)
             grants.append(Grant(*slot, "go", passable=passable))
+        if dest.interval and dest.waiting and len(dest.busy) < dest.window:
+            self._timed.add(name)  # the clock, not a release, grants the next one
+        else:
+            self._timed.discard(name)
         return grants
 
     def _up(self, name: str, dest: _Destination, count: int) -> None:
@@ -252,7 +259,7 @@ class Shaper:
         dest.failures = 0
         if dest.dead_until is not None:
             log.info("destination %s is back up: suspension lifted", for_log(name))
-            self._revive(dest)
+            self._revive(name, dest)
         dest.successes += count
         while dest.successes >= dest.window and dest.window < dest.limit:
             dest.successes -= dest.window
@@ -278,6 +285,7 @@ class Shaper:
 
     def _suspend(self, name: str, dest: _Destination, now: float, why: str) -> None:
         dest.dead_until = now + dest.backoff
+        self.suspended.add(name)
         log.warning(
             "warning: destination %s marked dead for %.0fs after %s: %s",
             for_log(name),
@@ -286,7 +294,8 @@ class Shaper:
             for_log(dest.reason),
         )
 
-    def _revive(self, dest: _Destination) -> None:
+    def _revive(self, name: str, dest: _Destination) -> None:
+        self.suspended.discard(name)
         dest.dead_until, dest.failures, dest.successes = None, 0, 0
         dest.window = min(self.initial, dest.limit)
 
@@ -304,3 +313,4 @@ class Shaper:
         ]
         for name in forget:
             del self.destinations[name]
+            self.suspended.discard(name)
