@@ -14,8 +14,9 @@ Round trips are kept off the hot path where the rules allow:
 * a slot whose destination has no rate (``passable``) and whose transaction reached a
   server is passed straight on to the next transaction waiting here for the same
   destination, at most :data:`MAX_PASSES` times (then it goes back, so agents share the
-  destination fairly); the successes passed on are reported once per turn of the event
-  loop (SlotRelease with ``kept``), so the queue manager's slow start sees them;
+  destination fairly); the successes passed on are reported every
+  :data:`REPORT_SECONDS` (SlotRelease with ``kept``), so the queue manager's slow start
+  sees them without a frame per transaction;
 * a "dead" verdict answers every transaction waiting here for that destination;
 * requests and releases made in one turn of the event loop go out in one write.
 
@@ -38,6 +39,7 @@ from mta.queue.ipc import SlotGrant, SlotOutcome, SlotRelease, SlotRequest, enco
 __all__ = ["MAX_PASSES", "Lease", "SlotClient"]
 
 MAX_PASSES = 32  # transactions one slot serves here before it is given back
+REPORT_SECONDS = 0.05  # how often the successes of slots passed on are reported
 
 
 class Lease:
@@ -106,7 +108,8 @@ class SlotClient:
         self._waiting: dict[str, deque[_Waiter]] = {}
         self._local: dict[str, asyncio.Semaphore] = {}
         self._out: list[bytes] = []  # encoded frames to go out this turn
-        self._passing: set[Lease] = set()  # leases with passes to report this turn
+        self._passing: set[Lease] = set()  # leases with passes to report
+        self._report_timer: asyncio.TimerHandle | None = None
         self._flushing = False  # a flush is due at the end of this turn
 
     # ----- the connection to the queue manager ---------------------------------------
@@ -123,6 +126,9 @@ class SlotClient:
         self._asking.clear()
         self._out.clear()
         self._passing.clear()
+        if self._report_timer is not None:
+            self._report_timer.cancel()
+            self._report_timer = None
         waiting, self._waiting = self._waiting, {}
         for queue in waiting.values():
             for waiter in queue:
@@ -191,7 +197,9 @@ class SlotClient:
                 lease.passes += 1
                 lease.passed += 1
                 self._passing.add(lease)
-                self._soon()
+                if self._report_timer is None:
+                    loop = asyncio.get_running_loop()
+                    self._report_timer = loop.call_later(REPORT_SECONDS, self._report)
                 return
             lease.outcome = "up"
         self._release(lease)
@@ -240,13 +248,16 @@ class SlotClient:
             self._flushing = True
             asyncio.get_running_loop().call_soon(self._flush)
 
-    def _flush(self) -> None:
-        self._flushing = False
+    def _report(self) -> None:
+        self._report_timer = None
         for lease in self._passing:
             report = SlotRelease(lease.destination, lease.ticket, "none", "", lease.passed, True)
-            self._out.append(encode_frame(report))
+            self._send(report)
             lease.passed = 0
         self._passing.clear()
+
+    def _flush(self) -> None:
+        self._flushing = False
         out, self._out = self._out, []
         writer = self._writer
         if out and writer is not None and not writer.is_closing():
