@@ -4,6 +4,8 @@ the IPv6-to-IPv4 fallback (mta/delivery/dns.py)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import smtplib
 import subprocess
 import sys
@@ -19,7 +21,7 @@ from tests.delivery.counting_sink import CountingSink
 from tests.delivery.dnsserver import DnsServer
 from tests.delivery.sink import CaptureSink
 from tests.helpers import REPO, MtaProcess, wait_until
-from tests.master import scrape
+from tests.master import children_by_kind, scrape
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -120,6 +122,27 @@ def test_a_probe_after_the_backoff_finds_the_destination_back(
     assert counting_sink.connections - len(counting_sink.levels) <= 8
 
 
+def test_the_slots_of_a_delivery_process_that_dies_are_freed(
+    mta_factory: Factory, counting_sink: CountingSink
+) -> None:
+    """Concurrency 1: the only slot is held by a transaction the sink never finishes; both
+    delivery processes are killed; their successors get the slot and deliver."""
+    counting_sink.hold = 60.0
+    relay = mta_factory(relay_to(counting_sink, destination_concurrency=1))
+    submit(relay, 2)
+    wait_until(lambda: counting_sink.active == 1, timeout=30)
+    old = children_by_kind(relay.pid)["delivery"]
+    for pid in old:
+        os.kill(pid, signal.SIGKILL)
+    counting_sink.hold = 0.0
+    wait_until(
+        lambda: len(set(children_by_kind(relay.pid).get("delivery", [])) - set(old)) == 2,
+        timeout=30,
+    )
+    counting_sink.wait_for(2, timeout=30)
+    assert counting_sink.most == 1
+
+
 def test_a_rate_holds_within_ten_percent(mta_factory: Factory, counting_sink: CountingSink) -> None:
     relay = mta_factory(
         {
@@ -149,6 +172,19 @@ def test_a_bind_address_that_is_no_address_is_a_config_error(tmp_path: Path) -> 
         load_config(str(path))
     path.write_text('[delivery]\nbind_address = "mail.example"\n')
     with pytest.raises(ConfigError, match=r"bind_address: 'mail.example' is not an IP"):
+        load_config(str(path))
+
+
+def test_shaping_settings_that_cannot_work_are_config_errors(tmp_path: Path) -> None:
+    path = tmp_path / "mta.toml"
+    path.write_text("[delivery]\ndead_backoff = 600\ndead_max_backoff = 60\n")
+    with pytest.raises(ConfigError, match="dead_max_backoff: must not be smaller"):
+        load_config(str(path))
+    path.write_text('[destinations."example.com"]\nconcurrency = 0\n')
+    with pytest.raises(ConfigError, match=r"destinations.*concurrency"):
+        load_config(str(path))
+    path.write_text('[destinations."example.com"]\nrate = -1\n')
+    with pytest.raises(ConfigError, match=r"destinations.*rate"):
         load_config(str(path))
 
 
