@@ -5,6 +5,7 @@ the IPv6-to-IPv4 fallback (mta/delivery/dns.py)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import smtplib
 import subprocess
@@ -67,6 +68,8 @@ def test_two_delivery_processes_share_the_concurrency_and_start_slow(
     submit(relay, 24, sessions=4)
     counting_sink.wait_for(24, timeout=60)
     assert counting_sink.most == 4  # the limit is reached, and across both processes held
+    senders = set(re.findall(r"mta\[(\d+)\] mta\.delivery: .*status=sent", relay.log()))
+    assert len(senders) == 2  # both delivery processes took part
     # slow start: the first transactions run two at a time, and the window grows after
     assert max(counting_sink.levels[:4]) <= 2, counting_sink.levels
 
