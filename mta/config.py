@@ -366,6 +366,28 @@ class DnsblConfig(_Section, frozen=True):
                 raise ValueError(f"dns_servers: {exc}") from None
 
 
+Rate = Annotated[float, msgspec.Meta(ge=0)]  # messages per minute; 0: no limit
+
+
+def _check_bind_address(key: str, value: str, version: int) -> None:
+    if not value:
+        return
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{key}: {value!r} is not an IP address") from None
+    if address.version != version:
+        raise ValueError(f"{key}: {value!r} is not an IPv{version} address")
+
+
+class DestinationConfig(_Section, frozen=True):
+    """``[destinations."example.com"]``: shaping for one destination, by the recipient
+    domain (MX delivery) or the host of the relayhost or of an smtp:/lmtp: route."""
+
+    concurrency: PositiveInt | None = None  # default: delivery.destination_concurrency
+    rate: Rate | None = None  # messages per minute; default: delivery.destination_rate
+
+
 class QueueConfig(_Section, frozen=True):
     path: str = "spool"
     group_commit: bool = True  # false: one flush per message (for measurements)
@@ -398,8 +420,22 @@ class DeliveryConfig(_Section, frozen=True):
     tls_wrapper_ports: tuple[Annotated[int, msgspec.Meta(ge=1, le=65535)], ...] = (465,)
     # CPU niceness of the queue manager and delivery processes, added to smtpd's
     nice: Annotated[int, msgspec.Meta(ge=0, le=19)] = 10
+    # Destination shaping, owned by the queue manager (mta/qmgr/shaping.py); the
+    # destination_concurrency above is the limit across all delivery processes.
+    initial_destination_concurrency: PositiveInt = 5  # Postfix's, the slow start's window
+    destination_rate: Rate = 0.0  # messages per minute per destination; 0: no limit
+    dead_after: PositiveInt = 5  # consecutive unreachable attempts that suspend a destination
+    dead_backoff: Seconds = 300.0  # first suspension (Postfix's minimal_backoff_time) ...
+    dead_max_backoff: Seconds = 3600.0  # ... doubling while probes fail (maximal_backoff_time)
+    bind_address: str = ""  # source of outbound IPv4 connections (smtp_bind_address)
+    bind_address6: str = ""  # source of outbound IPv6 connections (smtp_bind_address6)
+    address_preference: Literal["any", "ipv6", "ipv4"] = "any"  # smtp_address_preference
 
     def __post_init__(self) -> None:
+        _check_bind_address("bind_address", self.bind_address, 4)
+        _check_bind_address("bind_address6", self.bind_address6, 6)
+        if self.dead_max_backoff < self.dead_backoff:
+            raise ValueError("dead_max_backoff: must not be smaller than dead_backoff")
         try:
             if self.relayhost:
                 parse_hostport(self.relayhost, 25)
@@ -515,6 +551,7 @@ class Config(_Section, frozen=True):
     mta_sts: MtaStsConfig = MtaStsConfig()
     routes: dict[str, str] = {}
     tls_policy: dict[str, str] = {}  # destination -> TLS level (smtp_tls_policy_maps)
+    destinations: dict[str, DestinationConfig] = {}  # per-destination shaping overrides
     listeners: dict[str, ListenerConfig] = {}
     master: MasterConfig = MasterConfig()
     metrics: MetricsConfig = MetricsConfig()

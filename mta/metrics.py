@@ -125,6 +125,15 @@ MTA_STS_FAILURES = Counter(
 DELIVERY_AUTH = Counter(
     "mta_delivery_auth", "Outbound connections with credentials by AUTH outcome", ["outcome"]
 )
+# destination shaping (the queue manager's, mta/qmgr/shaping.py): no label per destination
+DESTINATIONS_DEAD = Gauge(
+    "mta_delivery_destinations_dead",
+    "Destinations suspended after repeated unreachable attempts",
+    multiprocess_mode="mostrecent",
+)
+DESTINATION_SUSPENSIONS = Counter(
+    "mta_delivery_destination_suspensions", "Times a destination was marked dead"
+)
 DNS_LOOKUPS = Counter("mta_dns_lookups", "DNS queries made for delivery", ["rtype"])
 DNS_FAILURES = Counter("mta_dns_failures", "DNS queries that failed", ["rtype", "kind"])
 

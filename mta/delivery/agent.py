@@ -36,7 +36,7 @@ from mta.delivery.stored import (
 )
 from mta.protocol.client_events import StoredMessage
 from mta.queue.envelope import Envelope
-from mta.queue.ipc import FrameReader, Job, Result, agent_address, encode_frame
+from mta.queue.ipc import FrameReader, Job, Result, SlotGrant, agent_address, encode_frame
 from mta.queue.msgfile import CorruptMessageFile
 from mta.queue.results import RecipientResult
 from mta.queue.segment import read_record
@@ -69,7 +69,9 @@ class DeliveryAgent:
         self.config = config
         self.spool = Spool(config.queue.path)
         self.router = Router(config)
-        self.deliverer = Deliverer(config, Resolver(config.delivery.dns_servers))
+        delivery = config.delivery
+        resolver = Resolver(delivery.dns_servers, preference=delivery.address_preference)
+        self.deliverer = Deliverer(config, resolver)
         self.signer = load_signer(config)  # keys were checked at start: serve, reload
         self.signing = SigningThread(self.signer.sign) if self.signer is not None else None
         self.tasks: set[asyncio.Task[None]] = set()
@@ -120,6 +122,7 @@ class DeliveryAgent:
                 await asyncio.sleep(RECONNECT_SECONDS)
                 continue
             self.writer = writer
+            self.deliverer.slots.attach(writer)
             log.debug("connected to the queue manager")
             try:
                 await self._read_jobs(reader)
@@ -131,6 +134,7 @@ class DeliveryAgent:
                 if not self.stopping:
                     log.info("the queue manager went away; reconnecting")
             self.writer = None
+            self.deliverer.slots.detach()
             writer.close()
             await asyncio.sleep(RECONNECT_SECONDS / 2)
 
@@ -144,6 +148,8 @@ class DeliveryAgent:
                     task = loop.create_task(self._do(frame))
                     self.tasks.add(task)
                     task.add_done_callback(self.tasks.discard)
+                elif isinstance(frame, SlotGrant):
+                    self.deliverer.slots.granted(frame)
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -3,8 +3,9 @@
 For SMTP/LMTP it finds the candidate servers (MX hosts by preference and their addresses,
 or the one configured host), takes an idle connection to the first that has one or opens a
 new one, and falls back to the next candidate when a server cannot be reached, greets with
-an error or drops the connection before taking the message.  At most
-``destination_concurrency`` transactions per next hop run at once in one delivery process.
+an error or drops the connection before taking the message.  Each transaction holds a
+slot for its next hop, granted by the queue manager (destination shaping, slots.py); a
+suspended destination is deferred without connecting.
 Idle connections are kept for :data:`IDLE_SECONDS` for the next message to the same server
 and TLS policy.  The TLS policy of each connection is decided before connecting, from the
 next hop (:class:`~mta.delivery.tls_policy.PolicyTable`); under ``may`` a failed STARTTLS
@@ -38,6 +39,7 @@ from mta.delivery.mta_sts import StsPolicy
 from mta.delivery.mta_sts_cache import StsPolicies
 from mta.delivery.results import DeliveryError
 from mta.delivery.routing import NextHop
+from mta.delivery.slots import Lease, SlotClient
 from mta.delivery.smtp_client import OutboundConnection, TlsHandshakeError, Transaction
 from mta.delivery.stored import MessageReadError
 from mta.delivery.tls_policy import PolicyTable, TlsPolicy
@@ -64,7 +66,7 @@ class Deliverer:
         self.tls = PolicyTable(
             delivery.tls, config.tls_policy, delivery.tls_ca_file, self.credentials
         )
-        self._limits: dict[str, asyncio.Semaphore] = {}
+        self.slots = SlotClient(delivery.destination_concurrency)
         self.sts = StsPolicies(config, resolver) if config.mta_sts.enabled else None
 
     async def deliver(self, nexthop: NextHop, tx: Transaction) -> list[RecipientResult]:
@@ -82,13 +84,12 @@ class Deliverer:
         try:
             if nexthop.kind == "maildir":
                 return await asyncio.to_thread(self._maildir, nexthop.target, tx)
-            limit = self._limits.get(nexthop.key)
-            if limit is None:
-                limit = self._limits[nexthop.key] = asyncio.Semaphore(
-                    self.config.delivery.destination_concurrency
-                )
-            async with limit:
-                return await self._remote(nexthop, tx)
+            async with self.slots.slot(nexthop.key) as lease:
+                if lease.dead:  # Postfix's words for a dead destination's mail
+                    reason = f"delivery temporarily suspended: {lease.reason}"
+                    error = DeliveryError(False, "4.4.1", reason)
+                    return [error.result_for(r) for r in tx.recipients]
+                return await self._remote(nexthop, tx, lease)
         except MessageReadError as exc:
             if exc.corrupt:
                 raise  # the whole message is bad: the caller reports it
@@ -100,7 +101,9 @@ class Deliverer:
     def _maildir(template: str, tx: Transaction) -> list[RecipientResult]:
         return [deliver_maildir(template, r, tx.sender, tx.message) for r in tx.recipients]
 
-    async def _remote(self, nexthop: NextHop, tx: Transaction) -> list[RecipientResult]:
+    async def _remote(
+        self, nexthop: NextHop, tx: Transaction, lease: Lease
+    ) -> list[RecipientResult]:
         """Try the candidate servers in order (at most :data:`MAX_ADDRESSES_TRIED`
         addresses); the first that takes the transaction gives the results.
 
@@ -145,9 +148,12 @@ class Deliverer:
                     log.debug("%s: %s; trying the next server", nexthop.key, exc.reply)
                     continue
                 self._keep_idle(conn, key)
+                lease.up()
                 return results
             if tried >= MAX_ADDRESSES_TRIED:
                 break
+        if last_error is not None:
+            lease.unreachable(last_error.reply)
         # Lookup errors count only when no server could be tried at all.
         error = last_error or lookup_error
         if error is None:
@@ -240,6 +246,8 @@ class Deliverer:
             context=self.tls.context(policy),
             credentials=self.credentials.lookup(nexthop) if self.credentials else None,
             implicit_tls=self._implicit_tls(nexthop),
+            # the source address by family (Postfix's smtp_bind_address and _address6)
+            bind=delivery.bind_address6 if ":" in ip else delivery.bind_address,
         )
 
     def _take_idle(self, key: IdleKey) -> OutboundConnection | None:

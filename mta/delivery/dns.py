@@ -3,7 +3,11 @@
 Classification (RFC 5321 §5.1, RFC 7505): NXDOMAIN and a null MX (``0 .``) are permanent;
 SERVFAIL, timeouts and unreachable servers are temporary; a domain that exists without MX
 records is its own mail exchanger (implicit MX).  Hosts of equal preference are shuffled so
-that load spreads as RFC 5321 §5.1 asks.
+that load spreads as RFC 5321 §5.1 asks.  A host's IPv4 and IPv6 addresses are tried in
+the order of ``delivery.address_preference`` (Postfix's smtp_address_preference), the two
+families interleaved, so the other family is always among the first addresses tried and an
+IPv6 address that does not answer falls back to IPv4 (as Postfix's
+smtp_balance_inet_protocols does).
 
 DNSSEC is left to the resolver in ``delivery.dns_servers``: every query sets the AD bit
 (RFC 6840 §5.7), so a validating resolver says whether its answer is authenticated.
@@ -15,8 +19,9 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import itertools
 import random
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import dns.asyncresolver
 import dns.exception
@@ -31,7 +36,9 @@ from mta.config import parse_hostport
 from mta.delivery.dane import TlsaRecord
 from mta.delivery.results import DeliveryError
 
-__all__ = ["MxAnswer", "Resolver"]
+__all__ = ["MxAnswer", "Resolver", "order_addresses"]
+
+AddressPreference = Literal["any", "ipv6", "ipv4"]
 
 
 class MxAnswer(NamedTuple):
@@ -40,7 +47,13 @@ class MxAnswer(NamedTuple):
 
 
 class Resolver:
-    def __init__(self, servers: tuple[str, ...] = (), timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        servers: tuple[str, ...] = (),
+        timeout: float = 10.0,
+        preference: AddressPreference = "any",
+    ) -> None:
+        self.preference = preference
         resolver = dns.asyncresolver.Resolver(configure=not servers)
         if servers:
             resolver.nameservers = [
@@ -110,11 +123,12 @@ class Resolver:
         return records, _authenticated(answer.response)
 
     async def addresses(self, host: str) -> list[str]:
-        """IPv4 then IPv6 addresses of ``host``; raises DeliveryError when none."""
+        """The addresses of ``host`` in the order to try (:func:`order_addresses`); raises
+        DeliveryError when none."""
         address = _address_literal(host)
         if address is not None:
             return [address]
-        found: list[str] = []
+        found: dict[str, list[str]] = {"A": [], "AAAA": []}
         errors: list[DeliveryError] = []
         for rdtype in ("A", "AAAA"):
             try:
@@ -124,9 +138,9 @@ class Resolver:
             except DeliveryError as exc:
                 errors.append(exc)
                 continue
-            found.extend(r.address for r in answer)
-        if found:
-            return found
+            found[rdtype].extend(r.address for r in answer)
+        if found["A"] or found["AAAA"]:
+            return order_addresses(found["A"], found["AAAA"], self.preference)
         if errors and not all(e.permanent for e in errors):
             raise next(e for e in errors if not e.permanent)
         if errors:
@@ -170,6 +184,15 @@ class Resolver:
 
 def _authenticated(response: dns.message.Message) -> bool:
     return bool(response.flags & dns.flags.AD)
+
+
+def order_addresses(v4: list[str], v6: list[str], preference: AddressPreference) -> list[str]:
+    """Both families interleaved, the preferred one first (``any``: a random one)."""
+    if preference == "any":
+        preference = random.choice(("ipv4", "ipv6"))
+    first, second = (v6, v4) if preference == "ipv6" else (v4, v6)
+    pairs = itertools.zip_longest(first, second)
+    return [address for pair in pairs for address in pair if address is not None]
 
 
 @functools.lru_cache(maxsize=1024)

@@ -268,16 +268,22 @@ async def _connect(
     policy: TlsPolicy,
     context: ssl.SSLContext | None,
     sni: str | None,
+    bind: str = "",
 ) -> asyncio.Transport:
-    """Connect; with ``context``, TLS first (implicit TLS, RFC 8314 §3.3), its failures
-    classified as STARTTLS's are."""
+    """Connect, from source address ``bind`` if given; with ``context``, TLS first
+    (implicit TLS, RFC 8314 §3.3), its failures classified as STARTTLS's are."""
     # server_hostname "" sends no SNI (an address); None is all create_connection takes
     # without ssl
     hostname = (sni or "") if context is not None else None
     try:
         async with asyncio.timeout(timeout):
             transport, _ = await loop.create_connection(
-                lambda: stream, ip, port, ssl=context, server_hostname=hostname
+                lambda: stream,
+                ip,
+                port,
+                ssl=context,
+                server_hostname=hostname,
+                local_addr=(bind, 0) if bind else None,
             )
     except ssl.SSLCertVerificationError as exc:
         metrics.DELIVERY_TLS.labels(policy.level, "untrusted").inc()
@@ -356,11 +362,13 @@ class OutboundConnection:
         context: ssl.SSLContext | None = None,
         credentials: Credentials | None = None,
         implicit_tls: bool = False,
+        bind: str = "",
     ) -> OutboundConnection:
-        """Connect and greet; ``policy`` (default: ``may``, or ``none`` when not
-        ``starttls``) decides what TLS must achieve, with ``context`` (default: one that
-        checks no certificate, which suits all but ``verify``); ``credentials``: AUTH to
-        this server; ``implicit_tls``: TLS before the greeting (port 465, RFC 8314)."""
+        """Connect (from source address ``bind`` if given) and greet; ``policy`` (default:
+        ``may``, or ``none`` when not ``starttls``) decides what TLS must achieve, with
+        ``context`` (default: one that checks no certificate, which suits all but
+        ``verify``); ``credentials``: AUTH to this server; ``implicit_tls``: TLS before the
+        greeting (port 465, RFC 8314)."""
         if policy is None:
             policy = MAY if starttls else TlsPolicy("none")
         context = context or _TLS
@@ -376,7 +384,7 @@ class OutboundConnection:
         stream = _ReplyStream(session, loop)
         tls_first = context if implicit_tls else None
         transport = await _connect(
-            loop, stream, ip, port, connect_timeout, relay, policy, tls_first, sni_for(host)
+            loop, stream, ip, port, connect_timeout, relay, policy, tls_first, sni_for(host), bind
         )
         conn = cls(
             transport,

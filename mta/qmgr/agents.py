@@ -8,6 +8,11 @@ the agent does not hold is ignored.
 
 When an agent goes away, every job it held is given back to the scheduler, first in line:
 a message is never lost with its agent, at worst delivered twice.  Framing is ipc.py's.
+
+Slot requests and releases (destination shaping) are answered by the :class:`Shaper`
+(shaping.py); the grants that one turn of the event loop produces go out in one write per
+agent, and a timer wakes the shaper when a rate-limited grant comes due.  An agent that goes
+away frees its slots.
 """
 
 from __future__ import annotations
@@ -15,11 +20,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from mta import metrics
 from mta.qmgr.schedule import Scheduler
-from mta.queue.ipc import FrameReader, Job, Result, agent_address, encode_frame
+from mta.qmgr.shaping import Grant, Shaper
+from mta.queue.ipc import (
+    FrameReader,
+    Job,
+    Result,
+    SlotGrant,
+    SlotRelease,
+    SlotRequest,
+    agent_address,
+    encode_frame,
+)
 
 __all__ = ["AGENT_WINDOW", "Agent", "AgentChannel"]
 
@@ -38,9 +55,19 @@ class Agent:
 
 class AgentChannel:
     def __init__(
-        self, spool_path: str, scheduler: Scheduler, apply: ApplyResult, wake: Callable[[], None]
+        self,
+        spool_path: str,
+        scheduler: Scheduler,
+        apply: ApplyResult,
+        wake: Callable[[], None],
+        shaper: Shaper,
     ) -> None:
         self.spool_path = spool_path
+        self.shaper = shaper
+        self._grants: dict[Agent, list[bytes]] = {}  # encoded, to go out this turn
+        self._timer: asyncio.TimerHandle | None = None  # for the shaper's next_due()
+        self._timer_due: float | None = None
+        self._suspensions = 0  # the shaper's count last published
         self.scheduler = scheduler
         self.apply = apply  # awaited for each result, in order
         self.wake = wake  # start a scheduling round soon
@@ -90,6 +117,8 @@ class AgentChannel:
                         job = agent.jobs.pop(frame.queue_id, None)
                         if job is not None:
                             await self.apply(frame, job)
+                    elif isinstance(frame, SlotRequest | SlotRelease):
+                        self._slot(agent, frame)
         except (OSError, ValueError) as exc:
             log.warning("delivery agent connection failed: %s", exc)
         finally:
@@ -97,4 +126,67 @@ class AgentChannel:
             writer.close()
             self.scheduler.give_back(list(agent.jobs.values()))  # the agent died
             agent.jobs.clear()
+            self._answer(self.shaper.drop(agent, time.monotonic()))
             self.wake()
+
+    # ----- slots ---------------------------------------------------------------------
+
+    def _slot(self, agent: Agent, frame: SlotRequest | SlotRelease) -> None:
+        now = time.monotonic()
+        if isinstance(frame, SlotRequest):
+            grants = self.shaper.request(agent, frame.destination, frame.ticket, now)
+        else:
+            grants = self.shaper.release(
+                agent,
+                frame.destination,
+                frame.ticket,
+                frame.outcome,
+                frame.reason,
+                frame.passed,
+                now,
+                frame.kept,
+            )
+        self._answer(grants)
+
+    def tick(self) -> None:
+        """Grants that came due by the clock; called by the timer and each round."""
+        self._answer(self.shaper.due(time.monotonic()))
+
+    def revive_all(self) -> None:
+        """A flush: every suspended destination may be tried again."""
+        self._answer(self.shaper.revive_all(time.monotonic()))
+
+    def _answer(self, grants: list[Grant]) -> None:
+        """Queue the grants for their agents (sent at the end of this loop turn), re-arm
+        the rate timer and publish the dead-destination metrics."""
+        if grants and not self._grants:
+            asyncio.get_running_loop().call_soon(self._send_grants)
+        for grant in grants:
+            frame = SlotGrant(grant.ticket, grant.verdict, grant.reason, grant.passable)
+            self._grants.setdefault(grant.holder, []).append(encode_frame(frame))  # type: ignore[arg-type]
+        due = self.shaper.next_due()
+        if self._timer is not None and self._timer_due != due:
+            self._timer.cancel()
+            self._timer = None
+        if due is not None and self._timer is None:
+            delay = max(0.0, due - time.monotonic())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+            self._timer_due = due
+        self._publish()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.tick()
+
+    def _send_grants(self) -> None:
+        grants, self._grants = self._grants, {}
+        for agent, frames in grants.items():
+            if not agent.writer.is_closing():
+                agent.writer.write(b"".join(frames))
+
+    def _publish(self) -> None:
+        metrics.DESTINATIONS_DEAD.set(self.shaper.dead)
+        new = self.shaper.suspensions - self._suspensions
+        if new:
+            metrics.DESTINATION_SUSPENSIONS.inc(new)
+            self._suspensions = self.shaper.suspensions

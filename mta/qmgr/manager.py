@@ -36,6 +36,7 @@ from mta.qmgr.apply import ResultApplier
 from mta.qmgr.remover import Remover
 from mta.qmgr.schedule import Scheduler
 from mta.qmgr.segments import SegmentTracker
+from mta.qmgr.shaping import Shaper
 from mta.qmgr.wakeups import WakeupListener
 from mta.queue.spool import Spool
 from mta.queue.state import StateStore
@@ -75,8 +76,11 @@ class QueueManager:
         self.results = ResultApplier(
             config, self.spool, self.states, self.schedule, self.segments, self.remover, wake, clock
         )
-        self.agents = AgentChannel(self.spool.path, self.schedule, self.results.apply, wake)
+        self.agents = AgentChannel(
+            self.spool.path, self.schedule, self.results.apply, wake, Shaper(config)
+        )
         self.wakeups = WakeupListener(self.spool, self.schedule, self.segments, wake, clock)
+        self.wakeups.flushed = self.agents.revive_all
         self._scheduling = True
         self._last_full_scan = 0.0
         self._last_count = 0.0
@@ -156,6 +160,7 @@ class QueueManager:
             self.schedule.claim_incoming()
         self.schedule.claim_due(now)
         self.agents.dispatch()
+        self.agents.tick()
 
     def _periodic(self, now: float) -> None:
         """What is due every so often rather than every round."""

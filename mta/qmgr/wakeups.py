@@ -7,7 +7,8 @@ each one asks for:
   octets of segment ``name`` are durable and may be read (segments.py); look for new
   segment files if ``name`` is one we do not follow yet;
 * ``Queued()`` (a large message, a bounce) — look into ``incoming/``;
-* ``FlushDeferred()`` (``mta queue flush``) — every deferred message is due now;
+* ``FlushDeferred()`` (``mta queue flush``) — every deferred message is due now, and every
+  suspended destination may be tried again (``flushed``, the shaper's);
 * ``Rescan()`` (another operator command) — look into ``incoming/`` and ``deferred/``.
 
 Every datagram waiting is read in one go and ends in one wake of the scheduler: a burst
@@ -57,6 +58,7 @@ class WakeupListener:
         self.segments = segments
         self.wake = wake
         self.clock = clock
+        self.flushed: Callable[[], None] | None = None  # told of a flush
         self._sock: socket.socket | None = None
 
     def listen(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -95,6 +97,8 @@ class WakeupListener:
             self.scheduler.scan_incoming = True
             self.spool.flush_deferred(self.clock())
             self.scheduler.rescan_deferred = True
+            if self.flushed is not None:
+                self.flushed()
         elif isinstance(message, Rescan):
             self.scheduler.scan_incoming = True
             self.scheduler.rescan_deferred = True

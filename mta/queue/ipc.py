@@ -2,6 +2,9 @@
 
 * Jobs and results travel over a Unix stream socket owned by the queue manager, framed as
   a 4-octet big-endian length plus a msgpack-encoded tagged Struct.
+* Slot leases (destination shaping, mta/qmgr/shaping.py) travel on the same stream: an
+  agent asks for a slot for a destination (:class:`SlotRequest`), the queue manager answers
+  (:class:`SlotGrant`), the agent gives it back with what came of it (:class:`SlotRelease`).
 * Wake-ups ("a message was queued", "flush the deferred queue") are single datagrams to a
   Unix datagram socket of the queue manager, each one msgpack-encoded tagged Struct
   (:data:`WakeUp`); losing one only costs the fallback poll, and one that cannot be decoded
@@ -34,6 +37,11 @@ __all__ = [
     "Rescan",
     "Result",
     "SegmentAppended",
+    "SlotGrant",
+    "SlotOutcome",
+    "SlotRelease",
+    "SlotRequest",
+    "SlotVerdict",
     "WakeUp",
     "Waker",
     "agent_address",
@@ -79,7 +87,58 @@ class Result(msgspec.Struct, tag="result", frozen=True, kw_only=True):
     problem: Problem = ""
 
 
-Frame = Job | Result
+SlotVerdict = Literal["go", "dead", "probe"]
+"""The queue manager's answer to a slot request:
+
+* ``"go"`` — connect; the slot is the agent's until it releases it (or disconnects);
+* ``"dead"`` — the destination is suspended: defer without connecting (``reason`` says why);
+* ``"probe"`` — the destination was dead: this one attempt finds out whether it is back.
+"""
+
+SlotOutcome = Literal["up", "unreachable", "none"]
+"""What a transaction under a slot found out about its destination:
+
+* ``"up"`` — a server took or refused the message (any SMTP reply after the greeting);
+* ``"unreachable"`` — every server tried failed to connect, greeted 4xx, failed TLS or
+  dropped the connection;
+* ``"none"`` — nothing was learnt (no server to try, a local error, an unused slot).
+"""
+
+
+class SlotRequest(msgspec.Struct, tag="slot?", frozen=True):
+    """Agent → queue manager: a slot for ``destination`` (a next hop's key), please;
+    ``ticket`` is the agent's own number for the answer."""
+
+    destination: str
+    ticket: int
+
+
+class SlotGrant(msgspec.Struct, tag="slot", frozen=True):
+    """Queue manager → agent: the answer to request ``ticket``.  ``passable``: the
+    destination has no rate, so the agent may pass a "go" slot on to its next transaction
+    for the same destination without asking again (reporting the outcomes at release)."""
+
+    ticket: int
+    verdict: SlotVerdict
+    reason: str = ""
+    passable: bool = False
+
+
+class SlotRelease(msgspec.Struct, tag="slot-", frozen=True):
+    """Agent → queue manager: slot ``ticket`` is free; ``outcome`` (and ``reason``, the
+    last error when unreachable) is its last transaction's; ``passed`` earlier ones under
+    the same slot, not reported yet, had the outcome "up".  With ``kept`` the slot stays
+    the agent's (it passed it on): this only reports the ``passed`` ones."""
+
+    destination: str
+    ticket: int
+    outcome: SlotOutcome
+    reason: str = ""
+    passed: int = 0
+    kept: bool = False
+
+
+Frame = Job | Result | SlotRequest | SlotGrant | SlotRelease
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Frame)
 
