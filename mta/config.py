@@ -396,6 +396,9 @@ class DeliveryConfig(_Section, frozen=True):
     # a next hop on one of tls_wrapper_ports gets TLS before EHLO (smtp_tls_wrappermode)
     smtp_auth_file: str = ""
     tls_wrapper_ports: tuple[Annotated[int, msgspec.Meta(ge=1, le=65535)], ...] = (465,)
+    # BDAT to next hops that offer CHUNKING (RFC 3030); false: always DATA (Postfix has no
+    # switch: smtp_discard_ehlo_keywords = chunking is its way to the same)
+    chunking: bool = True
     # CPU niceness of the queue manager and delivery processes, added to smtpd's
     nice: Annotated[int, msgspec.Meta(ge=0, le=19)] = 10
 

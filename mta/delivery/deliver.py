@@ -240,6 +240,7 @@ class Deliverer:
             context=self.tls.context(policy),
             credentials=self.credentials.lookup(nexthop) if self.credentials else None,
             implicit_tls=self._implicit_tls(nexthop),
+            chunking=delivery.chunking,
         )
 
     def _take_idle(self, key: IdleKey) -> OutboundConnection | None:

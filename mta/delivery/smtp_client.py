@@ -356,11 +356,13 @@ class OutboundConnection:
         context: ssl.SSLContext | None = None,
         credentials: Credentials | None = None,
         implicit_tls: bool = False,
+        chunking: bool = True,
     ) -> OutboundConnection:
         """Connect and greet; ``policy`` (default: ``may``, or ``none`` when not
         ``starttls``) decides what TLS must achieve, with ``context`` (default: one that
         checks no certificate, which suits all but ``verify``); ``credentials``: AUTH to
-        this server; ``implicit_tls``: TLS before the greeting (port 465, RFC 8314)."""
+        this server; ``implicit_tls``: TLS before the greeting (port 465, RFC 8314);
+        ``chunking``: BDAT to a server that offers CHUNKING (RFC 3030), else DATA."""
         if policy is None:
             policy = MAY if starttls else TlsPolicy("none")
         context = context or _TLS
@@ -372,6 +374,7 @@ class OutboundConnection:
             starttls=policy.starttls,
             credentials=credentials,
             tls=implicit_tls,
+            chunking=chunking,
         )
         stream = _ReplyStream(session, loop)
         tls_first = context if implicit_tls else None
