@@ -172,6 +172,7 @@ class SmtpConfig(_Section, frozen=True):
     proxy_networks: tuple[str, ...] = ()
     # the whole PROXY header must arrive within this (Postfix's postscreen_upstream_proxy_timeout)
     proxy_timeout: Seconds = 5.0
+    vrfy: bool = True  # VRFY gets 252, no user disclosed; false: 502 (disable_vrfy_command)
 
     def __post_init__(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
