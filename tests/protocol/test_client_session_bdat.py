@@ -24,8 +24,8 @@ from tests.protocol.test_client_session import (
     check,
     done,
     mail,
-    play,
     per_reply,
+    play,
     rcpt,
     tx,
 )
