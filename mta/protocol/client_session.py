@@ -41,8 +41,8 @@ here, and its logs and tests depend on them):
   if it was refused, else the reply to MAIL if that was refused, else the DATA reply if
   that was not ``354``, else the final reply (LMTP: the recipient's own reply, one per
   accepted recipient in RCPT order, RFC 2033 §4.2).  With BDAT the reply to ``BDAT LAST``
-  is the final reply; it comes per recipient with LMTP too (RFC 2033 §4.2, RFC 3030 §4;
-  an LMTP server that refuses the chunk itself with one reply is not told apart: the
+  is the final reply; it comes per recipient with LMTP too (RFC 2033 §4.2 applied to the
+  last chunk, as DATA's end; an LMTP server that refuses the chunk itself with one reply is not told apart: the
   recipients after the first wait for the command timeout).
 * A refused transaction is cleaned up with RSET so the connection can carry the next one;
   a reply other than ``250`` to RSET makes the connection unusable.  Without PIPELINING a
