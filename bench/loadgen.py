@@ -5,7 +5,9 @@ Two modes:
 * **send** (default): ``--messages`` messages over ``--sessions`` concurrent sessions, with
   ``--per-connection`` messages per connection (0 = as many as the session gets), with or
   without PIPELINING (MAIL, RCPT and DATA in one write, RFC 2920), optionally after
-  STARTTLS.  It reports msgs/s and MB/s over the time from the first connect to the last
+  STARTTLS, and with DATA or (``--bdat``, to a server that offers CHUNKING) ``BDAT n LAST``
+  (RFC 3030: the message in one chunk, no terminator, pipelined with MAIL and RCPT).  It
+  reports msgs/s and MB/s over the time from the first connect to the last
   ``250`` after end-of-data, the latency of that final reply (from handing the last byte to
   the transport to reading the reply) as p50/p90/p99/max over the merged samples of all
   processes, and the failures counted by stage and reply code.
@@ -61,6 +63,7 @@ class LoadSpec:
     per_connection: int = 0  # 0 = unlimited (the session's whole share on one connection)
     pipelining: bool = True
     starttls: bool = False
+    bdat: bool = False  # BDAT n LAST instead of DATA (RFC 3030), when CHUNKING is offered
     processes: int = 0  # 0 = min(cpu count, sessions)
     sender: str = "a@bench.test"
     recipient: str = "b@bench.test"
@@ -212,6 +215,9 @@ class _Sender:
         if "SIZE" in conn.extensions:
             mail += b" SIZE=%d" % size
         rcpt = b"RCPT TO:<%s>\r\n" % spec.recipient.encode()
+        if spec.bdat:
+            await self._bdat(conn, mail + b"\r\n" + rcpt, head, rest, size)
+            return
         if spec.pipelining and conn.pipelining:
             conn.write(mail + b"\r\n" + rcpt + b"DATA\r\n")
             codes = [code for code, _ in await conn.protocol.wait_replies(3)]
@@ -220,16 +226,46 @@ class _Sender:
             await conn.command(mail + b"\r\n", "MAIL", 250)
             await conn.command(rcpt, "RCPT", 250)
             await conn.command(b"DATA\r\n", "DATA", 354)
-        message_id = b"Message-ID: <%06d.%07d@bench.test>\r\n" % (
-            os.getpid() % 1_000_000,
-            self.sent % 10_000_000,
-        )
-        conn.write(head + message_id + rest)
+        conn.write(head + self._message_id() + rest)
         await conn.protocol.drain()
         started = time.monotonic()
         ((code, _),) = await conn.protocol.wait_replies(1)
         if code != 250:
             raise SmtpError(f"end-of-data {code}", fatal=code in (0, 421))
+        self._done(started, size)
+
+    def _message_id(self) -> bytes:
+        return b"Message-ID: <%06d.%07d@bench.test>\r\n" % (
+            os.getpid() % 1_000_000,
+            self.sent % 10_000_000,
+        )
+
+    async def _bdat(
+        self, conn: Connection, envelope: bytes, head: bytes, rest: bytes, size: int
+    ) -> None:
+        """MAIL, RCPT and ``BDAT n LAST`` with the message (no dot-stuffing: the bench's
+        lines never start with a dot; no terminator); pipelined when offered."""
+        if "CHUNKING" not in conn.extensions:
+            raise SmtpError("CHUNKING not offered")
+        message = head + self._message_id() + rest[:-3]  # without the ".\r\n" of DATA
+        chunk = b"BDAT %d LAST\r\n" % len(message) + message
+        if self.spec.pipelining and conn.pipelining:
+            conn.write(envelope + chunk)
+        else:
+            mail, rcpt = envelope.split(b"\r\n", 1)
+            await conn.command(mail + b"\r\n", "MAIL", 250)
+            await conn.command(rcpt, "RCPT", 250)
+            conn.write(chunk)
+        await conn.protocol.drain()
+        started = time.monotonic()
+        count = 3 if self.spec.pipelining and conn.pipelining else 1
+        codes = [code for code, _ in await conn.protocol.wait_replies(count)]
+        stages = [("MAIL", 250), ("RCPT", 250), ("BDAT", 250)][-count:]
+        _check(codes, *stages)
+        self._done(started, size)
+
+    def _done(self, started: float, size: int) -> None:
+        """The final 250 came: count the message and its latency."""
         now = time.monotonic()
         self.latencies.append(now - started)
         self.last = now
@@ -521,6 +557,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--per-connection", type=int, default=0, help="per connection (0 = all)")
     p.add_argument("--no-pipelining", action="store_true", help="wait for every reply")
     p.add_argument("--starttls", action="store_true", help="STARTTLS before MAIL")
+    p.add_argument("--bdat", action="store_true", help="BDAT n LAST instead of DATA (RFC 3030)")
     p.add_argument("-P", "--processes", type=int, default=0, help="generator processes")
     p.add_argument("--hold", type=int, default=0, help="hold mode: idle sessions to keep")
     p.add_argument("--hold-seconds", type=float, default=30.0)
@@ -543,6 +580,7 @@ def spec_from_args(args: argparse.Namespace) -> LoadSpec:
         per_connection=args.per_connection,
         pipelining=not args.no_pipelining,
         starttls=args.starttls,
+        bdat=args.bdat,
         processes=args.processes,
         hold=args.hold,
         hold_seconds=args.hold_seconds,

@@ -172,6 +172,7 @@ class SmtpConfig(_Section, frozen=True):
     proxy_networks: tuple[str, ...] = ()
     # the whole PROXY header must arrive within this (Postfix's postscreen_upstream_proxy_timeout)
     proxy_timeout: Seconds = 5.0
+    vrfy: bool = True  # VRFY gets 252, no user disclosed; false: 502 (disable_vrfy_command)
 
     def __post_init__(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -418,6 +419,9 @@ class DeliveryConfig(_Section, frozen=True):
     # a next hop on one of tls_wrapper_ports gets TLS before EHLO (smtp_tls_wrappermode)
     smtp_auth_file: str = ""
     tls_wrapper_ports: tuple[Annotated[int, msgspec.Meta(ge=1, le=65535)], ...] = (465,)
+    # BDAT to next hops that offer CHUNKING (RFC 3030); false: always DATA (Postfix has no
+    # switch: smtp_discard_ehlo_keywords = chunking is its way to the same)
+    chunking: bool = True
     # CPU niceness of the queue manager and delivery processes, added to smtpd's
     nice: Annotated[int, msgspec.Meta(ge=0, le=19)] = 10
     # Destination shaping, owned by the queue manager (mta/qmgr/shaping.py); the

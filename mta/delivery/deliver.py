@@ -248,6 +248,7 @@ class Deliverer:
             implicit_tls=self._implicit_tls(nexthop),
             # the source address by family (Postfix's smtp_bind_address and _address6)
             bind=delivery.bind_address6 if ":" in ip else delivery.bind_address,
+            chunking=delivery.chunking,
         )
 
     def _take_idle(self, key: IdleKey) -> OutboundConnection | None:

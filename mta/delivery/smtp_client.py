@@ -363,12 +363,14 @@ class OutboundConnection:
         credentials: Credentials | None = None,
         implicit_tls: bool = False,
         bind: str = "",
+        chunking: bool = True,
     ) -> OutboundConnection:
         """Connect (from source address ``bind`` if given) and greet; ``policy`` (default:
         ``may``, or ``none`` when not ``starttls``) decides what TLS must achieve, with
         ``context`` (default: one that checks no certificate, which suits all but
         ``verify``); ``credentials``: AUTH to this server; ``implicit_tls``: TLS before the
-        greeting (port 465, RFC 8314)."""
+        greeting (port 465, RFC 8314); ``chunking``: BDAT to a server that offers CHUNKING
+        (RFC 3030), else DATA."""
         if policy is None:
             policy = MAY if starttls else TlsPolicy("none")
         context = context or _TLS
@@ -380,6 +382,7 @@ class OutboundConnection:
             starttls=policy.starttls,
             credentials=credentials,
             tls=implicit_tls,
+            chunking=chunking,
         )
         stream = _ReplyStream(session, loop)
         tls_first = context if implicit_tls else None

@@ -25,6 +25,11 @@ except where an API call is named)::
     BATCH / DATA --354--> MESSAGE --> READY                 (event TransactionDone)
     BATCH / DATA --354--> STREAM (a stored message)         (event SendMessage)
     STREAM --message_data()..., end_message()--> MESSAGE
+    with CHUNKING (RFC 3030, ``chunking=True``) BDAT takes DATA's place, no 354, no stuffing:
+    READY --start_transaction()--> BDAT_BATCH (PIPELINING: MAIL, RCPTs, BDAT n LAST + message)
+                               \\-> MAIL --> RCPT ... --> MESSAGE (BDAT n LAST + message)
+    BDAT_BATCH / RCPT --> STREAM (a stored message: one BDAT n LAST, its octets streamed)
+    MESSAGE --a refused BDAT (not LMTP)--> RSET
     refused transaction --> [ABANDON: end a 354 nobody wanted] --> RSET (or READY)
     RSET --250--> READY, --other--> CLOSED (unusable)       (event TransactionDone)
     any state --quit() or connection_lost()--> CLOSED
@@ -35,7 +40,10 @@ here, and its logs and tests depend on them):
 * Every recipient gets exactly one outcome, in the order of the transaction: the RCPT reply
   if it was refused, else the reply to MAIL if that was refused, else the DATA reply if
   that was not ``354``, else the final reply (LMTP: the recipient's own reply, one per
-  accepted recipient in RCPT order, RFC 2033 §4.2).
+  accepted recipient in RCPT order, RFC 2033 §4.2).  With BDAT the reply to ``BDAT LAST``
+  is the final reply; it comes per recipient with LMTP too (RFC 2033 §4.2 applied to the
+  last chunk, as DATA's end; an LMTP server that refuses the chunk itself with one reply
+  is not told apart: the recipients after the first wait for the command timeout).
 * A refused transaction is cleaned up with RSET so the connection can carry the next one;
   a reply other than ``250`` to RSET makes the connection unusable.  Without PIPELINING a
   refused MAIL needs no RSET (nothing else was said), and no DATA is sent when every
@@ -130,6 +138,7 @@ class State(enum.Enum):
     AUTH_PASS = "auth_pass"  # LOGIN's username sent: waiting for the password challenge
     READY = "ready"  # idle: a transaction may start
     BATCH = "batch"  # PIPELINING: MAIL, every RCPT and DATA sent in one write
+    BDAT_BATCH = "bdat_batch"  # PIPELINING + CHUNKING: MAIL, RCPTs (and BDAT LAST) in one write
     MAIL = "mail"  # one at a time: MAIL sent
     RCPT = "rcpt"  # one at a time: a RCPT sent
     DATA = "data"  # one at a time: DATA sent
@@ -157,6 +166,7 @@ class State(enum.Enum):
     AUTH_PASS,
     READY,
     BATCH,
+    BDAT_BATCH,
     MAIL,
     RCPT,
     DATA,
@@ -177,13 +187,14 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     AUTH: frozenset({READY, CLOSED}),
     AUTH_USER: frozenset({AUTH_PASS, CLOSED}),
     AUTH_PASS: frozenset({AUTH, CLOSED}),
-    READY: frozenset({BATCH, MAIL}),  # start_transaction()
+    READY: frozenset({BATCH, BDAT_BATCH, MAIL}),  # start_transaction()
     BATCH: frozenset({MESSAGE, STREAM, ABANDON, RSET}),
+    BDAT_BATCH: frozenset({MESSAGE, STREAM, ABANDON, RSET}),
     MAIL: frozenset({RCPT, READY}),
-    RCPT: frozenset({RCPT, DATA, RSET}),
+    RCPT: frozenset({RCPT, DATA, MESSAGE, STREAM, RSET}),
     DATA: frozenset({MESSAGE, STREAM, ABANDON, RSET}),
     STREAM: frozenset({MESSAGE}),  # end_message()
-    MESSAGE: frozenset({READY}),
+    MESSAGE: frozenset({READY, RSET}),
     ABANDON: frozenset({READY, RSET}),
     RSET: frozenset({READY, CLOSED}),
     CLOSED: frozenset(),
@@ -201,14 +212,17 @@ class ClientSession:
         starttls: bool = True,
         credentials: Credentials | None = None,
         tls: bool = False,
+        chunking: bool = True,
     ) -> None:
         """``credentials``: authenticate with them (only over TLS); ``tls``: the connection
-        is encrypted from the start (RFC 8314 implicit TLS), so no STARTTLS."""
+        is encrypted from the start (RFC 8314 implicit TLS), so no STARTTLS; ``chunking``:
+        send with BDAT when the server offers CHUNKING (RFC 3030), else always DATA."""
         # what we know of the server, and the command formats
         self.client = ClientConnection(helo_name, lmtp=lmtp)
         self.lmtp = lmtp
         self.want_tls = starttls  # say STARTTLS when the server offers it
         self.credentials = credentials
+        self.want_chunking = chunking
         # connection state
         self.state = State.GREETING
         self.tls = tls
@@ -229,6 +243,8 @@ class ClientSession:
         self._stuffer: DotStuffer | None = None  # in STREAM: the stored message's payload
         self._stream_left = 0  # in STREAM: octets of the message not fed yet
         self._stream_wanted = 0  # in STREAM: replies to wait for after end_message()
+        self._bdat = False  # this transaction sends BDAT, not DATA (RFC 3030)
+        self._bdat_header = b""  # in STREAM with BDAT: the command before the first octets
         self._handlers: dict[State, Callable[[], ClientEvent | None]] = {
             GREETING: self._on_greeting,
             EHLO: self._on_ehlo,
@@ -238,6 +254,7 @@ class ClientSession:
             AUTH_USER: self._on_auth_user,
             AUTH_PASS: self._on_auth_pass,
             BATCH: self._on_batch,
+            BDAT_BATCH: self._on_bdat_batch,
             MAIL: self._on_mail,
             RCPT: self._on_rcpt,
             DATA: self._on_data,
@@ -303,12 +320,17 @@ class ClientSession:
             return TransactionNotSent("smtputf8", size, limit)
         self._tx = tx
         mail = client.mail(tx.sender, size=size, eight_bit=tx.eight_bit, smtputf8=tx.smtputf8)
+        self._bdat = self.want_chunking and "CHUNKING" in extensions
         if "PIPELINING" in extensions:  # RFC 2920: MAIL, every RCPT and DATA at once
             recipients = tx.recipients
             if len(recipients) == 1:  # the common case: no comprehension
                 batch = [mail, client.rcpt(recipients[0]), b"DATA\r\n"]
             else:
                 batch = [mail, *[client.rcpt(r) for r in recipients], b"DATA\r\n"]
+            if self._bdat:
+                batch.pop()  # BDAT, not DATA: see _bdat_batch
+                self._bdat_batch(batch, message)
+                return None
             self._out.append(b"".join(batch))
             self._go(BATCH, len(batch))
         else:
@@ -327,7 +349,11 @@ class ClientSession:
         if left < 0:
             raise ClientUsageError("more message data than the message's length")
         self._stream_left = left
-        return stuffer.feed(chunk)
+        header = self._bdat_header
+        if header:  # BDAT: the octets as they are, after the one command that counts them
+            self._bdat_header = b""
+            return header + chunk
+        return stuffer.feed(chunk) if not self._bdat else chunk
 
     def end_message(self) -> bytes:
         """The end of a stored message (STREAM only): the bytes to send, after which the
@@ -340,6 +366,9 @@ class ClientSession:
             raise ClientUsageError(f"{self._stream_left} octets of the message not sent")
         self._stuffer = None
         self._go(MESSAGE, self._stream_wanted)
+        if self._bdat:  # the BDAT command counted every octet: nothing ends the message
+            header, self._bdat_header = self._bdat_header, b""
+            return header  # the command itself, for a message of no octets
         return stuffer.end()
 
     def tls_started(self) -> None:
@@ -502,6 +531,8 @@ class ClientSession:
             replies = zip(recipients, self._rcpt_replies, strict=True)
             self._reset([RecipientReply(r, reply) for r, reply in replies])
             return None
+        if self._bdat:  # no 354 to wait for: the message goes now (RFC 3030 §2)
+            return self._send_bdat(recipients, self._rcpt_replies)
         self._out.append(self.client.data())
         self._go(DATA)
         return None
@@ -556,6 +587,8 @@ class ClientSession:
     def _on_message(self) -> ClientEvent | None:
         accepted = self._accepted
         take = self._replies.popleft
+        if self._bdat and not self.lmtp and not self._replies[0].is_positive:
+            return self._bdat_refused(take())
         if len(accepted) == 1 and not self._outcomes:  # the common case, LMTP or not
             return self._done([RecipientReply(accepted[0], take())])
         if self.lmtp:  # RFC 2033 §4.2: one reply per accepted recipient, in RCPT order
@@ -567,6 +600,93 @@ class ClientSession:
             self._outcomes.update((r, final) for r in accepted)
         outcomes = self._outcomes
         return self._done([RecipientReply(r, outcomes[r]) for r in self._tx_recipients()])
+
+    # ----- BDAT (RFC 3030 CHUNKING) ---------------------------------------------------------
+    #
+    # A message in memory goes as one chunk, "BDAT <octets> LAST" and the octets as they are,
+    # with the commands (PIPELINING) or after the last RCPT reply.  A stored message goes as
+    # one BDAT command too, counting all its octets, which are then streamed from the file in
+    # the I/O layer's chunks: it needs one reply, not one per chunk (without PIPELINING each
+    # chunk would be a round trip), and the session still sends exactly message_length octets.
+    # The replies: one to the BDAT LAST (LMTP: one per accepted recipient, RFC 2033 §4.2);
+    # a refused BDAT ends the transaction with RSET (RFC 3030 §2: after a 4xx/5xx to BDAT
+    # the sender must send no more chunks; the server's transaction state is not ours to
+    # guess).  A BDAT after a refused MAIL or with no recipient accepted is answered with an
+    # error by the server and decides nothing.
+
+    def _bdat_batch(self, batch: list[bytes], message: bytes | StoredMessage) -> None:
+        """PIPELINING: MAIL and the RCPTs, and a message in memory as BDAT LAST, in one
+        write; a stored message waits for the RCPT replies (no octets for nobody)."""
+        wanted = len(batch)
+        if isinstance(message, bytes):
+            batch.append(_bdat_last(len(message)))
+            batch.append(message)
+        self._out.append(b"".join(batch))
+        self._go(BDAT_BATCH, wanted)
+
+    def _on_bdat_batch(self) -> ClientEvent | None:
+        """The replies to the pipelined MAIL and RCPTs are in (the BDAT's follow)."""
+        tx = self._tx
+        assert tx is not None
+        take = self._replies.popleft
+        mail_reply = take()
+        rcpt_replies = [take() for _ in tx.recipients]
+        in_memory = isinstance(tx.message, bytes)
+        if not mail_reply.is_positive:
+            decided = [RecipientReply(r, mail_reply) for r in tx.recipients]
+            if in_memory:  # the BDAT went out too: its (error) reply decides nothing
+                self._abandon(decided, then_rset=True)
+            else:
+                self._reset(decided)
+            return None
+        if in_memory:
+            self._bdat_sent(tx.recipients, rcpt_replies)
+            return None
+        return self._send_bdat(tx.recipients, rcpt_replies)
+
+    def _send_bdat(self, recipients: list[str], rcpt_replies: list[Reply]) -> ClientEvent | None:
+        """After the RCPT replies (one at a time, or a stored message pipelined): send the
+        message as BDAT LAST, or stream it, or RSET when nobody was accepted."""
+        tx = self._tx
+        assert tx is not None
+        if not any(r.is_positive for r in rcpt_replies):  # no octets for nobody
+            replies = zip(recipients, rcpt_replies, strict=True)
+            self._reset([RecipientReply(r, reply) for r, reply in replies])
+            return None
+        message = tx.message
+        if isinstance(message, bytes):
+            self._out.append(_bdat_last(len(message)) + message)
+            self._bdat_sent(recipients, rcpt_replies)
+            return None
+        self._accept(recipients, rcpt_replies)
+        wanted = len(self._accepted) if self.lmtp else 1
+        self._stream(message, wanted)
+        self._bdat_header = _bdat_last(message.message_length)
+        return _SEND_MESSAGE
+
+    def _bdat_sent(self, recipients: list[str], rcpt_replies: list[Reply]) -> None:
+        """BDAT LAST and the message are out: wait for what decides the transaction."""
+        self._accept(recipients, rcpt_replies)
+        if not self._accepted:  # the server refuses the chunk: that reply decides nothing
+            decided = [RecipientReply(r, self._outcomes[r]) for r in recipients]
+            self._outcomes = {}
+            self._abandon(decided, then_rset=True)
+            return
+        self._go(MESSAGE, len(self._accepted) if self.lmtp else 1)
+
+    def _accept(self, recipients: list[str], rcpt_replies: list[Reply]) -> None:
+        """Who waits for the final reply, and who was decided by their RCPT reply."""
+        pairs = list(zip(recipients, rcpt_replies, strict=True))
+        self._accepted = [r for r, reply in pairs if reply.is_positive]
+        self._outcomes = {r: reply for r, reply in pairs if not reply.is_positive}
+
+    def _bdat_refused(self, reply: Reply) -> ClientEvent | None:
+        """SMTP: the BDAT LAST was refused: every accepted recipient gets its reply; RSET."""
+        outcomes = self._outcomes
+        outcomes.update((r, reply) for r in self._accepted)
+        self._reset([RecipientReply(r, outcomes[r]) for r in self._tx_recipients()])
+        self._outcomes = {}
+        return None
 
     def _refused_mail(self, mail_reply: Reply, data_reply: Reply) -> ClientEvent | None:
         """A pipelined MAIL was refused: every recipient gets its reply; clean up."""
@@ -637,3 +757,8 @@ class ClientSession:
 
 
 _SEND_MESSAGE = SendMessage()  # immutable and alike: one will do
+
+
+def _bdat_last(octets: int) -> bytes:
+    """The command for the last (here: the only) chunk of ``octets`` octets (RFC 3030)."""
+    return b"BDAT %d LAST\r\n" % octets

@@ -27,9 +27,13 @@ OK_RECIPIENT = reply(250, "2.1.5 Ok")
 RESET = reply(250, "2.0.0 Ok")
 START_DATA = reply(354, "End data with <CR><LF>.<CR><LF>")
 VRFY = reply(252, "2.0.0 Cannot VRFY user, but will accept message and attempt delivery")
-HELP = reply(
-    214, "2.0.0 See RFC 5321 (commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY)"
-)
+VRFY_DISABLED = reply(502, "5.5.1 VRFY command is disabled")  # Postfix's words
+
+
+def help_reply(verbs: list[str]) -> bytes:
+    """214 naming the commands this session accepts (RFC 5321 §4.1.1.8)."""
+    return reply(214, f"2.0.0 See RFC 5321 (commands: {' '.join(verbs)})")
+
 
 NEED_HELO = reply(503, "5.5.1 Error: send HELO/EHLO first")
 NESTED_MAIL = reply(503, "5.5.1 Error: nested MAIL command")

@@ -118,6 +118,7 @@ class SessionLimits:
     auth: bool  # offer AUTH (RFC 4954): under TLS, or without it if auth_plaintext
     auth_plaintext: bool  # AUTH also without TLS (tests on loopback only)
     require_auth: bool  # MAIL only after AUTH: 530 5.7.0 Authentication required
+    vrfy: bool  # VRFY answered 252 (no user disclosed); false: 502 (disable_vrfy_command)
 
 
 class DataScanner(Protocol):
@@ -739,15 +740,30 @@ class ServerSession:
         return None
 
     def _do_vrfy(self, argument: bytes) -> Event | None:
-        if not argument:  # RFC 5321 §4.1.1.6: "VRFY" SP String
+        if not self.limits.vrfy:  # Postfix's disable_vrfy_command = yes
+            self._reply(replies.VRFY_DISABLED)
+        elif not argument:  # RFC 5321 §4.1.1.6: "VRFY" SP String
             self._reply(replies.VRFY_SYNTAX)
         else:
             self._reply(replies.VRFY)  # RFC 5321 §3.5.3: 252 when we will not verify
         return None
 
     def _do_help(self, argument: bytes) -> Event | None:
-        self._reply(replies.HELP)
+        self._reply(replies.help_reply(self._accepted_verbs()))
         return None
+
+    def _accepted_verbs(self) -> list[str]:
+        """The commands this listener accepts in this TLS state, as EHLO offers their
+        extensions (STARTTLS before TLS only, AUTH where it is offered)."""
+        verbs = ["EHLO", "HELO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT"]
+        if self.limits.vrfy:
+            verbs.append("VRFY")
+        verbs.append("HELP")
+        if self.limits.starttls and not self.tls:
+            verbs.append("STARTTLS")
+        if sasl.auth_offered(self.limits, self.tls):
+            verbs.append("AUTH")
+        return verbs
 
     # ----- helpers -------------------------------------------------------------------------
 

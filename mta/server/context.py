@@ -110,6 +110,7 @@ def session_limits(config: Config, listener: Listener | None = None) -> SessionL
         max_errors=smtp.max_errors,
         normalize_bare_line_endings=smtp.bare_lf == "normalize",
         strip_nul=smtp.nul == "strip",
+        vrfy=smtp.vrfy,
     )
 
 

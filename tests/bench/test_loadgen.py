@@ -149,3 +149,18 @@ def test_result_writer(tmp_path: Path) -> None:
         assert "msgs_per_s.png" in text
     else:
         assert "png" not in paths
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "one_at_a_time"])
+def test_loadgen_bdat_mode_sends_each_message_as_one_counted_chunk(
+    sink_factory: Callable[..., Any], pipelining: bool
+) -> None:
+    sink = sink_factory()
+    sink.chunking = True
+    sink.pipelining = pipelining
+    report = loadgen(sink.port, "-s", "2", "-m", "6", "--size", "1k", "--bdat", "-P", "1")
+    assert (report["ok"], report["failed"], report["errors"]) == (6, 0, {})
+    got = sink.wait_for(6)
+    assert all(m.chunks == [len(m.data)] and b"\r\n.\r\n" not in m.data for m in got)
+    assert all(len(m.data) >= 1024 and m.data.endswith(b"\r\n") for m in got)
+    assert "DATA" not in sink.lines

@@ -2,14 +2,17 @@
 
 The delivery tests point the relay at it and then assert on :attr:`CaptureSink.messages`.
 It speaks the protocol for real (RFC 5321, RFC 2920 pipelining, RFC 3207 STARTTLS or
-RFC 8314 implicit TLS, RFC 2033 LMTP, RFC 4954 AUTH PLAIN/LOGIN when given ``auth_users``)
+RFC 8314 implicit TLS, RFC 2033 LMTP, RFC 4954 AUTH PLAIN/LOGIN when given ``auth_users``,
+RFC 3030 CHUNKING/BDAT when ``chunking`` is set)
 so that client bugs show up as they would against a real peer, and it misbehaves only when
 told to: per-recipient rejections, a failing end of DATA, a 421 greeting, a closed port.
 
 Invariants:
 
-- A message is recorded only when the reply after its DATA is 2xx; in LMTP only the
-  recipients whose own reply was 2xx are recorded with it.
+- A message is recorded only when the reply after its DATA (or BDAT LAST) is 2xx; in LMTP
+  only the recipients whose own reply was 2xx are recorded with it.
+- A BDAT chunk's octets are always read whole before it is answered, refused or not
+  (RFC 3030 §2), so the session stays in step.
 - Commands are processed strictly in the order their lines arrive; only CRLF ends a line
   and only CRLF "." CRLF ends a message.
 - With ``data_limit`` set (for tests that send many large messages) a record keeps only
@@ -34,7 +37,7 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -62,6 +65,7 @@ class Captured:
     size: int = -1  # with the sink's data_limit: octets of the whole data (else -1)
     sha256: str = ""  # with the sink's data_limit: the whole data's digest, hex (else "")
     auth: str = ""  # the username the client authenticated as ("" for none)
+    chunks: list[int] = field(default_factory=list)  # BDAT chunk sizes; [] when sent by DATA
 
 
 class _SinkProtocol(asyncio.Protocol):
@@ -88,6 +92,11 @@ class _SinkProtocol(asyncio.Protocol):
         self.rcpts: list[str] = []
         self.in_data = False
         self.scan = 0  # where to resume looking for the end of data
+        self.chunk_left = -1  # in a BDAT chunk: its octets still to read (else -1)
+        self.chunk_last = False
+        self.chunk_error: Reply | None = None  # the reply a chunk being read will get
+        self.chunks = bytearray()  # the chunks of this transaction so far
+        self.chunk_sizes: list[int] = []
 
     # -- asyncio callbacks ------------------------------------------------------------
 
@@ -119,7 +128,10 @@ class _SinkProtocol(asyncio.Protocol):
     def process(self) -> None:
         """Handle every complete command or message in the buffer, in order (RFC 2920)."""
         while not self.paused:
-            taken = self.take_message() if self.in_data else self.take_command()
+            if self.chunk_left >= 0:
+                taken = self.take_chunk()
+            else:
+                taken = self.take_message() if self.in_data else self.take_command()
             if not taken:
                 return
 
@@ -137,6 +149,9 @@ class _SinkProtocol(asyncio.Protocol):
             self.send(self.auth_response(line))
             return True
         verb, _, arg = line.partition(" ")
+        if verb.upper() == "BDAT" and self.sink.chunking:
+            self.begin_chunk(arg.strip())
+            return True
         handler = _HANDLERS.get(verb.upper(), _SinkProtocol.cmd_unknown)
         self.send(handler(self, arg.strip()))
         step, self.after = self.after, None
@@ -177,6 +192,48 @@ class _SinkProtocol(asyncio.Protocol):
 
     def reset(self) -> None:
         self.mail_from, self.mail_params, self.rcpts = None, {}, []
+        self.chunks, self.chunk_sizes = bytearray(), []
+
+    # -- BDAT (RFC 3030): the reply waits until the chunk's octets are in ----------------
+
+    def begin_chunk(self, arg: str) -> None:
+        words = arg.split()
+        last = len(words) == 2 and words[1].upper() == "LAST"
+        if not words or not words[0].isdigit() or len(words) > 2 or (len(words) == 2 and not last):
+            self.send((501, "5.5.4 Syntax: BDAT size [LAST]"))
+            return
+        self.chunk_left, self.chunk_last = int(words[0]), last
+        self.chunk_error = None
+        if self.mail_from is None:
+            self.chunk_error = (503, "5.5.1 Need MAIL first")
+        elif not self.rcpts:
+            self.chunk_error = (554, "5.5.1 No valid recipients")
+        elif self.sink.bdat_reply is not None:
+            self.chunk_error = self.sink.bdat_reply
+        self.chunk_sizes.append(self.chunk_left)
+
+    def take_chunk(self) -> bool:
+        if self.chunk_left and not self.buffer:
+            return False
+        take = min(self.chunk_left, len(self.buffer))
+        if self.chunk_error is None:
+            self.chunks += self.buffer[:take]
+        del self.buffer[:take]
+        self.chunk_left -= take
+        if self.chunk_left:
+            return False
+        self.chunk_left = -1
+        if self.chunk_error is not None:  # refused: the transaction is over (RFC 3030 §2)
+            self.send(self.chunk_error)
+            self.reset()
+        elif self.chunk_last:
+            sizes = self.chunk_sizes
+            for reply in self.end_of_data(bytes(self.chunks), sizes):
+                self.send(reply)
+            self.reset()
+        else:
+            self.send((250, f"2.0.0 {self.chunk_sizes[-1]} octets received"))
+        return True
 
     # -- commands: each returns its reply; side effects wait in self.after ------------
 
@@ -188,6 +245,10 @@ class _SinkProtocol(asyncio.Protocol):
         self.reset()
         lines = [f"{HOSTNAME} greets {arg}", "PIPELINING", "8BITMIME"]
         lines += [f"SIZE {self.sink.max_size}", "ENHANCEDSTATUSCODES", "SMTPUTF8"]
+        if self.sink.chunking:
+            lines.append("CHUNKING")
+        if not self.sink.pipelining:
+            lines.remove("PIPELINING")
         if self.sink.tls and not self.tls:
             lines.append("STARTTLS")
         if self.sink.auth_users and (self.tls or self.sink.auth_in_clear):
@@ -317,7 +378,7 @@ class _SinkProtocol(asyncio.Protocol):
 
     # -- end of data and TLS ----------------------------------------------------------
 
-    def end_of_data(self, data: bytes) -> list[Reply]:
+    def end_of_data(self, data: bytes, chunks: list[int] | None = None) -> list[Reply]:
         """The replies to send now; records the message for whoever got a 2xx."""
         default = self.sink.data_reply or (250, "2.0.0 OK queued")
         if self.sink.lmtp:  # RFC 2033 §4.2: one reply per accepted recipient, in RCPT order
@@ -336,6 +397,7 @@ class _SinkProtocol(asyncio.Protocol):
                 peer=self.peer,
                 tls=self.tls,
                 auth=self.auth_user,
+                chunks=list(chunks or []),
             )
             limit = self.sink.data_limit
             if limit is not None:
@@ -447,6 +509,9 @@ class CaptureSink(LoopServer):
         self.auth_users: dict[str, str] = {}  # offer AUTH and take these (user: password)
         self.auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")  # as offered, in order
         self.auth_in_clear = False  # offer AUTH before TLS too (a careless server)
+        self.chunking = False  # offer CHUNKING and take BDAT (RFC 3030)
+        self.bdat_reply: Reply | None = None  # refuse every BDAT chunk with this
+        self.pipelining = True  # offer PIPELINING
         # what it has seen
         self.connections = 0
         self.transactions = 0

@@ -72,6 +72,7 @@ SCRIPT = textwrap.dedent(
         auth=False,
         auth_plaintext=False,
         require_auth=False,
+        vrfy=True,
     )
     session = ServerSession(limits, _parser_py)
     session.receive_data(

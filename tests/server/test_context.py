@@ -41,6 +41,7 @@ def test_session_limits_of_the_default_configuration() -> None:
         auth=False,
         auth_plaintext=False,
         require_auth=False,
+        vrfy=True,
     )
 
 
@@ -56,11 +57,12 @@ def test_session_limits_follow_the_configuration() -> None:
             "nul": "strip",
             "tls_cert": "/etc/cert.pem",
             "tls_key": "/etc/key.pem",
+            "vrfy": False,
         },
     }
     limits = session_limits(msgspec.convert(settings, Config))
     assert limits == SessionLimits(
-        "mx2.test", 1000, 2, 600, 3, True, True, True, False, False, False, False
+        "mx2.test", 1000, 2, 600, 3, True, True, True, False, False, False, False, False
     )
 
 
