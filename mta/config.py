@@ -398,6 +398,9 @@ class DeliveryConfig(_Section, frozen=True):
     tls_wrapper_ports: tuple[Annotated[int, msgspec.Meta(ge=1, le=65535)], ...] = (465,)
     # CPU niceness of the queue manager and delivery processes, added to smtpd's
     nice: Annotated[int, msgspec.Meta(ge=0, le=19)] = 10
+    # a "delayed" DSN once a message has waited this long with recipients still deferred
+    # (Postfix's delay_warning_time); 0: never, as in Postfix
+    delay_warning_time: Annotated[float, msgspec.Meta(ge=0)] = 0.0
 
     def __post_init__(self) -> None:
         try:

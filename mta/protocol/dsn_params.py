@@ -82,9 +82,7 @@ def check_rcpt_param(name: str, value: str | None, smtputf8: bool) -> str | None
         words = (value or "").upper().split(",")
         if words == ["NEVER"]:
             return None
-        if not value or any(w not in _NOTIFY_WORDS for w in words) or len(set(words)) != len(
-            words
-        ):
+        if not value or any(w not in _NOTIFY_WORDS for w in words) or len(set(words)) != len(words):
             return "5.5.4 Bad NOTIFY parameter: NEVER, or any of SUCCESS,FAILURE,DELAY"
         return None
     if value is None or ";" not in value:
