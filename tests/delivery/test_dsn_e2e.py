@@ -196,9 +196,7 @@ def test_delay_warning_is_sent_once_even_across_a_restart(
     mta_factory: Factory, sink: CaptureSink, home: CaptureSink
 ) -> None:
     sink.data_reply = (451, "4.3.0 Try again later")
-    server = relay(
-        mta_factory, sink, home, min_backoff=0.5, max_backoff=0.5, delay_warning_time=1
-    )
+    server = relay(mta_factory, sink, home, min_backoff=0.5, max_backoff=0.5, delay_warning_time=1)
     send(server, [], {"bob@dest.test": [], "carol@dest.test": ["NOTIFY=FAILURE"]})
     [got] = home.wait_for(1, timeout=20)
     message, _, [block], _ = report(got)

@@ -67,8 +67,7 @@ def test_no_dsn_parameters_to_a_server_without_dsn() -> None:
     transcript = [
         *handshake(),
         (
-            mail(b"SIZE=%d" % SIZE)
-            + b"RCPT TO:<c@d.test>\r\nRCPT TO:<e@d.test>\r\nDATA\r\n",
+            mail(b"SIZE=%d" % SIZE) + b"RCPT TO:<c@d.test>\r\nRCPT TO:<e@d.test>\r\nDATA\r\n",
             b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 go on\r\n",
         ),
         (WIRE, OK),
