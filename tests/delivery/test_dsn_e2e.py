@@ -103,6 +103,7 @@ def test_ret_full_returns_the_message(
     send(server, ["RET=FULL"], {"gone@dest.test": []})
     [got] = home.wait_for(1)
     _, per_message, [block], returned = report(got)
+    assert block["Action"] == "failed"
     assert per_message["Original-Envelope-Id"] is None
     assert returned.get_content_type() == "message/rfc822"
     [inner] = returned.get_payload()  # type: ignore[misc]
