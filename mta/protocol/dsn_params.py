@@ -40,6 +40,8 @@ _NOTIFY_WORDS = frozenset({"SUCCESS", "FAILURE", "DELAY"})
 # RFC 3461 §4: xchar is "!" through "~" except "+" and "="; hexchar is "+" and two
 # upper-case hex digits.
 _XTEXT = re.compile(r"(?:[!-*,-<>-~]|\+[0-9A-F]{2})*")
+_XCHARS = re.compile(r"[!-*,-<>-~]*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # never in a report field (header injection)
 _HEXCHAR = re.compile(r"\+([0-9A-F]{2})")
 _UTF8_ESCAPE = re.compile(r"\\x\{([0-9A-F]{1,6})\}")  # RFC 6533 §3: \x{HEX}
 
@@ -54,6 +56,8 @@ def xtext_decode(value: str) -> str:
 
 def xtext_encode(text: str) -> str:
     """RFC 3461 §4: every octet outside "!".."~", and "+" and "=", as "+HH"."""
+    if _XCHARS.fullmatch(text) is not None:  # the common case: nothing to encode
+        return text
     out = []
     for octet in text.encode("utf-8"):
         if 0x21 <= octet <= 0x7E and octet not in (0x2B, 0x3D):
@@ -71,8 +75,11 @@ def check_mail_param(name: str, value: str | None) -> str | None:
         return None
     if value is None or _XTEXT.fullmatch(value) is None:
         return "5.5.4 Bad ENVID parameter: not xtext"
-    if len(xtext_decode(value).encode("utf-8")) > MAX_ENVID:
+    decoded = xtext_decode(value)
+    if len(decoded.encode("utf-8")) > MAX_ENVID:
         return f"5.5.4 Bad ENVID parameter: longer than {MAX_ENVID} octets"
+    if _CONTROL.search(decoded):
+        return "5.5.4 Bad ENVID parameter: control character"
     return None
 
 
@@ -95,6 +102,8 @@ def check_rcpt_param(name: str, value: str | None, smtputf8: bool) -> str | None
         return "5.5.4 Bad ORCPT parameter: addr-type rfc822 (or utf-8 with SMTPUTF8)"
     if not address or _XTEXT.fullmatch(address) is None:
         return "5.5.4 Bad ORCPT parameter: not xtext"
+    if _CONTROL.search(xtext_decode(address)):
+        return "5.5.4 Bad ORCPT parameter: control character"
     return None
 
 

@@ -210,6 +210,7 @@ def _notify_success(
             report_id = _queue_report(
                 config, spool, message, notify.notices(envelope, results, action), now
             )
+            metrics.DSN_NOTICES.labels(action).inc()
             log.info("%s: sender delivery status notification: %s", envelope.queue_id, report_id)
 
 
@@ -246,6 +247,7 @@ def _warn_delay(
     retry_until = queue_id_time(envelope.queue_id) + config.delivery.max_lifetime
     items = notify.notices(envelope, delayed, "delayed")
     report_id = _queue_report(config, spool, message, items, now, retry_until)
+    metrics.DSN_NOTICES.labels("delayed").inc()
     log.info("%s: sender delay notification: %s", envelope.queue_id, report_id)
 
 

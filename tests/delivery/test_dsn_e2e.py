@@ -16,6 +16,7 @@ import pytest
 
 from tests.delivery.sink import Captured, CaptureSink
 from tests.helpers import MtaProcess, wait_until
+from tests.master import scrape
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -191,6 +192,23 @@ def test_notify_success_for_maildir_is_delivered(
     assert block["Final-Recipient"] == "rfc822; bob@local.test"
     assert (block["Action"], block["Status"]) == ("delivered", "2.0.0")
     assert list((root / "bob" / "new").iterdir())
+    notices = "mta_delivery_dsn_notices_total"
+    wait_until(lambda: scrape(server.metrics_port).value(notices, action="delivered") == 1)
+
+
+def test_notify_success_for_lmtp_is_delivered(
+    mta_factory: Factory,
+    sink: CaptureSink,
+    home: CaptureSink,
+    sink_factory: Callable[..., CaptureSink],
+) -> None:
+    lmtp = sink_factory(lmtp=True)
+    server = relay(mta_factory, sink, home, {"lmtp.test": f"lmtp:127.0.0.1:{lmtp.port}"})
+    send(server, [], {"bob@lmtp.test": ["NOTIFY=SUCCESS,FAILURE"]})
+    [got] = home.wait_for(1)
+    _, _, [block], _ = report(got)
+    assert (block["Final-Recipient"], block["Action"]) == ("rfc822; bob@lmtp.test", "delivered")
+    assert [m.rcpt_tos for m in lmtp.messages] == [["bob@lmtp.test"]]
 
 
 def test_delay_warning_is_sent_once_even_across_a_restart(

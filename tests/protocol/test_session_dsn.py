@@ -49,6 +49,7 @@ def test_valid_dsn_parameters_are_taken_as_received(session: ServerSession) -> N
         (b"RET", b"RET"),
         (b"ENVID=a+2", b"ENVID"),  # a hexchar needs two upper-case hex digits
         (b"ENVID=a+2b", b"ENVID"),
+        (b"ENVID=a+0D+0AX-Injected:+20yes", b"control character"),
         (b"ENVID=" + b"x" * 101, b"100 octets"),
     ],
 )
@@ -71,6 +72,7 @@ def test_bad_mail_dsn_parameters_are_501(session: ServerSession, param: bytes, w
         (b"ORCPT=utf-8;b@y.test", b"ORCPT"),  # utf-8 only under SMTPUTF8 (RFC 6533)
         (b"ORCPT=rfc822;", b"ORCPT"),
         (b"ORCPT=rfc822;b+zz@y.test", b"ORCPT"),
+        (b"ORCPT=rfc822;b+0A@y.test", b"control character"),
     ],
 )
 def test_bad_rcpt_dsn_parameters_are_501(session: ServerSession, param: bytes, why: bytes) -> None:
