@@ -14,6 +14,11 @@ recipient the state had not yet recorded), it never loses a recipient.
 Retry timing: ``min_backoff * 2**(attempts-1)`` capped at ``max_backoff``, times a random
 factor in [0.8, 1.2] so that retries of a burst spread out; after ``max_lifetime`` seconds in
 the queue, recipients still pending fail with 4.4.7 and are bounced.
+
+Notifications (notify.py says which are wanted): a bounce honours NOTIFY; success notices
+are queued with the bounce (step 1); the one delay warning (``delivery.delay_warning_time``)
+is queued before the state that records it (``delay_warned``) is saved, so a crash between
+the two sends it twice, never not at all, and a restart never repeats a recorded one.
 """
 
 from __future__ import annotations
