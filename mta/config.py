@@ -434,6 +434,9 @@ class DeliveryConfig(_Section, frozen=True):
     bind_address: str = ""  # source of outbound IPv4 connections (smtp_bind_address)
     bind_address6: str = ""  # source of outbound IPv6 connections (smtp_bind_address6)
     address_preference: Literal["any", "ipv6", "ipv4"] = "any"  # smtp_address_preference
+    # a "delayed" DSN once a message has waited this long with recipients still deferred
+    # (Postfix's delay_warning_time); 0: never, as in Postfix
+    delay_warning_time: Annotated[float, msgspec.Meta(ge=0)] = 0.0
 
     def __post_init__(self) -> None:
         _check_bind_address("bind_address", self.bind_address, 4)

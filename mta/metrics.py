@@ -99,6 +99,9 @@ MESSAGES_DELIVERED = Counter(
     "mta_delivery_messages_completed", "Messages whose every recipient is done"
 )
 BOUNCES = Counter("mta_delivery_bounces", "Delivery status notifications generated")
+DSN_NOTICES = Counter(
+    "mta_delivery_dsn_notices", "Success and delay notifications generated (RFC 3461)", ["action"]
+)
 # outcome: verified, unverified, plaintext (level none, or may and not offered), failed (the
 # handshake; under may retried in plaintext, counted again as level none), not_offered,
 # untrusted (verify), dane (TLSA matched), dane_failed (no TLSA record matched), other (refused

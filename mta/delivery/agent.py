@@ -24,7 +24,8 @@ from mta import metrics
 from mta.config import Config
 from mta.delivery.deliver import Deliverer
 from mta.delivery.dns import Resolver
-from mta.delivery.routing import Router
+from mta.delivery.dsn_success import mark_success, transaction_dsn
+from mta.delivery.routing import NextHop, Router
 from mta.delivery.sign_thread import SigningThread
 from mta.delivery.signing import Signer, load_signer
 from mta.delivery.smtp_client import Transaction
@@ -217,10 +218,11 @@ class DeliveryAgent:
             message=message,
             eight_bit=envelope.body_type == "8BITMIME",
             smtputf8=envelope.smtputf8,
+            **transaction_dsn(envelope),
         )
         limit = self.config.delivery.max_recipients_per_transaction
         deliveries = [
-            self.deliverer.deliver(hop, Transaction(recipients=rcpts[i : i + limit], **tx_base))  # type: ignore[arg-type]
+            self._deliver_to(hop, Transaction(recipients=rcpts[i : i + limit], **tx_base), envelope)  # type: ignore[arg-type]
             for hop, rcpts in self.router.group(recipients).items()
             for i in range(0, len(rcpts), limit)
         ]
@@ -237,6 +239,12 @@ class DeliveryAgent:
         if new_signature and any(r.status == "deferred" for r in results):
             self.signer.save(job.queue_id, signature)  # type: ignore[union-attr]
         return Result(queue_id=job.queue_id, results=results)
+
+    async def _deliver_to(
+        self, hop: NextHop, tx: Transaction, envelope: Envelope
+    ) -> list[RecipientResult]:
+        results = await self.deliverer.deliver(hop, tx)
+        return mark_success(envelope, results, hop.kind)  # RFC 3461 NOTIFY=SUCCESS
 
     async def _signature(
         self, signer: Signer, signing: SigningThread, job: Job, message: bytes | StoredMessage

@@ -623,6 +623,7 @@ class OutboundConnection:
             relay=self.relay,
             remote_mta=self.host,
             tls=self.tls_summary,
+            dsn_passed="DSN" in self.session.client.extensions,  # RFC 3461 §5.2
         )
 
     def _not_sent(self, tx: Transaction, why: TransactionNotSent) -> list[RecipientResult]:

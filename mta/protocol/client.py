@@ -145,7 +145,9 @@ class ClientConnection:
     def supports(self, extension: str) -> bool:
         return extension in self.extensions
 
-    def mail(self, sender: str, *, size: int, eight_bit: bool, smtputf8: bool) -> bytes:
+    def mail(
+        self, sender: str, *, size: int, eight_bit: bool, smtputf8: bool, dsn: str = ""
+    ) -> bytes:
         params = []
         extensions = self.extensions
         if "SIZE" in extensions:
@@ -155,10 +157,11 @@ class ClientConnection:
         if smtputf8 and "SMTPUTF8" in extensions:
             params.append("SMTPUTF8")
         tail = (" " + " ".join(params)) if params else ""
-        return f"MAIL FROM:<{sender}>{tail}\r\n".encode()
+        return f"MAIL FROM:<{sender}>{tail}{dsn}\r\n".encode()
 
-    def rcpt(self, recipient: str) -> bytes:
-        return f"RCPT TO:<{recipient}>\r\n".encode()
+    def rcpt(self, recipient: str, dsn: str = "") -> bytes:
+        """``dsn``: " NOTIFY=.. ORCPT=.." (RFC 3461), already checked to be offered."""
+        return f"RCPT TO:<{recipient}>{dsn}\r\n".encode()
 
     @staticmethod
     def data() -> bytes:

@@ -16,7 +16,7 @@ name and the status the reply class means, as it turns the other events into
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -64,6 +64,10 @@ class Transaction:
     message: bytes | StoredMessage
     eight_bit: bool = False  # the body is 8BITMIME (RFC 6152)
     smtputf8: bool = False  # the envelope or header needs SMTPUTF8 (RFC 6531)
+    # DSN parameters (RFC 3461 §4), said only to a server that offers DSN: " RET=.. ENVID=.."
+    # for MAIL, and " NOTIFY=.. ORCPT=.." by recipient for RCPT (mta.protocol.dsn_params)
+    mail_dsn: str = ""
+    rcpt_dsn: Mapping[str, str] | None = None
 
 
 class RecipientReply(msgspec.Struct, frozen=True, gc=False):

@@ -94,7 +94,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from mta.protocol.client import ClientConnection, Reply
 from mta.protocol.client_auth import (
@@ -235,6 +235,7 @@ class ClientSession:
         self._parse = self.client.parser.feed
         # the transaction in progress
         self._tx: Transaction | None = None
+        self._dsn: Mapping[str, str] | None = None  # RCPT's DSN parameters, if offered
         self._rcpt_replies: list[Reply] = []
         self._accepted: list[str] = []  # recipients that wait for the final reply
         self._outcomes: dict[str, Reply] = {}  # recipients decided before the message
@@ -319,11 +320,21 @@ class ClientSession:
         if tx.smtputf8 and "SMTPUTF8" not in extensions:
             return TransactionNotSent("smtputf8", size, limit)
         self._tx = tx
-        mail = client.mail(tx.sender, size=size, eight_bit=tx.eight_bit, smtputf8=tx.smtputf8)
+        # RFC 3461 §5.2: DSN parameters are passed on only to a server that offers DSN
+        self._dsn = dsn = tx.rcpt_dsn if "DSN" in extensions else None
+        mail = client.mail(
+            tx.sender,
+            size=size,
+            eight_bit=tx.eight_bit,
+            smtputf8=tx.smtputf8,
+            dsn=tx.mail_dsn if dsn is not None else "",
+        )
         self._bdat = self.want_chunking and "CHUNKING" in extensions
         if "PIPELINING" in extensions:  # RFC 2920: MAIL, every RCPT and DATA at once
             recipients = tx.recipients
-            if len(recipients) == 1:  # the common case: no comprehension
+            if dsn is not None:
+                batch = [mail, *[client.rcpt(r, dsn.get(r, "")) for r in recipients], b"DATA\r\n"]
+            elif len(recipients) == 1:  # the common case: no comprehension
                 batch = [mail, client.rcpt(recipients[0]), b"DATA\r\n"]
             else:
                 batch = [mail, *[client.rcpt(r) for r in recipients], b"DATA\r\n"]
@@ -524,7 +535,9 @@ class ClientSession:
         recipients = self._tx_recipients()
         sent = len(self._rcpt_replies)
         if sent < len(recipients):
-            self._out.append(self.client.rcpt(recipients[sent]))
+            recipient = recipients[sent]
+            dsn = "" if self._dsn is None else self._dsn.get(recipient, "")
+            self._out.append(self.client.rcpt(recipient, dsn))
             self._go(RCPT)
             return None
         if not any(r.is_positive for r in self._rcpt_replies):  # no DATA for nobody

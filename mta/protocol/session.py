@@ -50,6 +50,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mta.protocol import replies, sasl
+from mta.protocol.dsn_params import (
+    DSN_MAIL_PARAMS,
+    DSN_RCPT_PARAMS,
+    check_mail_param,
+    check_rcpt_param,
+)
 from mta.protocol.errors import CommandSyntaxError, SessionUsageError
 from mta.protocol.events import (
     AuthRequest,
@@ -596,6 +602,7 @@ class ServerSession:
             "ENHANCEDSTATUSCODES",
             "SMTPUTF8",
             "CHUNKING",
+            "DSN",
         ]
         if self.limits.starttls and not self.tls:
             extensions.append("STARTTLS")
@@ -648,8 +655,23 @@ class ServerSession:
                     return replies.BAD_AUTH_PARAM
                 if self.authenticated is None:  # RFC 4954 §5: not trusted, so <>
                     params["AUTH"] = "<>"
+            elif name in DSN_MAIL_PARAMS:  # RFC 3461 §4.3, §4.4
+                problem = check_mail_param(name, value)
+                if problem is not None:
+                    return replies.reply(501, problem)
             elif name != "SMTPUTF8" or value is not None:
                 return replies.UNSUPPORTED_PARAM
+        return None
+
+    def _check_rcpt_params(self, params: dict[str, str | None]) -> bytes | None:
+        """Only the DSN extension's NOTIFY and ORCPT (RFC 3461 §4.1, §4.2) are known."""
+        smtputf8 = "SMTPUTF8" in self.mail_params
+        for name, value in params.items():
+            if name not in DSN_RCPT_PARAMS or not self.esmtp:
+                return replies.UNSUPPORTED_PARAM
+            problem = check_rcpt_param(name, value, smtputf8)
+            if problem is not None:
+                return replies.reply(501, problem)
         return None
 
     def _check_utf8(self, address: str, params: dict[str, str | None]) -> bytes | None:
@@ -666,8 +688,8 @@ class ServerSession:
             return None
         if not recipient:
             self._reply(replies.NULL_RECIPIENT)
-        elif params:
-            self._reply(replies.UNSUPPORTED_PARAM)
+        elif params and (problem := self._check_rcpt_params(params)) is not None:
+            self._reply(problem)
         elif len(self.recipients) >= self.limits.max_recipients:
             self._reply(replies.TOO_MANY_RECIPIENTS)  # RFC 5321 §4.5.3.1.10
         elif (problem := self._check_utf8(recipient, self.mail_params)) is not None:

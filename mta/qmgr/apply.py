@@ -42,12 +42,13 @@ log = logging.getLogger("mta.qmgr")
 
 
 def all_done_at_first_try(result: Result, job: Job) -> bool:
-    """First attempt (so no state file exists) and every recipient was sent."""
+    """First attempt (so no state file exists) and every recipient was sent, with no
+    success notice due (NOTIFY=SUCCESS needs the message read, so it takes the long way)."""
     return (
         job.recipients is None
         and not result.problem
         and bool(result.results)
-        and all(r.status == "sent" for r in result.results)
+        and all(r.status == "sent" and not r.success_action for r in result.results)
     )
 
 

@@ -14,6 +14,11 @@ recipient the state had not yet recorded), it never loses a recipient.
 Retry timing: ``min_backoff * 2**(attempts-1)`` capped at ``max_backoff``, times a random
 factor in [0.8, 1.2] so that retries of a burst spread out; after ``max_lifetime`` seconds in
 the queue, recipients still pending fail with 4.4.7 and are bounced.
+
+Notifications (notify.py says which are wanted): a bounce honours NOTIFY; success notices
+are queued with the bounce (step 1); the one delay warning (``delivery.delay_warning_time``)
+is queued before the state that records it (``delay_warned``) is saved, so a crash between
+the two sends it twice, never not at all, and a restart never repeats a recorded one.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from dataclasses import dataclass
 
 from mta import metrics
 from mta.config import Config
-from mta.qmgr.dsn import build_bounce
+from mta.qmgr import notify
+from mta.qmgr.dsn import Notice
 from mta.queue.envelope import Envelope, Recipient
 from mta.queue.ids import new_queue_id, queue_id_time
 from mta.queue.msgfile import MessageFile
@@ -73,6 +79,7 @@ def apply_results(
     state = states.load(queue_id) or _initial_state(message)
     by_address = {r.address: r for r in state.recipients}
     newly_failed: list[RecipientResult] = []
+    newly_sent: list[RecipientResult] = []  # with a success notice due (NOTIFY=SUCCESS)
     for result in results:
         entry = by_address.get(result.address)
         if entry is None or entry.status != "pending":
@@ -82,6 +89,8 @@ def apply_results(
             entry.status = result.status
             if result.status == "failed":
                 newly_failed.append(result)
+            elif result.success_action:
+                newly_sent.append(result)
         else:
             state.last_error = result.reply
     state.attempts += 1
@@ -90,6 +99,11 @@ def apply_results(
     if state.pending() and now - queue_id_time(queue_id) >= config.delivery.max_lifetime:
         newly_failed.extend(_expire(state, queue_id))
     bounce_id = _bounce(config, spool, message, newly_failed, now) if newly_failed else ""
+    if newly_sent:
+        _notify_success(config, spool, message, newly_sent, now)
+    if state.pending() and _delay_warning_due(config, state, now):
+        state.delay_warned = True
+        _warn_delay(config, spool, message, state, now)
     if not state.pending():
         _remove(spool, states, queue_id)
         return Outcome(queue_id, removed=True, bounce_id=bounce_id)
@@ -148,17 +162,37 @@ def _bounce(
                 result.address,
             )
         return ""
-    data = build_bounce(
-        hostname=config.fqdn,
-        queue_id=envelope.queue_id,
-        sender=envelope.sender,
-        arrival=envelope.received_at or queue_id_time(envelope.queue_id),
-        failed=failed,
-        original_headers=message.read_headers(),
-        now=now,
+    wanted = [r for r in failed if notify.wants(envelope, r.address, "FAILURE")]
+    for result in failed:
+        if result not in wanted:  # RFC 3461 §4.1: NOTIFY=NEVER (or without FAILURE)
+            log.info(
+                "%s: to=<%s>: undeliverable; no bounce (NOTIFY without FAILURE)",
+                envelope.queue_id,
+                result.address,
+            )
+    if not wanted:
+        return ""
+    bounce_id = _queue_report(
+        config, spool, message, notify.notices(envelope, wanted, "failed"), now
     )
+    metrics.BOUNCES.inc()
+    log.info("%s: sender non-delivery notification: %s", envelope.queue_id, bounce_id)
+    return bounce_id
+
+
+def _queue_report(
+    config: Config,
+    spool: Spool,
+    message: MessageFile,
+    items: list[Notice],
+    now: float,
+    retry_until: float | None = None,
+) -> str:
+    envelope = message.envelope
+    arrival = envelope.received_at or queue_id_time(envelope.queue_id)
+    data = notify.make_report(config.fqdn, message, items, arrival, now, retry_until)
     # A sender (or headers) that needed SMTPUTF8 to arrive needs it to be written back to.
-    bounce_id = inject(
+    return inject(
         spool,
         sender="",
         recipient=envelope.sender,
@@ -166,9 +200,60 @@ def _bounce(
         is_bounce=True,
         smtputf8=envelope.smtputf8,
     )
-    metrics.BOUNCES.inc()
-    log.info("%s: sender non-delivery notification: %s", envelope.queue_id, bounce_id)
-    return bounce_id
+
+
+def _notify_success(
+    config: Config, spool: Spool, message: MessageFile, sent: list[RecipientResult], now: float
+) -> None:
+    """RFC 3461 §4.1 NOTIFY=SUCCESS: one report per action (delivered, relayed)."""
+    envelope = message.envelope
+    if not envelope.sender or envelope.is_bounce:
+        return
+    for action in ("delivered", "relayed"):
+        results = [r for r in sent if r.success_action == action]
+        if results:
+            report_id = _queue_report(
+                config, spool, message, notify.notices(envelope, results, action), now
+            )
+            metrics.DSN_NOTICES.labels(action).inc()
+            log.info("%s: sender delivery status notification: %s", envelope.queue_id, report_id)
+
+
+def _delay_warning_due(config: Config, state: MessageState, now: float) -> bool:
+    warn_after = config.delivery.delay_warning_time
+    return (
+        warn_after > 0
+        and not state.delay_warned
+        and now - queue_id_time(state.queue_id) >= warn_after
+    )
+
+
+def _warn_delay(
+    config: Config, spool: Spool, message: MessageFile, state: MessageState, now: float
+) -> None:
+    """The one "delayed" report (Postfix's delay_warning_time) for the recipients still
+    deferred whose NOTIFY asks for it (or who gave none); the caller marks it sent."""
+    envelope = message.envelope
+    if not envelope.sender or envelope.is_bounce:
+        return
+    delayed = [
+        RecipientResult(
+            address=entry.address,
+            status="deferred",
+            dsn=entry.dsn or "4.0.0",
+            reply=entry.reply or state.last_error or "delivery temporarily suspended",
+            relay=entry.relay or "none",
+        )
+        for entry in state.recipients
+        if entry.status == "pending" and notify.wants(envelope, entry.address, "DELAY")
+    ]
+    if not delayed:
+        return
+    retry_until = queue_id_time(envelope.queue_id) + config.delivery.max_lifetime
+    items = notify.notices(envelope, delayed, "delayed")
+    report_id = _queue_report(config, spool, message, items, now, retry_until)
+    metrics.DSN_NOTICES.labels("delayed").inc()
+    log.info("%s: sender delay notification: %s", envelope.queue_id, report_id)
 
 
 def inject(

@@ -27,3 +27,9 @@ class RecipientResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
     relay: str = "none"  # "host[ip]:port" or "local"/"discard"
     remote_mta: str = ""  # the host name that answered, for Remote-MTA in a DSN
     tls: str = ""  # outbound TLS: "none", "TLSv1.3 unverified", "TLSv1.3 verified"; "": n/a
+    # RFC 3461 §5.2: the next hop offered DSN and was given the recipient's DSN parameters,
+    # so notifying the sender of success is its job, not ours
+    dsn_passed: bool = False
+    # a success notice is due (NOTIFY had SUCCESS): "delivered" (final delivery: maildir,
+    # LMTP) or "relayed" (a next hop without DSN); "" for none
+    success_action: str = ""

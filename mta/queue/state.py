@@ -35,6 +35,7 @@ class MessageState(msgspec.Struct, kw_only=True, omit_defaults=True):
     last_attempt: float = 0.0
     next_try: float = 0.0
     last_error: str = ""
+    delay_warned: bool = False  # the one "delayed" DSN was sent (delay_warning_time)
 
     def pending(self) -> list[str]:
         return [r.address for r in self.recipients if r.status == "pending"]

@@ -249,6 +249,7 @@ class _SinkProtocol(asyncio.Protocol):
             lines.append("CHUNKING")
         if not self.sink.pipelining:
             lines.remove("PIPELINING")
+        lines += self.sink.extensions
         if self.sink.tls and not self.tls:
             lines.append("STARTTLS")
         if self.sink.auth_users and (self.tls or self.sink.auth_in_clear):
@@ -512,6 +513,7 @@ class CaptureSink(LoopServer):
         self.chunking = False  # offer CHUNKING and take BDAT (RFC 3030)
         self.bdat_reply: Reply | None = None  # refuse every BDAT chunk with this
         self.pipelining = True  # offer PIPELINING
+        self.extensions: list[str] = []  # more EHLO keywords to offer, e.g. "DSN"
         # what it has seen
         self.connections = 0
         self.transactions = 0

@@ -157,6 +157,7 @@ def test_ehlo_advertises_exactly_our_extensions(parser: ParserBackend) -> None:
             b"ENHANCEDSTATUSCODES",
             b"SMTPUTF8",
             b"CHUNKING",
+            b"DSN",
         ]
     )
     assert session.esmtp
@@ -508,13 +509,13 @@ def test_source_route_is_dropped(session: ServerSession) -> None:
     assert t.of(RcptTo) == [RcptTo("b@y.test", {})]
 
 
-def test_rcpt_parameters_are_unsupported(session: ServerSession) -> None:
-    t = run(greeted(session), b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test> NOTIFY=NEVER\r\n")
+def test_rcpt_parameters_other_than_dsn_are_unsupported(session: ServerSession) -> None:
+    t = run(greeted(session), b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test> FOO=BAR\r\n")
     assert code_of(t.replies[1]) == b"555 5.5.4"
     assert t.of(RcptTo) == []
 
 
-@pytest.mark.parametrize("param", [b"FOO=bar", b"AUTH=<>", b"RET=HDRS", b"SMTPUTF8=yes"])
+@pytest.mark.parametrize("param", [b"FOO=bar", b"AUTH=<>", b"SMTPUTF8=yes"])
 def test_unsupported_mail_parameters_are_555(session: ServerSession, param: bytes) -> None:
     t = run(greeted(session), b"MAIL FROM:<a@x.test> " + param + b"\r\n")
     assert t.replies == [b"555 5.5.4 Unsupported option\r\n"]

@@ -109,7 +109,7 @@ def test_greeting_and_ehlo_each_in_one_write(ctx: WorkerContext) -> None:
     (ehlo,) = conn.writes()
     assert ehlo == (
         b"250-mx.test\r\n250-PIPELINING\r\n250-SIZE 26214400\r\n250-8BITMIME\r\n"
-        b"250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n"
+        b"250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250 DSN\r\n"
     )
     assert ctx.connections == {conn.protocol}
 
