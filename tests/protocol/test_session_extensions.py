@@ -100,6 +100,16 @@ def probe_chunking(session: ServerSession, argument: str) -> None:
     assert t.replies[-1] == replies.queued(QID)
 
 
+def probe_dsn(session: ServerSession, argument: str) -> None:
+    t = run(
+        session,
+        b"MAIL FROM:<a@x.test> RET=HDRS ENVID=id+2B1\r\n"
+        b"RCPT TO:<b@y.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b@y.test\r\nRSET\r\n",
+    )
+    assert [r[:3] for r in t.replies] == [b"250", b"250", b"250"]
+    assert reply_to(session, b"MAIL FROM:<a@x.test> RET=MAYBE\r\n").startswith(b"501 ")
+
+
 def probe_starttls(session: ServerSession, argument: str) -> None:
     session.receive_data(b"STARTTLS\r\n")
     assert isinstance(session.next_event(), StartTls)
@@ -126,6 +136,7 @@ PROBES: dict[str, Callable[[ServerSession, str], None]] = {
     "ENHANCEDSTATUSCODES": probe_enhancedstatuscodes,
     "SMTPUTF8": probe_smtputf8,
     "CHUNKING": probe_chunking,
+    "DSN": probe_dsn,
     "STARTTLS": probe_starttls,
     "AUTH": probe_auth,
 }
@@ -151,13 +162,13 @@ def test_every_ehlo_keyword_works_and_what_is_not_offered_is_refused(
             "8BITMIME",
             "SMTPUTF8",
             "CHUNKING",
+            "DSN",
         ):
             continue  # MAIL waits for STARTTLS on this listener (530, tested elsewhere)
         PROBES[keyword](session, argument)
     # the extensions every listener offers, and the ones that depend on settings and TLS
-    assert {"PIPELINING", "SIZE", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "CHUNKING"} <= (
-        offered.keys()
-    )
+    every = {"PIPELINING", "SIZE", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "CHUNKING", "DSN"}
+    assert every <= offered.keys()
     assert ("STARTTLS" in offered) is (limits.starttls and not session.tls)
     auth = limits.auth and (session.tls or (limits.auth_plaintext and not limits.require_tls))
     assert ("AUTH" in offered) is auth
