@@ -3,8 +3,9 @@
 What is said, and what each reply means, is decided by
 :class:`~mta.protocol.client_session.ClientSession` (EHLO/LHLO, HELO when EHLO is refused,
 STARTTLS, PIPELINING, RSET after a refusal, LMTP's reply per recipient, the SIZE and
-SMTPUTF8 checks).  This module does the I/O around it: it connects (connect timeout),
-writes what the session says, waits until the replies the session needs are in (command
+SMTPUTF8 and REQUIRETLS checks; a REQUIRETLS message also needs this connection's policy
+to authenticate the peer, else ``5.7.30``, :mod:`mta.delivery.requiretls`).  This module
+does the I/O around it: it connects (connect timeout), writes what the session says, waits until the replies the session needs are in (command
 timeout), does the TLS handshake when the session says so, holds the connection to its
 :class:`~mta.delivery.tls_policy.TlsPolicy` (SNI always sent for a host name; ``encrypt``
 and ``verify`` defer a server without STARTTLS with ``4.7.4``, a failed handshake with
@@ -54,7 +55,7 @@ import logging
 import ssl
 
 from mta import metrics
-from mta.delivery import dane
+from mta.delivery import dane, requiretls
 from mta.delivery.results import DeliveryError
 from mta.delivery.smtp_auth import auth_error, log_auth
 from mta.delivery.stored import read_chunks
@@ -510,6 +511,8 @@ class OutboundConnection:
 
     async def send(self, tx: Transaction) -> list[RecipientResult]:
         """One transaction; results for every recipient of ``tx``."""
+        if tx.require_tls and not (self.tls and requiretls.authenticated(self.policy)):
+            return self._not_sent(tx, TransactionNotSent("requiretls", 0, None))
         not_sent = self.session.start_transaction(tx)
         if not_sent is not None:
             return self._not_sent(tx, not_sent)
@@ -618,6 +621,9 @@ class OutboundConnection:
         if why.reason == "size":
             text = f"message size {why.size} exceeds size limit {why.limit} of server {self.relay}"
             return self._all(tx, "failed", "5.3.4", text)
+        if why.reason == "requiretls":  # RFC 8689 §4.2.1: not to this server, ever
+            text = f"REQUIRETLS support required: not offered over verified TLS by {self.relay}"
+            return self._all(tx, "failed", requiretls.REQUIRETLS_DSN, text)
         return self._all(tx, "failed", "5.6.7", f"{self.relay} does not support SMTPUTF8")
 
     def _all(self, tx: Transaction, status: Status, dsn: str, text: str) -> list[RecipientResult]:

@@ -64,6 +64,7 @@ class Transaction:
     message: bytes | StoredMessage
     eight_bit: bool = False  # the body is 8BITMIME (RFC 6152)
     smtputf8: bool = False  # the envelope or header needs SMTPUTF8 (RFC 6531)
+    require_tls: bool = False  # REQUIRETLS (RFC 8689): only over TLS, to a server offering it
 
 
 class RecipientReply(msgspec.Struct, frozen=True, gc=False):
@@ -122,9 +123,10 @@ class TransactionDone(msgspec.Struct, frozen=True, gc=False):
 
 class TransactionNotSent(msgspec.Struct, frozen=True, gc=False):
     """The transaction was not started: the server cannot take it as it is (its SIZE
-    limit, RFC 1870 §6; no SMTPUTF8, RFC 6531 §3.4).  Both are permanent."""
+    limit, RFC 1870 §6; no SMTPUTF8, RFC 6531 §3.4; a REQUIRETLS message and no TLS or no
+    REQUIRETLS offered, RFC 8689 §4.2.1).  All are permanent."""
 
-    reason: Literal["size", "smtputf8"]
+    reason: Literal["size", "smtputf8", "requiretls"]
     size: int  # octets of the message
     limit: int | None  # the server's SIZE limit, for reason "size"
 
