@@ -33,7 +33,7 @@ _BOUNDARY = re.compile(rb'(?i);\s*boundary\s*=\s*(?:"([^"]*)"|([^;\s]+))')
 _FIELD_START = re.compile(rb"[^ \t]")
 
 
-class _Unconvertible(Exception):
+class _UnconvertibleError(Exception):
     """A structure whose 8-bit content cannot be made 7-bit."""
 
 
@@ -45,7 +45,7 @@ def to_7bit(message: bytes) -> bytes | None:
         return None
     try:
         return _entity(head, blank, body, b"text/plain", 0)
-    except _Unconvertible:
+    except _UnconvertibleError:
         return None
 
 
@@ -109,7 +109,7 @@ def _value(raw: bytes) -> bytes:
 
 def _entity(head: bytes, blank: bool, body: bytes, default: bytes, depth: int) -> bytes:
     if depth > NESTING_LIMIT:
-        raise _Unconvertible
+        raise _UnconvertibleError
     fields = _fields(head)
     content_type = default
     boundary = b""
@@ -134,7 +134,7 @@ def _entity(head: bytes, blank: bool, body: bytes, default: bytes, depth: int) -
     if body.isascii():
         return _rebuild(fields, blank, body, _label(encoding, body))
     if content_type in (b"message/partial", b"message/external-body"):
-        raise _Unconvertible  # RFC 2046 §5.2.2-3: 7bit only, and no encoding allowed
+        raise _UnconvertibleError  # RFC 2046 §5.2.2-3: 7bit only, and no encoding allowed
     if encoding in (b"", b"7bit", b"8bit", b"binary"):
         return _rebuild(fields, blank, encode_qp_lines(body), b"quoted-printable")
     return _rebuild(fields, blank, body, None)  # base64/QP with 8-bit octets: as it is
@@ -150,7 +150,7 @@ def _multipart(body: bytes, boundary: bytes, inner: bytes, depth: int) -> bytes:
     if body.isascii():
         return body
     if not boundary:
-        raise _Unconvertible
+        raise _UnconvertibleError
     delimiter = b"--" + boundary
     out: list[bytes] = []
     part: list[bytes] | None = None  # None: in the preamble or the epilogue

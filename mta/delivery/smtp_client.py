@@ -5,8 +5,9 @@ What is said, and what each reply means, is decided by
 STARTTLS, PIPELINING, RSET after a refusal, LMTP's reply per recipient, the SIZE and
 SMTPUTF8 and REQUIRETLS checks; a REQUIRETLS message also needs this connection's policy
 to authenticate the peer, else ``5.7.30``, :mod:`mta.delivery.requiretls`).  This module
-does the I/O around it: it connects (connect timeout), writes what the session says, waits until the replies the session needs are in (command
-timeout), does the TLS handshake when the session says so, holds the connection to its
+does the I/O around it: it connects (connect timeout), writes what the session says, waits
+until the replies the session needs are in (command timeout), does the TLS handshake when
+the session says so, holds the connection to its
 :class:`~mta.delivery.tls_policy.TlsPolicy` (SNI always sent for a host name; ``encrypt``
 and ``verify`` defer a server without STARTTLS with ``4.7.4``, a failed handshake with
 ``4.7.5``, and ``verify`` a certificate that does not verify or name the server with
@@ -53,9 +54,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from dataclasses import replace
 
 from mta import metrics
-from mta.delivery import dane, requiretls
+from mta.delivery import dane, mime_7bit, requiretls
 from mta.delivery.results import DeliveryError
 from mta.delivery.smtp_auth import auth_error, log_auth
 from mta.delivery.stored import read_chunks
@@ -250,6 +252,25 @@ class _ReplyStream(asyncio.Protocol):
             waiter.set_result(None)
         else:
             waiter.set_exception(exc)
+
+
+def _seven_bit(tx: Transaction, relay: str) -> Transaction:
+    """RFC 6152 §3: an 8-bit body to a server without 8BITMIME is converted to 7-bit where
+    its MIME structure allows (:mod:`mta.delivery.mime_7bit`; a copy for this attempt, the
+    queued file is never changed), else sent as it is and logged, as Postfix does."""
+    message = tx.message
+    if not isinstance(message, bytes):
+        if tx.eight_bit:  # too large to hold: not converted
+            log.warning("%s offers no 8BITMIME: large 8-bit message sent as is", relay)
+        return tx
+    if message.isascii():
+        return replace(tx, eight_bit=False) if tx.eight_bit else tx
+    converted = mime_7bit.to_7bit(message)
+    if converted is None:
+        log.warning("%s offers no 8BITMIME: 8-bit message not MIME, sent as is", relay)
+        return tx
+    metrics.DELIVERY_8BIT_CONVERTED.inc()
+    return replace(tx, message=converted, eight_bit=False)
 
 
 def _untrusted(relay: str, why: str) -> TlsUntrustedError:
@@ -513,6 +534,8 @@ class OutboundConnection:
         """One transaction; results for every recipient of ``tx``."""
         if tx.require_tls and not (self.tls and requiretls.authenticated(self.policy)):
             return self._not_sent(tx, TransactionNotSent("requiretls", 0, None))
+        if not self.session.client.supports("8BITMIME"):
+            tx = _seven_bit(tx, self.relay)
         not_sent = self.session.start_transaction(tx)
         if not_sent is not None:
             return self._not_sent(tx, not_sent)

@@ -65,6 +65,7 @@ class Transaction:
     eight_bit: bool = False  # the body is 8BITMIME (RFC 6152)
     smtputf8: bool = False  # the envelope or header needs SMTPUTF8 (RFC 6531)
     require_tls: bool = False  # REQUIRETLS (RFC 8689): only over TLS, to a server offering it
+    tls_optional: bool = False  # "TLS-Required: No" (RFC 8689 §4.2.2): the delivery's concern
 
 
 class RecipientReply(msgspec.Struct, frozen=True, gc=False):

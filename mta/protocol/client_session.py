@@ -43,7 +43,8 @@ here, and its logs and tests depend on them):
   is ended at once (``.`` after a refused MAIL, the empty message when no recipient was
   accepted).
 * The SIZE (RFC 1870 §6), SMTPUTF8 (RFC 6531 §3.4) and REQUIRETLS (RFC 8689 §4.2.1: TLS,
-  and the server offers REQUIRETLS) checks are made before anything is sent: :meth:`~ClientSession.start_transaction` returns a
+  and the server offers REQUIRETLS) checks are made before anything is sent:
+  :meth:`~ClientSession.start_transaction` returns a
   :class:`~mta.protocol.client_events.TransactionNotSent` instead.
 * A reply that arrives while nothing was asked is kept, not dropped: it would be taken for
   the answer to the next command, so :attr:`~ClientSession.reusable` turns false.

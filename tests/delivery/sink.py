@@ -188,6 +188,8 @@ class _SinkProtocol(asyncio.Protocol):
         self.reset()
         lines = [f"{HOSTNAME} greets {arg}", "PIPELINING", "8BITMIME"]
         lines += [f"SIZE {self.sink.max_size}", "ENHANCEDSTATUSCODES", "SMTPUTF8"]
+        lines = [line for line in lines if line.split()[0] not in self.sink.without_extensions]
+        lines += self.sink.extra_extensions
         if self.sink.tls and not self.tls:
             lines.append("STARTTLS")
         if self.sink.auth_users and (self.tls or self.sink.auth_in_clear):
@@ -447,6 +449,8 @@ class CaptureSink(LoopServer):
         self.auth_users: dict[str, str] = {}  # offer AUTH and take these (user: password)
         self.auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")  # as offered, in order
         self.auth_in_clear = False  # offer AUTH before TLS too (a careless server)
+        self.without_extensions: set[str] = set()  # EHLO keywords not to offer: {"8BITMIME"}
+        self.extra_extensions: list[str] = []  # EHLO keywords to offer too: ["REQUIRETLS"]
         # what it has seen
         self.connections = 0
         self.transactions = 0

@@ -60,7 +60,7 @@ def test_multipart_converts_only_the_8bit_part_and_keeps_the_rest() -> None:
         b"Content-Transfer-Encoding: base64\r\n\r\nAAEC\r\n"
     )
     message = (
-        b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed;\r\n\tboundary=\"b1\"\r\n"
+        b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed;\r\n\tboundary="b1"\r\n'
         b"Content-Transfer-Encoding: 8bit\r\n\r\npreamble\r\n"
         + ascii_part
         + b"--b1\r\nContent-Type: text/plain; charset=utf-8\r\n"
@@ -72,7 +72,7 @@ def test_multipart_converts_only_the_8bit_part_and_keeps_the_rest() -> None:
     assert out is not None and out.isascii()
     assert ascii_part in out  # untouched parts byte for byte, boundaries kept
     assert b"--b1--  \r\nepilogue\r\n" in out
-    assert b"boundary=\"b1\"\r\nContent-Transfer-Encoding: 7bit\r\n" in out
+    assert b'boundary="b1"\r\nContent-Transfer-Encoding: 7bit\r\n' in out
     parts = list(parse(out).iter_parts())
     assert [p.get_content_type() for p in parts] == [
         "text/plain",
