@@ -30,6 +30,7 @@ pytestmark = pytest.mark.timeout(60)
 Factory = Callable[..., MtaProcess]
 SENDER = "alice@sender.test"
 TEXT = "Grüße aus Köln, ça va? ✓\r\n" * 4
+MIME_HEAD = b"MIME-Version: 1.0\r\nSubject: 8bit\r\n"
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +65,19 @@ def home(sink_factory: Callable[..., CaptureSink], ca: trustme.CA) -> CaptureSin
 
 
 @pytest.fixture
+def strict(sink_factory: Callable[..., CaptureSink], ca: trustme.CA) -> CaptureSink:
+    """Reached for ``strict.test`` under ``verify``, with a certificate for another name."""
+    return tls_sink(sink_factory, ca, "other.test")
+
+
+@pytest.fixture
 def relay(
     mta_factory: Factory,
     ca: trustme.CA,
     dns: DnsServer,
     smart: CaptureSink,
     home: CaptureSink,
+    strict: CaptureSink,
     tmp_path: Path,
 ) -> MtaProcess:
     cert = ca.issue_cert("mx.test")
@@ -84,7 +92,11 @@ def relay(
             "dns_servers": [f"127.0.0.1:{dns.port}"],
             "tls_ca_file": str(ca_path),
         },
-        "routes": {"sender.test": f"smtp:[home.test]:{home.port}"},
+        "routes": {
+            "sender.test": f"smtp:[home.test]:{home.port}",
+            "strict.test": f"smtp:[home.test]:{strict.port}",
+        },
+        "tls_policy": {f"[home.test]:{strict.port}": "verify"},
     }
     return mta_factory(config)
 
@@ -136,10 +148,13 @@ def test_requiretls_goes_to_a_verified_server_that_offers_it(
     relay: MtaProcess, smart: CaptureSink
 ) -> None:
     smart.extra_extensions = ["REQUIRETLS"]
+    # 8-bit, to a server that offers 8BITMIME: sent unchanged, with BODY=8BITMIME
+    message = MIME_HEAD + b"Content-Type: text/plain; charset=utf-8\r\n\r\n" + TEXT.encode()
     with client(relay) as c:
-        c.sendmail(SENDER, ["bob@dest.test"], b"Subject: secret\r\n\r\nx\r\n", ["REQUIRETLS"])
+        c.sendmail(SENDER, ["bob@dest.test"], message, ["REQUIRETLS", "BODY=8BITMIME"])
     [got] = smart.wait_for(1)
     assert got.tls and "REQUIRETLS" in got.mail_params
+    assert got.data.endswith(message) and got.mail_params.get("BODY") == "8BITMIME"
     log = wait_until(lambda: "status=sent" in relay.log() and relay.log())
     assert "Verified TLS connection established to smart.test" in log
     assert "tls=TLSv1." in log and " verified, dsn=2.0.0" in log
@@ -156,15 +171,28 @@ def test_requiretls_to_a_server_without_it_bounces_with_5_7_30(
     assert bounce.tls and "REQUIRETLS" in bounce.mail_params  # RFC 8689 §5: the DSN too
     assert smart.messages == [] and smart.transactions == 0
     wait_until(lambda: "dsn=5.7.30, status=bounced" in relay.log())
-
-
-def test_without_requiretls_the_same_server_gets_the_mail(
-    relay: MtaProcess, smart: CaptureSink
-) -> None:
-    with client(relay) as c:
+    with client(relay) as c:  # the same server gets mail that does not require TLS
         c.sendmail(SENDER, ["bob@dest.test"], b"Subject: plain\r\n\r\nx\r\n")
     [got] = smart.wait_for(1)
     assert "REQUIRETLS" not in got.mail_params
+
+
+def test_tls_required_no_is_delivered_despite_a_verify_policy(
+    relay: MtaProcess, strict: CaptureSink
+) -> None:
+    with client(relay) as c:
+        c.sendmail(SENDER, ["bob@strict.test"], b"Subject: 1\r\n\r\nx\r\n")
+        wait_until(lambda: "dsn=4.7.5, status=deferred" in relay.log())
+        message = b"Subject: 2\r\nTLS-Required: No\r\n\r\nx\r\n"
+        c.sendmail(SENDER, ["bob@strict.test"], message)
+    [got] = strict.wait_for(1)
+    assert got.data.endswith(message) and got.tls  # STARTTLS still used, not verified
+    # REQUIRETLS wins over the header field (RFC 8689 §4.1): not sent, and never bounced
+    # for this: the verify policy's failure is temporary
+    with client(relay) as c:
+        c.sendmail(SENDER, ["carol@strict.test"], message, ["REQUIRETLS"])
+    wait_until(lambda: relay.log().count("dsn=4.7.5, status=deferred") == 2)
+    assert len(strict.messages) == 1
 
 
 # ----- SMTPUTF8 -------------------------------------------------------------------------
@@ -185,8 +213,6 @@ def test_smtputf8_message_to_a_server_without_it_bounces_with_5_6_7(
 
 
 # ----- 8BITMIME -------------------------------------------------------------------------
-
-MIME_HEAD = b"MIME-Version: 1.0\r\nSubject: 8bit\r\n"
 
 
 def test_8bit_text_to_a_server_without_8bitmime_arrives_as_quoted_printable(
@@ -238,13 +264,3 @@ def test_8bit_message_that_is_not_mime_is_sent_as_is_and_logged(
     [got] = smart.wait_for(1)
     assert got.data.endswith(message)
     wait_until(lambda: "offers no 8BITMIME: 8-bit message not MIME, sent as is" in relay.log())
-
-
-def test_8bit_message_to_a_server_with_8bitmime_is_unchanged(
-    relay: MtaProcess, smart: CaptureSink
-) -> None:
-    message = MIME_HEAD + b"Content-Type: text/plain; charset=utf-8\r\n\r\n" + TEXT.encode()
-    with client(relay) as c:
-        c.sendmail(SENDER, ["bob@dest.test"], message, ["BODY=8BITMIME"])
-    [got] = smart.wait_for(1)
-    assert got.data.endswith(message) and got.mail_params.get("BODY") == "8BITMIME"

@@ -23,37 +23,29 @@ def after_starttls(parser: ParserBackend) -> ServerSession:
 def test_requiretls_is_advertised_only_under_tls(parser: ParserBackend) -> None:
     plain = new_session(parser, starttls=True)
     plain.data_to_send()
-    plain.receive_data(b"EHLO c\r\n")
+    plain.receive_data(b"EHLO c\r\nMAIL FROM:<a@x.test> REQUIRETLS\r\n")
     assert plain.next_event() is None
-    assert b"REQUIRETLS" not in plain.data_to_send()
+    out = plain.data_to_send()
+    assert b"REQUIRETLS" not in out
+    assert out.endswith(replies.UNSUPPORTED_PARAM)  # not offered: 555 5.5.4
     session = after_starttls(parser)
     session.receive_data(b"EHLO c\r\n")
     assert session.next_event() is None
     assert b"250 REQUIRETLS\r\n" in session.data_to_send()
 
 
-def test_requiretls_parameter_without_tls_is_555(parser: ParserBackend) -> None:
-    plain = new_session(parser, starttls=True)
-    plain.data_to_send()
-    plain.receive_data(b"EHLO c\r\nMAIL FROM:<a@x.test> REQUIRETLS\r\n")
-    assert plain.next_event() is None
-    assert plain.data_to_send().endswith(replies.UNSUPPORTED_PARAM)
-
-
-def test_requiretls_parameter_under_tls_is_kept(parser: ParserBackend) -> None:
-    session = after_starttls(parser)
-    session.receive_data(b"EHLO c\r\nMAIL FROM:<a@x.test> requiretls\r\n")
-    event = session.next_event()
-    assert isinstance(event, MailFrom)
-    assert "REQUIRETLS" in event.params and event.params["REQUIRETLS"] is None
-    assert session.mail_params == {"REQUIRETLS": None}
-
-
-def test_requiretls_with_a_value_is_refused(parser: ParserBackend) -> None:
+def test_requiretls_parameter_under_tls_is_kept_and_takes_no_value(
+    parser: ParserBackend,
+) -> None:
     session = after_starttls(parser)
     session.receive_data(b"EHLO c\r\nMAIL FROM:<a@x.test> REQUIRETLS=yes\r\n")
     assert session.next_event() is None
     assert session.data_to_send().endswith(replies.UNSUPPORTED_PARAM)
+    session.receive_data(b"MAIL FROM:<a@x.test> requiretls\r\n")
+    event = session.next_event()
+    assert isinstance(event, MailFrom)
+    assert "REQUIRETLS" in event.params and event.params["REQUIRETLS"] is None
+    assert session.mail_params == {"REQUIRETLS": None}
 
 
 def test_implicit_tls_session_offers_requiretls(parser: ParserBackend) -> None:
