@@ -600,12 +600,12 @@ class ServerSession:
             "SMTPUTF8",
             "CHUNKING",
         ]
+        if self.tls:  # RFC 8689 §2: offered only on a session that uses TLS
+            extensions.append("REQUIRETLS")
         if self.limits.starttls and not self.tls:
             extensions.append("STARTTLS")
         if sasl.auth_offered(self.limits, self.tls):
             extensions.append("AUTH " + " ".join(sasl.MECHANISMS))
-        if self.tls:  # RFC 8689 §2: offered only on a session that uses TLS
-            extensions.append("REQUIRETLS")
         return extensions
 
     def _mail_refusal(self) -> bytes | None:
