@@ -219,12 +219,21 @@ class DeliveryAgent:
             message=message,
             eight_bit=eight_bit,
             smtputf8=requiretls.needs_smtputf8(envelope, header),
-            require_tls=requiretls.requires_tls(envelope),
             tls_optional=requiretls.tls_optional(envelope, header),
         )
         limit = self.config.delivery.max_recipients_per_transaction
+        # REQUIRETLS binds message transfer (SMTP), not final delivery (LMTP, a mailbox):
+        # RFC 8689 §4.4
+        tls = requiretls.requires_tls(envelope)
         deliveries = [
-            self.deliverer.deliver(hop, Transaction(recipients=rcpts[i : i + limit], **tx_base))  # type: ignore[arg-type]
+            self.deliverer.deliver(
+                hop,
+                Transaction(
+                    recipients=rcpts[i : i + limit],
+                    require_tls=tls and hop.kind == "smtp",
+                    **tx_base,  # type: ignore[arg-type]
+                ),
+            )
             for hop, rcpts in self.router.group(recipients).items()
             for i in range(0, len(rcpts), limit)
         ]

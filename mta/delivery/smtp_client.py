@@ -4,7 +4,8 @@ What is said, and what each reply means, is decided by
 :class:`~mta.protocol.client_session.ClientSession` (EHLO/LHLO, HELO when EHLO is refused,
 STARTTLS, PIPELINING, RSET after a refusal, LMTP's reply per recipient, the SIZE and
 SMTPUTF8 and REQUIRETLS checks; a REQUIRETLS message also needs this connection's policy
-to authenticate the peer, else ``5.7.30``, :mod:`mta.delivery.requiretls`).  This module
+to authenticate the peer, else QUIT and a permanent ``5.7.30`` DeliveryError, so the
+caller tries the next server, :mod:`mta.delivery.requiretls`).  This module
 does the I/O around it: it connects (connect timeout), writes what the session says, waits
 until the replies the session needs are in (command timeout), does the TLS handshake when
 the session says so, holds the connection to its
@@ -533,11 +534,13 @@ class OutboundConnection:
     async def send(self, tx: Transaction) -> list[RecipientResult]:
         """One transaction; results for every recipient of ``tx``."""
         if tx.require_tls and not (self.tls and requiretls.authenticated(self.policy)):
-            return self._not_sent(tx, TransactionNotSent("requiretls", 0, None))
+            raise await self._no_requiretls()
         if not self.session.client.supports("8BITMIME"):
             tx = _seven_bit(tx, self.relay)
         not_sent = self.session.start_transaction(tx)
         if not_sent is not None:
+            if not_sent.reason == "requiretls":
+                raise await self._no_requiretls()
             return self._not_sent(tx, not_sent)
         self.transactions += 1
         try:
@@ -644,10 +647,15 @@ class OutboundConnection:
         if why.reason == "size":
             text = f"message size {why.size} exceeds size limit {why.limit} of server {self.relay}"
             return self._all(tx, "failed", "5.3.4", text)
-        if why.reason == "requiretls":  # RFC 8689 §4.2.1: not to this server, ever
-            text = f"REQUIRETLS support required: not offered over verified TLS by {self.relay}"
-            return self._all(tx, "failed", requiretls.REQUIRETLS_DSN, text)
         return self._all(tx, "failed", "5.6.7", f"{self.relay} does not support SMTPUTF8")
+
+    async def _no_requiretls(self) -> DeliveryError:
+        """RFC 8689 §4.2.1: a REQUIRETLS message and a server that does not offer it over
+        verified TLS: QUIT, and the caller tries the next server; if none will do, the
+        error fails the recipients (5.7.30)."""
+        await self.quit()
+        text = f"REQUIRETLS support required: not offered over verified TLS by {self.relay}"
+        return DeliveryError(True, requiretls.REQUIRETLS_DSN, text, self.relay)
 
     def _all(self, tx: Transaction, status: Status, dsn: str, text: str) -> list[RecipientResult]:
         return [
