@@ -25,16 +25,16 @@ TEXT = "Grüße aus Köln, ça va? ✓\r\n" * 3
 def test_signed_8bit_message_verifies_at_a_hop_without_8bitmime(
     mta_factory: Callable[..., MtaProcess], sink: CaptureSink, tmp_path: Path
 ) -> None:
-    keys = {"rsa.test": keygen(tmp_path, "rsa.test", "s1", "rsa")}
+    keys = {"ed.test": keygen(tmp_path, "ed.test", "e1", "ed25519")}
     sink.without_extensions = {"8BITMIME"}
     relay = mta_factory(dkim_config(keys, delivery={"relayhost": f"127.0.0.1:{sink.port}"}))
     message = (
-        b"From: Alice <alice@rsa.test>\r\nTo: bob@dest.test\r\nSubject: 8bit\r\n"
+        b"From: Alice <alice@ed.test>\r\nTo: bob@dest.test\r\nSubject: 8bit\r\n"
         b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
         b"Content-Transfer-Encoding: 8bit\r\n\r\n" + TEXT.encode()
     )
     with smtplib.SMTP("127.0.0.1", relay.port, local_hostname="client.test", timeout=30) as c:
-        c.sendmail("alice@rsa.test", ["bob@dest.test"], message, ["BODY=8BITMIME"])
+        c.sendmail("alice@ed.test", ["bob@dest.test"], message, ["BODY=8BITMIME"])
     [got] = sink.wait_for(1)
     assert got.data.isascii()
     assert dkim.verify(got.data, dnsfunc=dnsfunc_for(keys))
