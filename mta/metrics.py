@@ -111,6 +111,10 @@ DELIVERY_TLS = Counter(
     "Outbound connections by TLS level and outcome",
     ["level", "outcome"],
 )
+# 8-bit messages converted to quoted-printable for a next hop without 8BITMIME (RFC 6152)
+DELIVERY_8BIT_CONVERTED = Counter(
+    "mta_delivery_8bit_converted", "8-bit messages converted to 7-bit for a next hop"
+)
 # MTA-STS policy fetches by result: ok, invalid (the policy did not parse), http (status,
 # media type, size), network, timeout, tls (the policy host's certificate)
 MTA_STS_FETCHES = Counter(

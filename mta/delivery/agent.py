@@ -22,6 +22,7 @@ import uvloop
 
 from mta import metrics
 from mta.config import Config
+from mta.delivery import mime_7bit, requiretls
 from mta.delivery.deliver import Deliverer
 from mta.delivery.dns import Resolver
 from mta.delivery.dsn_success import mark_success, transaction_dsn
@@ -202,8 +203,15 @@ class DeliveryAgent:
             return Result(queue_id=job.queue_id, problem="missing")
         envelope = message_file.envelope
         recipients = job.recipients or [r.address for r in envelope.recipients]
+        header = message_file.read_headers()
+        eight_bit = envelope.body_type == "8BITMIME"
         signature, new_signature = b"", False
         if self.signer is not None and self.signing is not None:
+            # RFC 6376 §5.3: 7-bit before signing, so no hop's conversion breaks the signature
+            if isinstance(message, bytes) and (eight_bit or not message.isascii()):
+                converted = mime_7bit.to_7bit(message)
+                if converted is not None:
+                    message, eight_bit = converted, False
             signature, new_signature = await self._signature(
                 self.signer, self.signing, job, message
             )
@@ -216,13 +224,25 @@ class DeliveryAgent:
         tx_base = dict(
             sender=envelope.sender,
             message=message,
-            eight_bit=envelope.body_type == "8BITMIME",
-            smtputf8=envelope.smtputf8,
+            eight_bit=eight_bit,
+            smtputf8=requiretls.needs_smtputf8(envelope, header),
+            tls_optional=requiretls.tls_optional(envelope, header),
             **transaction_dsn(envelope),
         )
         limit = self.config.delivery.max_recipients_per_transaction
+        # REQUIRETLS binds message transfer (SMTP), not final delivery (LMTP, a mailbox):
+        # RFC 8689 §4.4
+        tls = requiretls.requires_tls(envelope)
         deliveries = [
-            self._deliver_to(hop, Transaction(recipients=rcpts[i : i + limit], **tx_base), envelope)  # type: ignore[arg-type]
+            self._deliver_to(
+                hop,
+                Transaction(
+                    recipients=rcpts[i : i + limit],
+                    require_tls=tls and hop.kind == "smtp",
+                    **tx_base,  # type: ignore[arg-type]
+                ),
+                envelope,
+            )
             for hop, rcpts in self.router.group(recipients).items()
             for i in range(0, len(rcpts), limit)
         ]

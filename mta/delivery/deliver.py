@@ -15,7 +15,9 @@ TLSA records apply (:func:`~mta.delivery.dane.dane_policy`), else the non-DANE l
 failed TLSA lookup or a failed DANE match moves on to the next server.  For MX next hops
 without a ``[tls_policy]`` entry, the domain's MTA-STS policy (asked once per next hop)
 narrows the MX hosts and decides the level where DANE does not apply (RFC 8461 §2:
-DANE beats MTA-STS; :mod:`mta.delivery.mta_sts_apply`).
+DANE beats MTA-STS; :mod:`mta.delivery.mta_sts_apply`).  A REQUIRETLS message raises the
+policy to one that authenticates the server (or fails with 5.7.30), a ``TLS-Required: No``
+one lowers it to ``may`` and ignores MTA-STS (RFC 8689, :mod:`mta.delivery.requiretls`).
 A relayhost or route with credentials in ``delivery.smtp_auth_file`` is authenticated to
 (:mod:`mta.delivery.credentials`; its TLS level defaults to ``verify``), and a next hop on
 one of ``delivery.tls_wrapper_ports`` (465) gets TLS before the greeting (RFC 8314), at
@@ -30,7 +32,7 @@ import time
 from collections import defaultdict
 
 from mta.config import Config
-from mta.delivery import mta_sts_apply
+from mta.delivery import mta_sts_apply, requiretls
 from mta.delivery.credentials import load_credentials
 from mta.delivery.dane import dane_policy
 from mta.delivery.dns import Resolver
@@ -112,7 +114,7 @@ class Deliverer:
         with a task of its own, which cost more than the rest of this function."""
         try:
             hosts, mx_secure = await self._hosts(nexthop)
-            sts = await self._sts_policy(nexthop)
+            sts = None if tx.tls_optional else await self._sts_policy(nexthop)
             if sts is not None:
                 hosts = mta_sts_apply.allowed_hosts(nexthop.target, sts, hosts)
         except DeliveryError as exc:
@@ -130,8 +132,8 @@ class Deliverer:
                     lookup_error = exc
                 continue
             try:
-                policy = await self._policy(nexthop, host, mx_secure, sts)
-            except DeliveryError as exc:  # TLSA lookup error, or dane-only without DANE
+                policy = await self._message_policy(nexthop, host, mx_secure, sts, tx)
+            except DeliveryError as exc:  # TLSA lookup error, dane-only without DANE, 5.7.30
                 last_error = exc
                 log.debug("%s: %s; trying the next server", nexthop.key, exc.reply)
                 continue
@@ -166,6 +168,17 @@ class Deliverer:
         if nexthop.mx:
             return await self.resolver.mx(nexthop.target)
         return [nexthop.target], True
+
+    async def _message_policy(
+        self, nexthop: NextHop, host: str, mx_secure: bool, sts: StsPolicy | None, tx: Transaction
+    ) -> TlsPolicy:
+        """RFC 8689: REQUIRETLS raises the server's policy (or fails with 5.7.30),
+        ``TLS-Required: No`` lowers it to ``may`` except for a hop we authenticate to
+        (:mod:`mta.delivery.requiretls`)."""
+        if tx.tls_optional and not self._login(nexthop):
+            return TlsPolicy("may")
+        policy = await self._policy(nexthop, host, mx_secure, sts)
+        return requiretls.required_policy(policy, nexthop, host) if tx.require_tls else policy
 
     async def _policy(
         self, nexthop: NextHop, host: str, mx_secure: bool, sts: StsPolicy | None

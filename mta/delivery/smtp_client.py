@@ -3,9 +3,12 @@
 What is said, and what each reply means, is decided by
 :class:`~mta.protocol.client_session.ClientSession` (EHLO/LHLO, HELO when EHLO is refused,
 STARTTLS, PIPELINING, RSET after a refusal, LMTP's reply per recipient, the SIZE and
-SMTPUTF8 checks).  This module does the I/O around it: it connects (connect timeout),
-writes what the session says, waits until the replies the session needs are in (command
-timeout), does the TLS handshake when the session says so, holds the connection to its
+SMTPUTF8 and REQUIRETLS checks; a REQUIRETLS message also needs this connection's policy
+to authenticate the peer, else QUIT and a permanent ``5.7.30`` DeliveryError, so the
+caller tries the next server, :mod:`mta.delivery.requiretls`).  This module
+does the I/O around it: it connects (connect timeout), writes what the session says, waits
+until the replies the session needs are in (command timeout), does the TLS handshake when
+the session says so, holds the connection to its
 :class:`~mta.delivery.tls_policy.TlsPolicy` (SNI always sent for a host name; ``encrypt``
 and ``verify`` defer a server without STARTTLS with ``4.7.4``, a failed handshake with
 ``4.7.5``, and ``verify`` a certificate that does not verify or name the server with
@@ -52,9 +55,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from dataclasses import replace
 
 from mta import metrics
-from mta.delivery import dane
+from mta.delivery import dane, mime_7bit, requiretls
 from mta.delivery.results import DeliveryError
 from mta.delivery.smtp_auth import auth_error, log_auth
 from mta.delivery.stored import read_chunks
@@ -249,6 +253,25 @@ class _ReplyStream(asyncio.Protocol):
             waiter.set_result(None)
         else:
             waiter.set_exception(exc)
+
+
+def _seven_bit(tx: Transaction, relay: str) -> Transaction:
+    """RFC 6152 §3: an 8-bit body to a server without 8BITMIME is converted to 7-bit where
+    its MIME structure allows (:mod:`mta.delivery.mime_7bit`; a copy for this attempt, the
+    queued file is never changed), else sent as it is and logged, as Postfix does."""
+    message = tx.message
+    if not isinstance(message, bytes):
+        if tx.eight_bit:  # too large to hold: not converted
+            log.warning("%s offers no 8BITMIME: large 8-bit message sent as is", relay)
+        return tx
+    if message.isascii():
+        return replace(tx, eight_bit=False) if tx.eight_bit else tx
+    converted = mime_7bit.to_7bit(message)
+    if converted is None:
+        log.warning("%s offers no 8BITMIME: 8-bit message not MIME, sent as is", relay)
+        return tx
+    metrics.DELIVERY_8BIT_CONVERTED.inc()
+    return replace(tx, message=converted, eight_bit=False)
 
 
 def _untrusted(relay: str, why: str) -> TlsUntrustedError:
@@ -521,8 +544,14 @@ class OutboundConnection:
 
     async def send(self, tx: Transaction) -> list[RecipientResult]:
         """One transaction; results for every recipient of ``tx``."""
+        if tx.require_tls and not (self.tls and requiretls.authenticated(self.policy)):
+            raise await self._no_requiretls()
+        if not self.session.client.supports("8BITMIME"):
+            tx = _seven_bit(tx, self.relay)
         not_sent = self.session.start_transaction(tx)
         if not_sent is not None:
+            if not_sent.reason == "requiretls":
+                raise await self._no_requiretls()
             return self._not_sent(tx, not_sent)
         self.transactions += 1
         try:
@@ -631,6 +660,14 @@ class OutboundConnection:
             text = f"message size {why.size} exceeds size limit {why.limit} of server {self.relay}"
             return self._all(tx, "failed", "5.3.4", text)
         return self._all(tx, "failed", "5.6.7", f"{self.relay} does not support SMTPUTF8")
+
+    async def _no_requiretls(self) -> DeliveryError:
+        """RFC 8689 §4.2.1: a REQUIRETLS message and a server that does not offer it over
+        verified TLS: QUIT, and the caller tries the next server; if none will do, the
+        error fails the recipients (5.7.30)."""
+        await self.quit()
+        text = f"REQUIRETLS support required: not offered over verified TLS by {self.relay}"
+        return DeliveryError(True, requiretls.REQUIRETLS_DSN, text, self.relay)
 
     def _all(self, tx: Transaction, status: Status, dsn: str, text: str) -> list[RecipientResult]:
         return [

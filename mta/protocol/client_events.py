@@ -68,6 +68,8 @@ class Transaction:
     # for MAIL, and " NOTIFY=.. ORCPT=.." by recipient for RCPT (mta.protocol.dsn_params)
     mail_dsn: str = ""
     rcpt_dsn: Mapping[str, str] | None = None
+    require_tls: bool = False  # REQUIRETLS (RFC 8689): only over TLS, to a server offering it
+    tls_optional: bool = False  # "TLS-Required: No" (RFC 8689 §4.2.2): the delivery's concern
 
 
 class RecipientReply(msgspec.Struct, frozen=True, gc=False):
@@ -126,9 +128,10 @@ class TransactionDone(msgspec.Struct, frozen=True, gc=False):
 
 class TransactionNotSent(msgspec.Struct, frozen=True, gc=False):
     """The transaction was not started: the server cannot take it as it is (its SIZE
-    limit, RFC 1870 §6; no SMTPUTF8, RFC 6531 §3.4).  Both are permanent."""
+    limit, RFC 1870 §6; no SMTPUTF8, RFC 6531 §3.4; a REQUIRETLS message and no TLS or no
+    REQUIRETLS offered, RFC 8689 §4.2.1).  All are permanent."""
 
-    reason: Literal["size", "smtputf8"]
+    reason: Literal["size", "smtputf8", "requiretls"]
     size: int  # octets of the message
     limit: int | None  # the server's SIZE limit, for reason "size"
 

@@ -50,8 +50,9 @@ here, and its logs and tests depend on them):
   recipient was refused.  With PIPELINING DATA went out already: a ``354`` nobody wanted
   is ended at once (``.`` after a refused MAIL, the empty message when no recipient was
   accepted).
-* The SIZE (RFC 1870 §6) and SMTPUTF8 (RFC 6531 §3.4) checks are made before anything is
-  sent: :meth:`~ClientSession.start_transaction` returns a
+* The SIZE (RFC 1870 §6), SMTPUTF8 (RFC 6531 §3.4) and REQUIRETLS (RFC 8689 §4.2.1: TLS,
+  and the server offers REQUIRETLS) checks are made before anything is sent:
+  :meth:`~ClientSession.start_transaction` returns a
   :class:`~mta.protocol.client_events.TransactionNotSent` instead.
 * A reply that arrives while nothing was asked is kept, not dropped: it would be taken for
   the answer to the next command, so :attr:`~ClientSession.reusable` turns false.
@@ -319,6 +320,8 @@ class ClientSession:
         extensions = client.extensions
         if tx.smtputf8 and "SMTPUTF8" not in extensions:
             return TransactionNotSent("smtputf8", size, limit)
+        if tx.require_tls and not (self.tls and "REQUIRETLS" in extensions):
+            return TransactionNotSent("requiretls", size, limit)
         self._tx = tx
         # RFC 3461 §5.2: DSN parameters are passed on only to a server that offers DSN
         self._dsn = dsn = tx.rcpt_dsn if "DSN" in extensions else None
@@ -330,6 +333,8 @@ class ClientSession:
             dsn=tx.mail_dsn if dsn is not None else "",
         )
         self._bdat = self.want_chunking and "CHUNKING" in extensions
+        if tx.require_tls:  # RFC 8689 §2: the parameter has no value
+            mail = mail[:-2] + b" REQUIRETLS\r\n"
         if "PIPELINING" in extensions:  # RFC 2920: MAIL, every RCPT and DATA at once
             recipients = tx.recipients
             if dsn is not None:

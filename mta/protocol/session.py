@@ -34,6 +34,10 @@ Rules this module keeps:
   §4.2).  The listener's rules: ``require_tls`` answers MAIL and AUTH before STARTTLS with
   ``530 5.7.0 Must issue a STARTTLS command first``; ``require_auth`` answers MAIL before
   AUTH with ``530 5.7.0 Authentication required``.
+* REQUIRETLS (RFC 8689 §2) is advertised, and its MAIL parameter accepted, only on a
+  session that uses TLS (after STARTTLS, or on an implicit-TLS listener); without TLS the
+  parameter is one we do not offer: ``555 5.5.4`` (RFC 5321 §4.1.1.11).  It is kept in
+  ``mail_params``, from where the envelope stores it.
 
 The parser backend (the compiled ``_parser_c`` or its twin ``_parser_py``) is passed in by
 the caller, which chooses it once (``mta.parser_backend``); this package reads no
@@ -604,6 +608,8 @@ class ServerSession:
             "CHUNKING",
             "DSN",
         ]
+        if self.tls:  # RFC 8689 §2: offered only on a session that uses TLS
+            extensions.append("REQUIRETLS")
         if self.limits.starttls and not self.tls:
             extensions.append("STARTTLS")
         if sasl.auth_offered(self.limits, self.tls):
@@ -638,7 +644,8 @@ class ServerSession:
         return MailFrom(sender, params)
 
     def _check_mail_params(self, params: dict[str, str | None]) -> bytes | None:
-        """Validate MAIL parameters of the extensions we advertise (RFC 1870, 6152, 6531)."""
+        """Validate MAIL parameters of the extensions we advertise (RFC 1870, 6152, 6531,
+        8689)."""
         if params and not self.esmtp:
             return replies.UNSUPPORTED_PARAM
         for name, value in params.items():
@@ -659,6 +666,9 @@ class ServerSession:
                 problem = check_mail_param(name, value)
                 if problem is not None:
                     return replies.reply(501, problem)
+            elif name == "REQUIRETLS" and self.tls:  # RFC 8689 §2: no value, TLS only
+                if value is not None:
+                    return replies.UNSUPPORTED_PARAM
             elif name != "SMTPUTF8" or value is not None:
                 return replies.UNSUPPORTED_PARAM
         return None

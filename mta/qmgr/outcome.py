@@ -199,6 +199,9 @@ def _queue_report(
         data=data,
         is_bounce=True,
         smtputf8=envelope.smtputf8,
+        # RFC 8689 §5: a REQUIRETLS message's notification goes with REQUIRETLS too (and
+        # with the original's headers only, as RET=HDRS: which build_bounce always does)
+        require_tls="REQUIRETLS" in envelope.mail_params,
     )
 
 
@@ -264,6 +267,7 @@ def inject(
     data: bytes,
     is_bounce: bool,
     smtputf8: bool = False,
+    require_tls: bool = False,
 ) -> str:
     """Queue a locally generated message durably into ``incoming/``; return its queue ID."""
     queue_id = new_queue_id()
@@ -280,6 +284,7 @@ def inject(
                 body_type="8BITMIME",
                 smtputf8=smtputf8,
                 is_bounce=is_bounce,
+                mail_params={"REQUIRETLS": None} if require_tls else {},
             )
         )
         writer.persist(sync=True)

@@ -249,6 +249,7 @@ class _SinkProtocol(asyncio.Protocol):
             lines.append("CHUNKING")
         if not self.sink.pipelining:
             lines.remove("PIPELINING")
+        lines = [line for line in lines if line.split()[0] not in self.sink.without_extensions]
         lines += self.sink.extensions
         if self.sink.tls and not self.tls:
             lines.append("STARTTLS")
@@ -514,6 +515,7 @@ class CaptureSink(LoopServer):
         self.bdat_reply: Reply | None = None  # refuse every BDAT chunk with this
         self.pipelining = True  # offer PIPELINING
         self.extensions: list[str] = []  # more EHLO keywords to offer, e.g. "DSN"
+        self.without_extensions: set[str] = set()  # EHLO keywords not to offer: {"8BITMIME"}
         # what it has seen
         self.connections = 0
         self.transactions = 0
