@@ -63,6 +63,8 @@ def make_report(
         items[0].action == "failed"
         and (envelope.mail_params.get("RET") or "").upper() == "FULL"
         and envelope.size <= RETURN_SIZE_LIMIT
+        # RFC 8689 §5: a REQUIRETLS message's notification returns its headers only
+        and "REQUIRETLS" not in envelope.mail_params
     )
     return build_report(
         hostname=hostname,

@@ -200,7 +200,7 @@ def _queue_report(
         is_bounce=True,
         smtputf8=envelope.smtputf8,
         # RFC 8689 §5: a REQUIRETLS message's notification goes with REQUIRETLS too (and
-        # with the original's headers only, as RET=HDRS: which build_bounce always does)
+        # with the original's headers only, as RET=HDRS, whatever RET said: notify.py)
         require_tls="REQUIRETLS" in envelope.mail_params,
     )
 

@@ -164,9 +164,12 @@ def test_requiretls_to_a_server_without_it_bounces_with_5_7_30(
     relay: MtaProcess, smart: CaptureSink, home: CaptureSink
 ) -> None:
     with client(relay) as c:
-        c.sendmail(SENDER, ["bob@dest.test"], b"Subject: secret\r\n\r\nx\r\n", ["REQUIRETLS"])
+        # RET=FULL asked, yet RFC 8689 §5 returns the headers only (bounce_status checks)
+        message = b"Subject: secret\r\n\r\nthe secret body\r\n"
+        c.sendmail(SENDER, ["bob@dest.test"], message, ["REQUIRETLS", "RET=FULL"])
     [bounce] = home.wait_for(1)
     assert bounce_status(bounce) == ["5.7.30"]
+    assert b"the secret body" not in bounce.data
     assert b"REQUIRETLS support required" in bounce.data
     assert bounce.tls and "REQUIRETLS" in bounce.mail_params  # RFC 8689 §5: the DSN too
     assert smart.messages == [] and smart.transactions == 0
