@@ -110,7 +110,9 @@ def test_what_smtp_sink_receives_is_what_the_client_sent(
         shutil.rmtree(dump_dir, ignore_errors=True)
     head, _, received = text.partition(b"Received: from mx.test ")
     assert b"X-Mail-Args: <alice@sender.test> BODY=8BITMIME\n" in head
-    assert b"X-Rcpt-Args: <bob@dest.test>\n" in head
+    # smtp-sink offers DSN: the recipient goes with its original address, as Postfix sends
+    # it (ORCPT, RFC 3461 §4.2)
+    assert b"X-Rcpt-Args: <bob@dest.test> ORCPT=rfc822;bob@dest.test\n" in head
     assert b"X-Helo-Args: mx.test\n" in head
     # smtp-sink's own trace header (3 lines), then ours, then the message exactly
     ours = received.split(b"\n", 3)[3]
