@@ -21,7 +21,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.delivery.sink import CaptureSink
-from tests.helpers import MtaProcess
+from tests.helpers import MtaProcess, wait_until
 from tests.interop.postfix_instance import InteropPostfix, WireTap
 
 pytestmark = pytest.mark.timeout(90)
@@ -100,3 +100,41 @@ def test_postfix_relays_into_the_relay_which_offers_chunking(
     postfix_received = only_received_before(payload, MESSAGE)
     assert b"(Postfix)" in postfix_received
     only_received_before(got.data, payload)  # the relay passed it on byte for byte
+
+
+def test_dsn_parameters_reach_postfix_which_honours_them(
+    mta_factory: Callable[..., MtaProcess],
+    sink_factory: Callable[..., CaptureSink],
+    postfix_factory: Callable[..., InteropPostfix],
+    tap_factory: Callable[[int], WireTap],
+) -> None:
+    """Postfix offers DSN: the relay passes RET, ENVID, NOTIFY and ORCPT on (seen on the wire
+    and in Postfix's log) and makes no notice of its own; Postfix, relaying on to a sink
+    without DSN, sends the ``relayed`` notice the sender asked for, with our ENVID and ORCPT:
+    the parameters arrived intact (RFC 3461 §4, §6.2.6)."""
+    sink = sink_factory()
+    postfix = postfix_factory(f"127.0.0.1:{sink.port}")
+    tap = tap_factory(postfix.port)
+    relay = mta_factory({"delivery": {"relayhost": f"127.0.0.1:{tap.port}", "min_backoff": 1}})
+    with smtplib.SMTP("127.0.0.1", relay.port, local_hostname="client.test", timeout=30) as c:
+        c.ehlo()
+        code, _ = c.mail("a@b.test", ["RET=HDRS", "ENVID=interop+2B42"])
+        assert code == 250
+        code, _ = c.rcpt("c@d.test", ["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;orig@d.test"])
+        assert code == 250
+        assert c.data(MESSAGE)[0] == 250
+    tap.wait_for(rb"MAIL FROM:<a@b\.test>[^\r]* RET=HDRS ENVID=interop\+2B42")
+    tap.wait_for(rb"RCPT TO:<c@d\.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;orig@d\.test\r\n")
+    postfix.wait_log(r"< \S+\[127\.0\.0\.1\]: RCPT TO:<c@d\.test> NOTIFY=SUCCESS,FAILURE ORCPT")
+    got = sink.wait_for(2, timeout=40)
+    [report] = [m for m in got if m.mail_from == ""]
+    assert report.rcpt_tos == ["a@b.test"]
+    text = report.data.decode("utf-8", "replace")
+    assert "Reporting-MTA: dns; postfix.bench.test" in text  # Postfix's notice, not ours
+    assert "Original-Envelope-Id: interop+42" in text
+    assert "Original-Recipient: rfc822;orig@d.test" in text
+    assert re.search(r"Action: relayed", text)
+    # ours: none (the next hop took the parameters); the queue manager logs a notice it
+    # makes before it removes the message
+    wait_until(lambda: ": removed" in relay.log())
+    assert "sender delivery status notification" not in relay.log()
