@@ -110,6 +110,13 @@ def probe_dsn(session: ServerSession, argument: str) -> None:
     assert reply_to(session, b"MAIL FROM:<a@x.test> RET=MAYBE\r\n").startswith(b"501 ")
 
 
+def probe_requiretls(session: ServerSession, argument: str) -> None:
+    assert session.tls  # RFC 8689 §2: offered only under TLS
+    assert reply_to(session, b"MAIL FROM:<a@x.test> REQUIRETLS\r\n").startswith(b"250 ")
+    run(session, b"RSET\r\n")
+    assert reply_to(session, b"MAIL FROM:<a@x.test> REQUIRETLS=YES\r\n").startswith(b"555 ")
+
+
 def probe_starttls(session: ServerSession, argument: str) -> None:
     session.receive_data(b"STARTTLS\r\n")
     assert isinstance(session.next_event(), StartTls)
@@ -137,6 +144,7 @@ PROBES: dict[str, Callable[[ServerSession, str], None]] = {
     "SMTPUTF8": probe_smtputf8,
     "CHUNKING": probe_chunking,
     "DSN": probe_dsn,
+    "REQUIRETLS": probe_requiretls,
     "STARTTLS": probe_starttls,
     "AUTH": probe_auth,
 }
@@ -170,6 +178,7 @@ def test_every_ehlo_keyword_works_and_what_is_not_offered_is_refused(
     every = {"PIPELINING", "SIZE", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "CHUNKING", "DSN"}
     assert every <= offered.keys()
     assert ("STARTTLS" in offered) is (limits.starttls and not session.tls)
+    assert ("REQUIRETLS" in offered) is session.tls
     auth = limits.auth and (session.tls or (limits.auth_plaintext and not limits.require_tls))
     assert ("AUTH" in offered) is auth
     if "STARTTLS" not in offered:
