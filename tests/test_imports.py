@@ -25,13 +25,21 @@ LIBRARIES: dict[str, frozenset[str]] = {
     "mta.metrics": frozenset(),
     "mta.logs": frozenset(),
     "mta.framing": frozenset(),  # length-prefixed frames on the daemons' sockets
+    "mta.private_file": frozenset({"mta.config"}),  # secrets others must not read
     "mta.parser_backend": frozenset({"mta.protocol"}),
     "mta.queue": frozenset(
         {"mta.config", "mta.metrics", "mta.logs", "mta.exitcodes", "mta.framing"}
     ),
     # the edge's decisions: tables and pure functions over the session's facts
     "mta.policy": frozenset(
-        {"mta.config", "mta.protocol", "mta.metrics", "mta.logs", "mta.framing"}
+        {
+            "mta.config",
+            "mta.protocol",
+            "mta.metrics",
+            "mta.logs",
+            "mta.framing",
+            "mta.private_file",
+        }
     ),
 }
 _BELOW_DAEMONS = frozenset(LIBRARIES) | {"mta"}

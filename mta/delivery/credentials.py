@@ -24,11 +24,11 @@ and the line when one is wrong, raised by :func:`load_credentials` at start — 
 
 from __future__ import annotations
 
-import os
 import stat
 
 from mta.config import Config, ConfigError, parse_hostport
 from mta.delivery.routing import NextHop
+from mta.private_file import read_private_text
 from mta.protocol.client_auth import Credentials
 
 __all__ = ["CredentialTable", "load_credentials"]
@@ -64,23 +64,9 @@ def load_credentials(config: Config) -> CredentialTable | None:
     path = config.delivery.smtp_auth_file
     if not path:
         return None
-    return CredentialTable(dict(_entries(path, _read(path))))
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            mode = os.fstat(f.fileno()).st_mode
-            if mode & (stat.S_IRWXG | stat.S_IRWXO):
-                raise ConfigError(
-                    f"{KEY}: {path} may be read by group or others "
-                    f"(mode {stat.S_IMODE(mode):04o}); chmod 600 {path}"
-                )
-            return f.read()
-    except OSError as exc:
-        raise ConfigError(f"{KEY}: {path}: cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{KEY}: {path}: not UTF-8 text") from None
+    return CredentialTable(
+        dict(_entries(path, read_private_text(path, KEY, stat.S_IRWXG | stat.S_IRWXO, "600")))
+    )
 
 
 def _entries(path: str, text: str) -> list[tuple[str, Credentials]]:

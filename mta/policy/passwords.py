@@ -31,6 +31,7 @@ import tempfile
 from dataclasses import dataclass
 
 from mta.config import ConfigError
+from mta.private_file import read_private_text
 
 __all__ = ["PasswordFile", "ScryptHash", "hash_password", "read_entries", "write_entries"]
 
@@ -131,7 +132,7 @@ class PasswordFile:
 
 def _read_lines(path: str) -> list[tuple[int, str, str]]:
     """(line number, user, hash text) of each entry; ConfigError for what cannot be used."""
-    text = _read_private(path)
+    text = read_private_text(path, KEY, stat.S_IROTH | stat.S_IWOTH, "o-rwx")
     entries: list[tuple[int, str, str]] = []
     seen: set[str] = set()
     for number, line in enumerate(text.splitlines(), 1):
@@ -146,22 +147,6 @@ def _read_lines(path: str) -> list[tuple[int, str, str]]:
         seen.add(user)
         entries.append((number, user, rest))
     return entries
-
-
-def _read_private(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            mode = os.fstat(f.fileno()).st_mode
-            if mode & (stat.S_IROTH | stat.S_IWOTH):
-                raise ConfigError(
-                    f"{KEY}: {path} may be read or written by other users "
-                    f"(mode {stat.S_IMODE(mode):04o}); chmod o-rwx {path}"
-                )
-            return f.read()
-    except OSError as exc:
-        raise ConfigError(f"{KEY}: {path}: cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{KEY}: {path}: not UTF-8 text") from None
 
 
 def read_entries(path: str) -> dict[str, str]:
