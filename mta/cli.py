@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 a problem the user can act on (the message says which),
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from mta.config import Config, ConfigError, load_config
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mta", description="mail transfer agent")
+    p.add_argument("--version", action="version", version=version_text())
     p.add_argument("--config", "-c", metavar="FILE", help="TOML configuration file")
     sub = p.add_subparsers(required=True, metavar="COMMAND")
     serve = sub.add_parser("serve", help="run the relay (master, smtpd and delivery)")
@@ -52,6 +54,24 @@ def _parser() -> argparse.ArgumentParser:
     for command in (serve, check, passwd, keygen, *add_commands(sub)):
         command.add_argument("--config", "-c", metavar="FILE", default=argparse.SUPPRESS)
     return p
+
+
+def version_text() -> str:
+    """``mta-relay 0.1.0 (parser: c)``: the installed distribution's version (the source
+    tree's when it is not installed) and the parser backend ``serve`` would pick."""
+    import importlib.util
+    from importlib import metadata
+
+    import mta
+
+    try:
+        version = metadata.version(mta.DISTRIBUTION)
+    except metadata.PackageNotFoundError:  # run from a source tree (PYTHONPATH)
+        version = mta.__version__
+    compiled = importlib.util.find_spec("mta.protocol._parser_c") is not None
+    forced = os.environ.get("MTA_NO_EXTENSIONS") == "1" or os.environ.get("MTA_PARSER") == "python"
+    parser = "c" if compiled and not forced else "python"
+    return f"{mta.DISTRIBUTION} {version} (parser: {parser})"
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:

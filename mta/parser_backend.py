@@ -7,7 +7,8 @@ selects once at start and hands the module to every session it makes.
 Like uvicorn's ``auto.py``: ``auto`` prefers the compiled module and falls back to Python;
 ``c`` insists on it (an ImportError is the caller's to report); ``python`` forces the twin.
 The environment variable ``MTA_NO_EXTENSIONS=1`` forces Python whatever was asked, and
-``MTA_PARSER`` gives the choice when the caller does not.  The choice is logged.
+``MTA_PARSER`` gives the choice when the caller does not.  The choice is logged, and a
+fallback of ``auto`` (an install without a C compiler) is logged as a warning.
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ def select(choice: str | None = None) -> ParserBackend:
     if choice == "auto":
         try:
             module = importlib.import_module(BACKENDS["c"])
-        except ImportError:
+        except ImportError as exc:
+            # Installed where no C compiler was (setup.py skipped the extension): it works,
+            # but the operator should know why it is slower than it could be.
+            log.warning("compiled parser not available (%s): using the pure-Python twin", exc)
             module = importlib.import_module(BACKENDS["python"])
     else:
         module = importlib.import_module(BACKENDS[choice])
