@@ -13,16 +13,18 @@ Rules this module keeps:
   against ``max_errors``, after which the session says ``421`` and closes, as Postfix does.
 * Only ``CRLF.CRLF`` ends DATA; a bare CR or LF in a command rejects the command, in DATA it
   rejects the message after the real terminator (or is turned into CRLF when configured).
+  A NUL octet likewise: in a command argument ``501``, in DATA the message is rejected
+  after the terminator (or the NUL dropped when configured), because a next hop that drops
+  NULs would read ``CRLF NUL . CRLF`` as the end of the data (SMTP smuggling).
 * BDAT (RFC 3030 CHUNKING): the octets a ``BDAT n`` announces are always consumed, whatever
   is answered, and only then is it answered, so a refused chunk never leaves its octets to
   be read as commands; a count that is not a number closes the session for the same reason.
   Chunks are not dot-unstuffed and nothing in them ends the message; bare line endings and
   NULs get DATA's rules across the chunks, SIZE counts all of them, and a transaction is
   either DATA or BDAT: DATA after a BDAT chunk is refused, and a failed chunk ends the
-  transaction (later chunks are consumed and refused with ``503``).
-  A NUL octet likewise: in a command argument ``501``, in DATA the message is rejected
-  after the terminator (or the NUL dropped when configured), because a next hop that drops
-  NULs would read ``CRLF NUL . CRLF`` as the end of the data (SMTP smuggling).
+  transaction (later chunks are consumed and refused with ``503``); chunks.py.
+* The ESMTP parameters of MAIL and RCPT are those of the extensions offered in that
+  session, checked in esmtp_params.py.
 * The HELO/EHLO name is copied into ``Received:`` and logs, so it must be safe to copy:
   no control character and no more than a domain's 255 octets (RFC 5321 §4.5.3.1.2).
 * While a *decision* event waits for :meth:`accept` / :meth:`reject`, no further input is
@@ -54,13 +56,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mta.protocol import replies, sasl
-from mta.protocol.dsn_params import (
-    DSN_MAIL_PARAMS,
-    DSN_RCPT_PARAMS,
-    check_mail_param,
-    check_rcpt_param,
-)
+from mta.protocol.chunks import Chunk, parse_bdat
 from mta.protocol.errors import CommandSyntaxError, SessionUsageError
+from mta.protocol.esmtp_params import (
+    ehlo_keywords,
+    mail_param_problem,
+    rcpt_param_problem,
+    utf8_problem,
+)
 from mta.protocol.events import (
     AuthRequest,
     DataAborted,
@@ -164,24 +167,6 @@ class ParserBackend(Protocol):
 
 _ANY = frozenset(State) - {State.DATA}
 _IN_TRANSACTION = frozenset({State.MAIL, State.RCPT})
-_BDAT_COUNT_DIGITS = 18  # octets in a chunk: more than any size limit, fits in 64 bits
-
-
-@dataclass(slots=True)
-class _Chunk:
-    """The BDAT chunk being read: octets still to come, whether it is the last one, and
-    whether its octets are kept (part of the message) or consumed and dropped, to be
-    answered with ``refusal`` once they are in."""
-
-    size: int
-    last: bool
-    keep: bool = True
-    refusal: bytes | None = None
-    remaining: int = -1  # octets still to come (the size, at first)
-
-    def __post_init__(self) -> None:
-        if self.remaining < 0:
-            self.remaining = self.size
 
 
 @dataclass(slots=True, frozen=True)
@@ -236,7 +221,6 @@ _OUT_OF_SEQUENCE: dict[tuple[str, State], bytes] = {
     ("AUTH", State.RCPT): replies.AUTH_IN_TRANSACTION,
 }
 
-_BODY_TYPES = frozenset({"7BIT", "8BITMIME"})
 MAX_HELO_LENGTH = 255  # octets: a domain's limit (RFC 5321 §4.5.3.1.2); Postfix's too
 
 
@@ -275,7 +259,7 @@ class ServerSession:
         self.recipients: list[tuple[str, dict[str, str | None]]] = []
         self._pending_rcpt: tuple[str, dict[str, str | None]] = ("", {})
         self._scanner: DataScanner | None = None  # while in DATA or BDAT
-        self._chunk: _Chunk | None = None  # the BDAT chunk being read
+        self._chunk: Chunk | None = None  # the BDAT chunk being read
         self._oversize = False
 
     # ----- the I/O layer's API -------------------------------------------------------------
@@ -475,7 +459,7 @@ class ServerSession:
             self._pending = Decision.END
             self._events.append(DataEnd(scanner.size))
 
-    def _read_chunk(self, chunk: _Chunk) -> bool:
+    def _read_chunk(self, chunk: Chunk) -> bool:
         """Consume the BDAT chunk's octets as they come; False when more are needed."""
         buf = self._buf
         take = min(chunk.remaining, len(buf))
@@ -502,7 +486,7 @@ class ServerSession:
         elif decoded:
             self._events.append(DataChunk(decoded))
 
-    def _chunk_done(self, chunk: _Chunk) -> None:
+    def _chunk_done(self, chunk: Chunk) -> None:
         """Answer a chunk whose octets are all in: refused, too big, the last, or more."""
         if chunk.refusal is not None:
             self._reply(chunk.refusal)
@@ -599,22 +583,7 @@ class ServerSession:
         return event
 
     def _extensions(self) -> list[str]:
-        extensions = [
-            "PIPELINING",
-            f"SIZE {self.limits.max_message_size}",
-            "8BITMIME",
-            "ENHANCEDSTATUSCODES",
-            "SMTPUTF8",
-            "CHUNKING",
-            "DSN",
-        ]
-        if self.tls:  # RFC 8689 §2: offered only on a session that uses TLS
-            extensions.append("REQUIRETLS")
-        if self.limits.starttls and not self.tls:
-            extensions.append("STARTTLS")
-        if sasl.auth_offered(self.limits, self.tls):
-            extensions.append("AUTH " + " ".join(sasl.MECHANISMS))
-        return extensions
+        return ehlo_keywords(self.limits, self.tls)
 
     def _mail_refusal(self) -> bytes | None:
         """The listener's rules for MAIL: TLS first, then AUTH first (530 5.7.0)."""
@@ -634,7 +603,13 @@ class ServerSession:
         except CommandSyntaxError as exc:
             self._reply(replies.reply(exc.code, exc.text))
             return None
-        problem = self._check_mail_params(params) or self._check_utf8(sender, params)
+        problem = mail_param_problem(
+            params,
+            esmtp=self.esmtp,
+            tls=self.tls,
+            authenticated=self.authenticated is not None,
+            limits=self.limits,
+        ) or utf8_problem(sender, params)
         if problem is not None:
             self._reply(problem)
             return None
@@ -642,53 +617,6 @@ class ServerSession:
         self.mail_params = params
         self._pending = Decision.MAIL
         return MailFrom(sender, params)
-
-    def _check_mail_params(self, params: dict[str, str | None]) -> bytes | None:
-        """Validate MAIL parameters of the extensions we advertise (RFC 1870, 6152, 6531,
-        8689)."""
-        if params and not self.esmtp:
-            return replies.UNSUPPORTED_PARAM
-        for name, value in params.items():
-            if name == "SIZE":
-                if value is None or not value.isdigit():
-                    return replies.BAD_SIZE_PARAM
-                if int(value) > self.limits.max_message_size:
-                    return replies.reply(552, "5.3.4 Message size exceeds fixed limit")
-            elif name == "BODY":
-                if value is None or value.upper() not in _BODY_TYPES:
-                    return replies.BAD_BODY_PARAM
-            elif name == "AUTH" and sasl.auth_offered(self.limits, self.tls):
-                if not sasl.valid_auth_param(value):
-                    return replies.BAD_AUTH_PARAM
-                if self.authenticated is None:  # RFC 4954 §5: not trusted, so <>
-                    params["AUTH"] = "<>"
-            elif name in DSN_MAIL_PARAMS:  # RFC 3461 §4.3, §4.4
-                problem = check_mail_param(name, value)
-                if problem is not None:
-                    return replies.reply(501, problem)
-            elif name == "REQUIRETLS" and self.tls:  # RFC 8689 §2: no value, TLS only
-                if value is not None:
-                    return replies.UNSUPPORTED_PARAM
-            elif name != "SMTPUTF8" or value is not None:
-                return replies.UNSUPPORTED_PARAM
-        return None
-
-    def _check_rcpt_params(self, params: dict[str, str | None]) -> bytes | None:
-        """Only the DSN extension's NOTIFY and ORCPT (RFC 3461 §4.1, §4.2) are known."""
-        smtputf8 = "SMTPUTF8" in self.mail_params
-        for name, value in params.items():
-            if name not in DSN_RCPT_PARAMS or not self.esmtp:
-                return replies.UNSUPPORTED_PARAM
-            problem = check_rcpt_param(name, value, smtputf8)
-            if problem is not None:
-                return replies.reply(501, problem)
-        return None
-
-    def _check_utf8(self, address: str, params: dict[str, str | None]) -> bytes | None:
-        """RFC 6531 §3.4: non-ASCII addresses only in an SMTPUTF8 transaction."""
-        if address.isascii() or "SMTPUTF8" in params:
-            return None
-        return replies.NEED_SMTPUTF8
 
     def _do_rcpt(self, argument: bytes) -> Event | None:
         try:
@@ -698,11 +626,11 @@ class ServerSession:
             return None
         if not recipient:
             self._reply(replies.NULL_RECIPIENT)
-        elif params and (problem := self._check_rcpt_params(params)) is not None:
+        elif params and (problem := self._rcpt_param_problem(params)) is not None:
             self._reply(problem)
         elif len(self.recipients) >= self.limits.max_recipients:
             self._reply(replies.TOO_MANY_RECIPIENTS)  # RFC 5321 §4.5.3.1.10
-        elif (problem := self._check_utf8(recipient, self.mail_params)) is not None:
+        elif (problem := utf8_problem(recipient, self.mail_params)) is not None:
             self._reply(problem)
         else:
             self._pending = Decision.RCPT
@@ -710,26 +638,30 @@ class ServerSession:
             return RcptTo(recipient, params)
         return None
 
+    def _rcpt_param_problem(self, params: dict[str, str | None]) -> bytes | None:
+        smtputf8 = "SMTPUTF8" in self.mail_params
+        return rcpt_param_problem(params, esmtp=self.esmtp, smtputf8=smtputf8)
+
     def _do_data(self, argument: bytes) -> Event | None:
         self._pending = Decision.DATA
         return DataStart()
 
     def _do_bdat(self, argument: bytes) -> Event | None:
         """``BDAT count [LAST]``: the chunk's octets follow the line (RFC 3030 §2)."""
-        parsed = _parse_bdat(argument)
+        parsed = parse_bdat(argument)
         if parsed is None:  # how many octets follow is unknown: we cannot stay in step
             self._close_with(replies.bdat_syntax(self.limits.hostname))
             return None
         size, last = parsed
         if self.state is State.RCPT:  # the first chunk: the server opens the message
-            self._chunk = _Chunk(size, last)
+            self._chunk = Chunk(size, last)
             self._pending = Decision.DATA
             return DataStart()
         if self.state is State.BDAT:
-            self._chunk = _Chunk(size, last)
+            self._chunk = Chunk(size, last)
             return None
         refusal = _OUT_OF_SEQUENCE.get(("BDAT", self.state), replies.NEED_HELO)
-        self._chunk = _Chunk(size, last, keep=False, refusal=refusal)
+        self._chunk = Chunk(size, last, keep=False, refusal=refusal)
         return None
 
     def _do_starttls(self, argument: bytes) -> Event | None:
@@ -840,17 +772,3 @@ class ServerSession:
         self._reset_transaction()
         if self._shutdown_requested:
             self._close_with(replies.shutting_down(self.limits.hostname))
-
-
-def _parse_bdat(argument: bytes) -> tuple[int, bool] | None:
-    """``count [LAST]`` (RFC 3030 §3: ``bdat-cmd ::= "BDAT" SP chunk-size [ SP end-marker ]``)
-    as (count, last); None when it is not that."""
-    words = argument.split(b" ")
-    if not 1 <= len(words) <= 2:
-        return None
-    count = words[0]
-    if not count.isdigit() or len(count) > _BDAT_COUNT_DIGITS:
-        return None
-    if len(words) == 2 and words[1].upper() != b"LAST":
-        return None
-    return int(count), len(words) == 2
