@@ -51,7 +51,7 @@ DAEMONS: dict[str, frozenset[str]] = {
 }
 # The master supervises: it binds listeners and starts each daemon's main function.
 SUPERVISOR = {"mta.master": _BELOW_DAEMONS | frozenset(DAEMONS)}
-ENTRY_POINTS = {"mta.cli", "mta.queue_cli", "mta.__main__"}  # may use anything
+ENTRY_POINTS = {"mta.cli", "mta.queue_cli", "mta.queue_select", "mta.sendmail", "mta.__main__"}  # may use anything
 
 ALLOWED = {**LIBRARIES, **DAEMONS, **SUPERVISOR}
 
