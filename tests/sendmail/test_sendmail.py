@@ -69,7 +69,7 @@ def test_t_i_takes_recipients_from_the_headers_and_removes_bcc(
     assert got.mail_from.endswith("@mx.test")  # user@hostname, as myorigin makes it
 
 
-def test_without_i_a_lone_dot_ends_the_message_and_f_and_F_set_the_sender(
+def test_without_i_a_lone_dot_ends_the_message_and_the_f_and_fullname_flags_set_the_sender(
     mta_factory: Factory, sink: CaptureSink
 ) -> None:
     relay = relay_to(mta_factory, sink)
