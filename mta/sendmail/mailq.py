@@ -29,13 +29,13 @@ def format_mailq(entries: Iterable[QueueEntry], now: float | None = None) -> lis
     if not found:
         return ["Mail queue is empty"]
     width = max(10, *(len(e.queue_id) for e in found))
-    indent = " " * (width + 1 + 1 + 8 + 1 + 20 + 2)  # under the sender column
+    indent = " " * (width + 1 + 1 + 8 + 1 + 19 + 2)  # under the sender column
     lines = [HEADER]
     for entry in found:
         mark = MARKS.get(entry.state, " ")
         arrival = time.strftime("%a %b %e %H:%M:%S", time.localtime(now - entry.age))
         sender = entry.sender or "MAILER-DAEMON"
-        lines.append(f"{entry.queue_id:<{width}}{mark} {entry.size:>8} {arrival:>20}  {sender}")
+        lines.append(f"{entry.queue_id:<{width}}{mark} {entry.size:>8} {arrival}  {sender}")
         if entry.last_error:
             lines.append(f"{indent}({_one_line(entry.last_error)})")
         lines.extend(f"{indent}{recipient}" for recipient in entry.recipients)
