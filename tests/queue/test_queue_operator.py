@@ -70,6 +70,9 @@ def test_selection_by_state_sender_recipient_domain_and_age(queued: Queued) -> N
     assert sorted(listed("--state", "hold")) == everything
     assert run(queued, "queue", "list", "--older-than", "2x").returncode == 2  # bad duration
 
+    shown = run(queued, "queue", "show", queued.ids["second"], "--body").stdout
+    assert "Subject: second\n" in shown and shown.endswith("\nhi\n")  # the body too
+
 
 def test_mailq_prints_postfix_format_and_a_failed_change_under_all_exits_1(queued: Queued) -> None:
     first, second, third = queued.ids.values()
