@@ -15,6 +15,7 @@ user at all (EX_CANTCREAT), transient otherwise (EX_TEMPFAIL).
 from __future__ import annotations
 
 import errno
+import os
 import time
 from typing import TYPE_CHECKING
 
@@ -63,6 +64,7 @@ def _write(spool: Spool, queue_id: str, message: Prepared, opts: Options, trace:
         writer.spill()  # a file of its own: the queue manager finds it in incoming/
         writer.finish(_envelope(queue_id, message, opts, writer.length))
         writer.persist(sync=True)
+        _give_to_spool_owner(spool, writer.tmp_path)
         spool.stage_incoming(queue_id)
         spool.sync("incoming")
         spool.publish_incoming(queue_id)
@@ -71,6 +73,15 @@ def _write(spool: Spool, queue_id: str, message: Prepared, opts: Options, trace:
         spool.unstage_incoming(queue_id)
         raise
     spool.sync("incoming")
+
+
+def _give_to_spool_owner(spool: Spool, path: str) -> None:
+    """Root submitting: the file belongs to the account the daemons run as (the spool's
+    owner, master/privileges.py), which must read and remove it; the master's start-up
+    check looks only at the spool's top level, so it would not fix it."""
+    if os.geteuid() == 0:
+        owner = os.stat(spool.path)
+        os.chown(path, owner.st_uid, owner.st_gid)
 
 
 def _envelope(queue_id: str, message: Prepared, opts: Options, size: int) -> Envelope:

@@ -1,10 +1,11 @@
 """One message from ``sendmail``'s stdin into the relay, or straight into the queue.
 
-The message is read whole (a local submission; the relay's own limits apply once it is
-sent), its line ends made CRLF, and without ``-i`` a line with a lone dot ends it.  With
-``-t`` the recipients come from To, Cc and Bcc (added to those on the command line) and
-Bcc is removed (Postfix's cleanup does the same).  From (with ``-F``'s full name), Date and
-Message-ID are added when missing, as Postfix's cleanup does for local mail.
+The message is read whole, up to ``smtp.max_message_size`` (Postfix's message_size_limit;
+more is EX_DATAERR), its line ends made CRLF, and without ``-i`` a line with a lone dot
+ends it.  With ``-t`` the recipients come from To, Cc and Bcc (added to those on the
+command line) and Bcc is removed (Postfix's cleanup does the same).  From (with ``-F``'s
+full name), Date and Message-ID are added when missing, as Postfix's cleanup does for
+local mail.
 
 The relay is asked first.  A connection that fails or a temporary failure (4xx) sends the
 message into the queue directly: that writer is the one smtpd uses, the file is durable in
@@ -54,13 +55,24 @@ class Prepared:
         self.body = body  # "7BIT" or "8BITMIME"
 
 
-def read_message(stream: BinaryIO, dots: bool) -> list[bytes]:
-    """Lines without their ends; stops at a lone dot unless ``dots`` is off."""
+class MessageTooLargeError(Exception):
+    """More on stdin than the relay would take."""
+
+
+def read_message(stream: BinaryIO, dots: bool, limit: int) -> list[bytes]:
+    """Lines without their ends; stops at a lone dot unless ``dots`` is off.
+    MessageTooLargeError past ``limit`` octets."""
     lines = []
+    size = 0
     for raw in stream:
         line = raw.rstrip(b"\n").rstrip(b"\r")
         if dots and line == b".":
             break
+        size += len(line) + 2
+        if size > limit:
+            raise MessageTooLargeError(
+                f"message larger than {limit} octets (smtp.max_message_size)"
+            )
         lines.append(line)
     return lines
 
@@ -90,7 +102,7 @@ def _value(field: list[bytes]) -> str:
 
 
 def prepare(config: Config, opts: Options, stream: BinaryIO) -> Prepared:
-    lines = read_message(stream, opts.dots)
+    lines = read_message(stream, opts.dots, config.smtp.max_message_size)
     fields, body = split_headers(lines)
     recipients = list(opts.recipients)
     if opts.extract:
@@ -106,7 +118,11 @@ def prepare(config: Config, opts: Options, stream: BinaryIO) -> Prepared:
 
 
 def submit(config: Config, opts: Options, stream: BinaryIO) -> int:
-    message = prepare(config, opts, stream)
+    try:
+        message = prepare(config, opts, stream)
+    except MessageTooLargeError as exc:
+        print(f"sendmail: fatal: {exc}", file=sys.stderr)
+        return EX_DATAERR
     if not message.recipients:
         print("sendmail: fatal: no recipient addresses found", file=sys.stderr)
         return EX_USAGE

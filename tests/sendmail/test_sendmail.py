@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.delivery.sink import CaptureSink
-from tests.helpers import REPO, MtaProcess, to_toml, wait_until
+from tests.helpers import REPO, MtaProcess, free_port, to_toml, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -136,6 +136,19 @@ def test_usage_and_configuration_errors_have_sysexits_codes(tmp_path: Path) -> N
     config.write_text(to_toml({"queue": {"path": str(tmp_path / "spool")}}))
     done = run(["sendmail", "-C", str(config), "-t"], b"Subject: nobody\n\nhi\n")
     assert done.returncode == 64 and b"no recipient" in done.stderr
+    assert run(["sendmail", "-C", str(config), "-q"]).returncode == 69  # no queue there
+
+
+def test_bs_and_q_while_the_relay_is_down(tmp_path: Path) -> None:
+    config = tmp_path / "mta.toml"
+    spool = tmp_path / "spool"
+    listen = f"127.0.0.1:{free_port()}"
+    config.write_text(to_toml({"smtp": {"listen": [listen]}, "queue": {"path": str(spool)}}))
+    done = run(["sendmail", "-C", str(config), "-bs"], b"EHLO x\r\nQUIT\r\n")
+    assert done.returncode == 75 and done.stdout.startswith(b"421 4.3.0 ")  # EX_TEMPFAIL
+    for state in ("incoming", "deferred"):
+        (spool / state).mkdir(parents=True)
+    assert run(["sendmail", "-C", str(config), "-q"]).returncode == 0
 
 
 def test_mailq_of_an_empty_queue(tmp_path: Path) -> None:
