@@ -25,8 +25,11 @@ SUBMIT_TIMEOUT = 60.0  # seconds per SMTP step to the local relay
 
 
 def local_relay_address(config: Config) -> tuple[str, int]:
-    """Where local submission connects: the first listener that speaks plain SMTP and
-    needs no AUTH (an MX listener first), a wildcard address taken as loopback."""
+    """Where local submission connects: sendmail.submit_address, else the first listener
+    that speaks plain SMTP and needs no AUTH (an MX listener first), a wildcard address
+    taken as loopback."""
+    if config.sendmail.submit_address:
+        return parse_hostport(config.sendmail.submit_address)
     listeners = config.resolved_listeners()
     usable = [
         lst

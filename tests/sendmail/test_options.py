@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 
-from mta.config import Config
+from mta.config import Config, ConfigError, SmtpConfig, load_config
 from mta.queue_select import parse_duration
+from mta.sendmail.local import local_relay_address
 from mta.sendmail.options import UsageError, parse_options
 from mta.sendmail.submit import MessageTooLargeError, prepare
+from tests.helpers import to_toml
 
 
 @pytest.mark.parametrize(
@@ -79,3 +82,23 @@ def test_durations() -> None:
         604800,
         300,
     ]
+
+
+def test_where_local_submission_connects(tmp_path: Path) -> None:
+    config = Config(smtp=SmtpConfig(listen=("0.0.0.0:25",)))
+    assert local_relay_address(config) == ("127.0.0.1", 25)
+    path = tmp_path / "mta.toml"
+    behind_haproxy = {
+        "smtp": {"proxy_networks": ["127.0.0.1/32"]},
+        "listeners": {
+            "edge": {"listen": ["127.0.0.1:2526"], "proxy_protocol": True},
+            "local": {"listen": ["127.0.0.1:2525"]},
+        },
+    }
+    path.write_text(to_toml(behind_haproxy))
+    assert local_relay_address(load_config(str(path))) == ("127.0.0.1", 2525)  # not PROXY
+    path.write_text(to_toml({"sendmail": {"submit_address": "127.0.0.2:10025"}}))
+    assert local_relay_address(load_config(str(path))) == ("127.0.0.2", 10025)
+    path.write_text(to_toml({"sendmail": {"submit_address": "nowhere"}}))
+    with pytest.raises(ConfigError, match=r"sendmail\.submit_address: "):
+        load_config(str(path))
