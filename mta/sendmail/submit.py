@@ -103,6 +103,8 @@ def _value(field: list[bytes]) -> str:
 
 def prepare(config: Config, opts: Options, stream: BinaryIO) -> Prepared:
     lines = read_message(stream, opts.dots, config.smtp.max_message_size)
+    if lines and lines[0].startswith(b"From "):
+        del lines[0]  # an mbox separator, not a header (Postfix's cleanup drops it too)
     fields, body = split_headers(lines)
     recipients = list(opts.recipients)
     if opts.extract:

@@ -50,12 +50,15 @@ def test_values_glued_or_apart_and_what_each_flag_sets() -> None:
 
 def test_prepare_extracts_removes_bcc_adds_headers_and_stops_at_a_dot() -> None:
     config = Config(hostname="mx.test")
-    text = b"To: a@x.test\nBcc: b@x.test,\n  c@x.test\nSubject: s\n\nbody\n.\nlost\n"
+    text = (
+        b"From someone Mon Nov 30 01:00:00 2026\n"  # an mbox separator
+        b"To: a@x.test\nBcc: b@x.test,\n  c@x.test\nSubject: s\n\nbody\n.\nlost\n"
+    )
     opts = parse_options(["-t", "-f", "me@x.test", "-F", "Me", "d@x.test"])
     message = prepare(config, opts, io.BytesIO(text))
     assert message.recipients == ["d@x.test", "a@x.test", "b@x.test", "c@x.test"]
     assert b"Bcc" not in message.data and b"c@x.test" not in message.data
-    assert message.data.startswith(b'From: "Me" <me@x.test>\r\nDate: ')
+    assert message.data.startswith(b'From: "Me" <me@x.test>\r\nDate: ')  # no mbox line
     assert b"\r\nMessage-ID: <" in message.data and b"@mx.test>\r\n" in message.data
     assert message.data.endswith(b"\r\nSubject: s\r\n\r\nbody\r\n")
     assert message.body == "7BIT"
