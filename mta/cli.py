@@ -1,4 +1,5 @@
-"""The ``mta`` command line: serve, check-config, passwd, queue ..., send.
+"""The ``mta`` command line: serve, check-config, passwd, queue ..., send, and the
+sendmail-compatible ``mta sendmail`` / ``mta mailq`` (mta/sendmail/).
 
 Exit codes: 0 success, 1 a problem the user can act on (the message says which), 2 usage.
 """
@@ -17,14 +18,37 @@ __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if (status := _sendmail_command(argv)) is not None:
+        return status
     args = _parser().parse_args(argv)
+    from mta.sendmail import find_config_path
+
     try:
-        config = load_config(args.config)
+        config = load_config(find_config_path(args.config))
     except ConfigError as exc:
         print(f"mta: configuration error: {exc}", file=sys.stderr)
         return 1
     handler = args.handler
-    return int(handler(config, args) or 0)
+    from mta.queue_cli import pipe_safe
+
+    return pipe_safe(lambda: int(handler(config, args) or 0))
+
+
+def _sendmail_command(argv: list[str]) -> int | None:
+    """``mta [--config FILE] sendmail|mailq ...``: sendmail's own flags, not argparse's."""
+    config: list[str] = []
+    words = list(argv)
+    while len(words) >= 2 and words[0] in ("--config", "-c"):
+        config = ["-C", words[1]]
+        words = words[2:]
+    if not words or words[0] not in ("sendmail", "mailq"):
+        return None
+    from mta import sendmail
+
+    if words[0] == "mailq":
+        return sendmail.mailq_main(config + words[1:])
+    return sendmail.main(config + words[1:])
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=version_text())
     p.add_argument("--config", "-c", metavar="FILE", help="TOML configuration file")
     sub = p.add_subparsers(required=True, metavar="COMMAND")
+    # listed for --help; main() hands them their own command line (mta/sendmail/)
+    sub.add_parser("sendmail", help="submit a message from stdin (sendmail -t -i ...)")
+    sub.add_parser("mailq", help="the queue in Postfix's mailq format")
     serve = sub.add_parser("serve", help="run the relay (master, smtpd and delivery)")
     serve.set_defaults(handler=_serve)
     check = sub.add_parser("check-config", help="print the effective settings or the errors")

@@ -544,6 +544,21 @@ class LogConfig(_Section, frozen=True):
     format: Literal["text", "json"] = "text"
 
 
+class SendmailConfig(_Section, frozen=True):
+    """The ``sendmail`` command (mta/sendmail/)."""
+
+    # host:port local submission connects to; "": the first plain listener that needs no
+    # AUTH (Postfix's sendmail goes through postdrop/pickup instead, with no listener)
+    submit_address: str = ""
+
+    def __post_init__(self) -> None:
+        if self.submit_address:
+            try:
+                parse_hostport(self.submit_address)
+            except ValueError as exc:
+                raise ValueError(f"submit_address: {exc}") from None
+
+
 class Config(_Section, frozen=True):
     hostname: str = ""
     smtp: SmtpConfig = SmtpConfig()
@@ -563,6 +578,7 @@ class Config(_Section, frozen=True):
     master: MasterConfig = MasterConfig()
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
+    sendmail: SendmailConfig = SendmailConfig()
 
     def __post_init__(self) -> None:
         for domain, route in self.routes.items():

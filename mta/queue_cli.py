@@ -1,9 +1,18 @@
-"""``mta queue list|show|flush|hold|release|delete|requeue`` and ``mta send``."""
+"""``mta queue list|show|flush|hold|release|delete|requeue`` and ``mta send``.
+
+The changing commands follow postsuper: several IDs, ``-`` for IDs on stdin, ``--all`` or
+a selection (queue_select.py); each change is logged (``QID: placed on hold by root``)
+through the relay's logging setup, so it lands where the relay's lines land; the exit
+status is 1 when any message could not be changed.  Output to a closed pipe
+(``mta queue list --json | head -1``) ends quietly (:func:`pipe_safe`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import smtplib
 import sys
 import time
@@ -11,19 +20,47 @@ from collections.abc import Callable
 
 from mta.config import Config, parse_hostport
 from mta.queue.admin import AdminError, QueueAdmin
+from mta.queue_select import add_selection, has_selection, matches, read_ids
 
-__all__ = ["add_commands"]
+__all__ = ["add_commands", "pipe_safe"]
+
+log = logging.getLogger("mta.postsuper")
+
+# What each change says in the log (Postfix's postsuper words) and the states it moves
+# messages from when they are chosen by --all or a selection rather than by ID.
+CHANGES = {
+    "hold": ("placed on hold", ("incoming", "deferred")),
+    "release": ("released from hold", ("hold",)),
+    "delete": ("removed", ("incoming", "deferred", "hold", "corrupt")),
+    "requeue": ("requeued", ("deferred", "hold", "corrupt")),
+}
+
+
+def pipe_safe(run: Callable[[], int]) -> int:
+    """Run ``run``; if the reader of stdout went away, exit quietly (the Python
+    documentation's recipe for SIGPIPE: point stdout at devnull so that the flush at
+    exit does not raise again).  The status is 141 (128 + SIGPIPE), as a shell's is."""
+    try:
+        status = run()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    return status
 
 
 def add_commands(sub: argparse._SubParsersAction) -> list[argparse.ArgumentParser]:  # type: ignore[type-arg]
     queue = sub.add_parser("queue", help="inspect and change the queue")
     qsub = queue.add_subparsers(required=True, metavar="ACTION")
-    listing = qsub.add_parser("list", help="every queued message")
+    listing = qsub.add_parser("list", help="every queued message (or a selection)")
     listing.add_argument("--json", action="store_true", help="one JSON array")
+    add_selection(listing)
     listing.set_defaults(handler=_list)
     show = qsub.add_parser("show", help="envelope and headers of one message")
     show.add_argument("queue_id")
     show.add_argument("--json", action="store_true")
+    show.add_argument("--body", action="store_true", help="the whole message, body too")
     show.set_defaults(handler=_show)
     flush = qsub.add_parser("flush", help="retry deferred messages now")
     flush.set_defaults(handler=_flush)
@@ -35,9 +72,9 @@ def add_commands(sub: argparse._SubParsersAction) -> list[argparse.ArgumentParse
         ("requeue", "move messages back to incoming/ to try them now"),
     ):
         action = qsub.add_parser(name, help=what)
-        target = action.add_mutually_exclusive_group(required=True)
-        target.add_argument("queue_id", nargs="?")
-        target.add_argument("--all", action="store_true")
+        action.add_argument("queue_ids", nargs="*", metavar="ID", help="'-': IDs from stdin")
+        action.add_argument("--all", action="store_true")
+        add_selection(action)
         action.set_defaults(handler=_change, action=name)
         actions.append(action)
     send = sub.add_parser("send", help="submit a test message to the running relay")
@@ -62,7 +99,7 @@ def _list(config: Config, args: argparse.Namespace) -> int:
     admin = _admin(config)
     if admin is None:
         return 1
-    entries = list(admin.entries())
+    entries = [e for e in admin.entries() if matches(e, args)]
     if args.json:
         print(json.dumps([e.to_json() for e in entries], indent=1))
         return 0
@@ -106,6 +143,10 @@ def _show(config: Config, args: argparse.Namespace) -> int:
         headers = message.read_headers().decode("utf-8", "replace")
         print(json.dumps({"state": state, "envelope": envelope, "headers": headers}, indent=1))
         return 0
+    if args.body:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(message.read_message().replace(b"\r\n", b"\n"))
+        return 0
     print(f"state: {state}")
     for key, value in envelope.items():
         print(f"{key}: {value}")
@@ -119,26 +160,68 @@ def _flush(config: Config, args: argparse.Namespace) -> int:
     if admin is None:
         return 1
     admin.flush()
+    from mta.logs import setup_logging
+
+    setup_logging(config.log.level, config.log.format)
+    log.info("deferred mail flushed by %s", _operator())
     return 0
 
 
 def _change(config: Config, args: argparse.Namespace) -> int:
+    """hold/release/delete/requeue: 1 if any message could not be changed, 2 (usage) if
+    nothing was named."""
+    if not (args.queue_ids or args.all or has_selection(args)):
+        print(f"mta queue {args.action}: name IDs, '-', --all or a selection", file=sys.stderr)
+        return 2
     admin = _admin(config)
     if admin is None:
         return 1
+    from mta.logs import setup_logging
+
+    setup_logging(config.log.level, config.log.format)
+    ids = _targets(admin, args)
+    done = CHANGES[args.action][0]
     action: Callable[[str], None] = getattr(admin, args.action)
-    ids = admin.all_ids() if args.all else [args.queue_id]
+    user = _operator()
     failures = 0
     for queue_id in ids:
         try:
             action(queue_id)
         except AdminError as exc:
-            if not args.all:
-                print(f"mta: {exc}", file=sys.stderr)
-                failures += 1
-    if args.all:
-        print(f"{args.action}: {len(ids)} messages considered")
+            print(f"mta: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        log.info("%s: %s by %s", queue_id, done, user)
+    if args.all or has_selection(args):
+        print(f"{args.action}: {len(ids)} messages considered, {failures} failed")
     return 1 if failures else 0
+
+
+def _targets(admin: QueueAdmin, args: argparse.Namespace) -> list[str]:
+    ids = read_ids(args.queue_ids)
+    if not (args.all or has_selection(args)):
+        return ids
+    _, sources = CHANGES[args.action]
+    chosen = [
+        e.queue_id
+        for e in admin.entries()
+        if (e.state in sources or args.state) and matches(e, args)
+    ]
+    if ids:  # IDs and a selection: the IDs that match it
+        return [i for i in ids if i in set(chosen)]
+    return chosen
+
+
+def _operator() -> str:
+    """Who made the change: the Unix user (and the one behind sudo)."""
+    import pwd
+
+    try:
+        name = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        name = f"uid {os.getuid()}"
+    sudo = os.environ.get("SUDO_USER")
+    return f"{name} (sudo by {sudo})" if sudo and sudo != name else name
 
 
 def _send(config: Config, args: argparse.Namespace) -> int:

@@ -51,7 +51,8 @@ DAEMONS: dict[str, frozenset[str]] = {
 }
 # The master supervises: it binds listeners and starts each daemon's main function.
 SUPERVISOR = {"mta.master": _BELOW_DAEMONS | frozenset(DAEMONS)}
-ENTRY_POINTS = {"mta.cli", "mta.queue_cli", "mta.__main__"}  # may use anything
+# may use anything
+ENTRY_POINTS = {"mta.cli", "mta.queue_cli", "mta.queue_select", "mta.sendmail", "mta.__main__"}
 
 ALLOWED = {**LIBRARIES, **DAEMONS, **SUPERVISOR}
 
