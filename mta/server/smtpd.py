@@ -109,6 +109,7 @@ class SMTPProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = 0.0
         self._reading_paused = False
+        self._client_done = False  # the client half-closed: answer what it sent, then close
         self._writing_paused = False
         # the DNSBL lookup started at connect (connect_access.py), applied at RCPT
         self.dnsbl_lookup: asyncio.Task[Listing] | None = None
@@ -330,10 +331,22 @@ class SMTPProtocol(asyncio.Protocol):
             self.request_started = None
             if self.session.buffered:
                 self._start_request(self.ctx.loop.time())
-        if self.session.closing:
+        if self.session.closing or (self._client_done and not self.session.waiting):
             transport.close()
             return
         self._update_reading()
+
+    def eof_received(self) -> bool | None:
+        """The client sends no more (a half-close: ``nc -N``, a sendmail -bs relay, a client
+        that shuts down its side after QUIT).  What it sent is still answered, a message
+        being made durable included (its 250 is a promise the client must hear); then the
+        connection is closed (``_flush``), as Postfix's smtpd does.  Before the greeting,
+        and under TLS (which cannot half-close), the connection just ends."""
+        if self._early is not None or self.transport is None or self.session.tls:
+            return None
+        self._client_done = True
+        self._drive()
+        return True
 
     def _update_reading(self) -> None:
         transport = self.transport
