@@ -12,16 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mta.logs import FLUSH_SECONDS
 from mta.queue.spool import Spool
 
 REPO = Path(__file__).resolve().parent.parent
-# A process writes the lines it logged at most FLUSH_SECONDS later (mta/logs.py).  So once
-# the log has not grown for a few of those, what was logged before is written (with room
-# for a writer thread that a loaded machine runs late); and a log that keeps growing for
-# LOG_BUSY shows that the writers run, so what was logged before is written too.
-LOG_SETTLE = 4 * FLUSH_SECONDS
-LOG_BUSY = 5 * LOG_SETTLE
 QUEUE_STATES = ("incoming", "active", "deferred", "hold", "corrupt")  # where messages wait
 
 
@@ -144,16 +137,9 @@ class MtaProcess:
         return self.proc.pid
 
     def log(self) -> str:
-        """The log so far.  Each process writes its lines a moment after it logs them
-        (mta/logs.py), so read once the file has stopped growing for a little while, or
-        has grown all along for a while (see LOG_SETTLE)."""
+        """The log so far (every process writes a line when it logs it: mta/logs.py)."""
         if not self.log_path.exists():
             return ""
-        deadline = time.monotonic() + LOG_BUSY
-        size = -1
-        while (now := self.log_path.stat().st_size) != size and time.monotonic() < deadline:
-            size = now
-            time.sleep(LOG_SETTLE)
         return self.log_path.read_text(errors="replace")
 
     def signal(self, signum: int) -> None:
