@@ -15,6 +15,11 @@ from typing import Any
 from mta.queue.spool import Spool
 
 REPO = Path(__file__).resolve().parent.parent
+# Every process writes a line when it logs it (mta/logs.py), but many tests read the log
+# right after a client's last step, before the relay has acted on it: log() reads once the
+# file has stopped growing for LOG_SETTLE, or has grown all along for LOG_BUSY.
+LOG_SETTLE = 0.2
+LOG_BUSY = 5 * LOG_SETTLE
 QUEUE_STATES = ("incoming", "active", "deferred", "hold", "corrupt")  # where messages wait
 
 
@@ -137,9 +142,15 @@ class MtaProcess:
         return self.proc.pid
 
     def log(self) -> str:
-        """The log so far (every process writes a line when it logs it: mta/logs.py)."""
+        """The log so far, read once the file has stopped growing for a little while, or
+        has grown all along for a while (see LOG_SETTLE)."""
         if not self.log_path.exists():
             return ""
+        deadline = time.monotonic() + LOG_BUSY
+        size = -1
+        while (now := self.log_path.stat().st_size) != size and time.monotonic() < deadline:
+            size = now
+            time.sleep(LOG_SETTLE)
         return self.log_path.read_text(errors="replace")
 
     def signal(self, signum: int) -> None:
