@@ -94,7 +94,9 @@ class SyslogFormatter(logging.Formatter):
         return f"{self.program}/{service_of(record)}[{record.process}]"
 
     def format(self, record: logging.LogRecord) -> str:
-        return f"{syslog_time(record.created)} {self.host} {self.tag(record)}: {text_of(self, record)}"
+        return (
+            f"{syslog_time(record.created)} {self.host} {self.tag(record)}: {text_of(self, record)}"
+        )
 
 
 class JsonFormatter(logging.Formatter):
@@ -116,6 +118,9 @@ class JsonFormatter(logging.Formatter):
         entry.update(fields_of(record))
         entry["text"] = text_of(self, record)
         return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+_PLAIN = logging.Formatter()  # for tracebacks where no formatter of ours is in use
 
 
 def text_of(formatter: logging.Formatter, record: logging.LogRecord) -> str:
@@ -204,7 +209,7 @@ class JournalHandler(DatagramHandler):
 
     def payload(self, record: logging.LogRecord) -> bytes:
         fields = {
-            "MESSAGE": text_of(self, record),
+            "MESSAGE": text_of(_PLAIN, record),
             "PRIORITY": str(_SEVERITY.get(record.levelname, 6)),
             "SYSLOG_FACILITY": str(MAIL_FACILITY),
             "SYSLOG_IDENTIFIER": f"{self.program}/{service_of(record)}",

@@ -114,7 +114,7 @@ def test_lines_of_a_message_follow_causality(
         send(server, "alice@one.test", ["bob@good.test"], f"order{n}")
     wait_until(lambda: server.log().count(": removed") == 5)
     lines = server.log().splitlines()
-    assert all(PREFIX.match(line) for line in lines), [l for l in lines if not PREFIX.match(l)]
+    assert all(PREFIX.match(line) for line in lines), [x for x in lines if not PREFIX.match(x)]
     queue_ids = re.findall(
         r"mta/smtpd\[\d+\]: (\w+): client=unknown\[127\.0\.0\.1\]", "\n".join(lines)
     )
@@ -139,6 +139,6 @@ def test_lines_of_a_message_follow_causality(
         assert found == sorted(found), mine
     delivered = [line for line in lines if "status=sent" in line]
     assert all(
-        re.search(r"delay=[\d.]+, delays=[\d.]+/0/0/[\d.]+, dsn=2\.0\.0, status=sent \(", l)
-        for l in delivered
+        re.search(r"delay=[\d.]+, delays=[\d.]+/0/0/[\d.]+, dsn=2\.0\.0, status=sent \(", line)
+        for line in delivered
     )

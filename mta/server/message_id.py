@@ -24,7 +24,7 @@ _ANGLE = re.compile(rb"<([^<>\s]*)>")
 class MessageIdScanner:
     """Fed the message as it arrives; :meth:`message_id` is the id without its brackets."""
 
-    __slots__ = ("_head", "_done")
+    __slots__ = ("_done", "_head")
 
     def __init__(self) -> None:
         self._head = bytearray()

@@ -292,7 +292,9 @@ class SMTPProtocol(asyncio.Protocol):
         if self.writer is not None and not self.session.waiting:
             self._discard_message()  # a client that vanishes mid-DATA leaves nothing behind
         if self._connect_logged:
-            log.info("disconnect from unknown[%s]", self.client_ip, extra={"client": self.client_ip})
+            log.info(
+                "disconnect from unknown[%s]", self.client_ip, extra={"client": self.client_ip}
+            )
         self.ctx.connection_closed(self)
 
     def pause_writing(self) -> None:
@@ -409,8 +411,7 @@ class SMTPProtocol(asyncio.Protocol):
         cipher = tls.cipher() if tls is not None else None
         name, bits = (cipher[0], cipher[2]) if cipher else ("unknown", 0)
         log.info(
-            "Anonymous TLS connection established from unknown[%s]: %s with cipher %s "
-            "(%d/%d bits)",
+            "Anonymous TLS connection established from unknown[%s]: %s with cipher %s (%d/%d bits)",
             self.client_ip,
             tls.version() if tls is not None else "TLS",
             name,

@@ -280,5 +280,7 @@ def test_end_to_end_levels_and_log_lines(
         log,
         re.MULTILINE,
     )
-    assert re.search(r"to=<bob@plain\.test>, .*, dsn=2\.0\.0, status=sent \(.*\), tls=none$", log, re.M)
+    assert re.search(
+        r"to=<bob@plain\.test>, .*, dsn=2\.0\.0, status=sent \(.*\), tls=none$", log, re.M
+    )
     assert "Verified TLS connection established to mx.dest.test[127.0.0.1]" in log

@@ -266,7 +266,16 @@ def test_json_log_lines(mta_factory: Factory, sink: CaptureSink) -> None:
     for line in lines:
         entry = json.loads(line)  # every line is one JSON object
         assert isinstance(entry, dict), line
-        assert {"time", "host", "program", "process", "level", "logger", "pid", "text"} <= entry.keys(), line
+        assert {
+            "time",
+            "host",
+            "program",
+            "process",
+            "level",
+            "logger",
+            "pid",
+            "text",
+        } <= entry.keys(), line
         entries.append(entry)
     messages = [e["text"] for e in entries]
     assert any(m.startswith("master started") for m in messages)
@@ -282,9 +291,7 @@ def test_json_log_lines(mta_factory: Factory, sink: CaptureSink) -> None:
     assert received["queue_id"] == sent["queue_id"] and received["client"] == "127.0.0.1"
     assert messages[-1] == "master exiting with status 0"
     assert {e["pid"] for e in entries} > {server.pid}  # children log the same way
-    assert next(e for e in entries if e["text"].startswith("reload failed"))["level"] == (
-        "error"
-    )
+    assert next(e for e in entries if e["text"].startswith("reload failed"))["level"] == ("error")
 
 
 def test_metrics_port_in_use_is_reported(mta_factory: Factory) -> None:
