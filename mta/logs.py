@@ -131,9 +131,19 @@ def text_of(formatter: logging.Formatter, record: logging.LogRecord) -> str:
     return text
 
 
+_stamp: tuple[int, str] = (-1, "")  # (second, its stamp): several lines share a second
+
+
 def syslog_time(created: float) -> str:
-    t = time.localtime(created)
-    return f"{_MONTHS[t.tm_mon - 1]} {t.tm_mday:2d} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+    global _stamp
+    second = int(created)
+    if _stamp[0] != second:
+        t = time.localtime(second)
+        text = (
+            f"{_MONTHS[t.tm_mon - 1]} {t.tm_mday:2d} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+        )
+        _stamp = (second, text)
+    return _stamp[1]
 
 
 class LineHandler(logging.Handler):
