@@ -54,7 +54,7 @@ FIELDS = (
     "sasl_username",
     "tls",
 )
-_SERVICES = {"delivery": "smtp", "root": "master"}
+_SERVICES = {"delivery": "smtp", "parser": "smtpd", "root": "master"}
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _SEVERITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
 MAIL_FACILITY = 2  # RFC 5424 §6.2.1: mail system

@@ -106,19 +106,24 @@ def test_lines_of_a_message_follow_causality(
     mta_factory: Callable[..., MtaProcess], sink: CaptureSink
 ) -> None:
     """smtpd's client=, cleanup's message-id=, from= (queue active), to= and removed, in
-    this order in the file, though four processes wrote them."""
+    this order in the file, though several processes (two smtpd, two delivery agents and
+    the queue manager) wrote them."""
     server = mta_factory(
-        {"log": {"format": "syslog"}, "delivery": {"relayhost": f"127.0.0.1:{sink.port}"}}
+        {
+            "log": {"format": "syslog"},
+            "smtp": {"workers": 2},
+            "delivery": {"relayhost": f"127.0.0.1:{sink.port}"},
+        }
     )
-    for n in range(5):
+    for n in range(8):
         send(server, "alice@one.test", ["bob@good.test"], f"order{n}")
-    wait_until(lambda: server.log().count(": removed") == 5)
+    wait_until(lambda: server.log().count(": removed") == 8)
     lines = server.log().splitlines()
     assert all(PREFIX.match(line) for line in lines), [x for x in lines if not PREFIX.match(x)]
     queue_ids = re.findall(
         r"mta/smtpd\[\d+\]: (\w+): client=unknown\[127\.0\.0\.1\]", "\n".join(lines)
     )
-    assert len(queue_ids) == 5
+    assert len(queue_ids) == 8
     steps = [
         ("smtpd", "client=unknown[127.0.0.1]"),
         ("cleanup", "message-id=<order"),
