@@ -115,15 +115,15 @@ def test_lines_of_a_message_follow_causality(
             "delivery": {"relayhost": f"127.0.0.1:{sink.port}"},
         }
     )
-    for n in range(8):
+    for n in range(12):
         send(server, "alice@one.test", ["bob@good.test"], f"order{n}")
-    wait_until(lambda: server.log().count(": removed") == 8)
+    wait_until(lambda: server.log().count(": removed") == 12)
     lines = server.log().splitlines()
     assert all(PREFIX.match(line) for line in lines), [x for x in lines if not PREFIX.match(x)]
     queue_ids = re.findall(
         r"mta/smtpd\[\d+\]: (\w+): client=unknown\[127\.0\.0\.1\]", "\n".join(lines)
     )
-    assert len(queue_ids) == 8
+    assert len(queue_ids) == 12
     steps = [
         ("smtpd", "client=unknown[127.0.0.1]"),
         ("cleanup", "message-id=<order"),
