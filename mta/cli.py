@@ -104,7 +104,7 @@ def version_text() -> str:
 def _serve(config: Config, args: argparse.Namespace) -> int:
     if (problem := _check_tables(config, EXIT_CONFIG)) is not None:
         return problem  # EX_CONFIG: a service manager does not restart it in a loop
-    setup_logging(config.log.level, config.log.format)
+    setup_logging(config.log.level, config.log.format, config.log.output, config.log.syslog_name)
     from mta.master import metrics_dir
 
     metrics_dir.prepare()  # before anything imports prometheus_client

@@ -541,7 +541,13 @@ class MetricsConfig(_Section, frozen=True):
 
 class LogConfig(_Section, frozen=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["text", "json"] = "text"
+    format: Literal["text", "syslog", "json"] = "text"  # syslog: Postfix's lines (mta/logs.py)
+    output: Literal["stderr", "syslog", "journald"] = "stderr"
+    syslog_name: str = "mta"  # Postfix's syslog_name: the "mta" of "mta/smtpd[pid]"
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", self.syslog_name):
+            raise ValueError("syslog_name: letters, digits, '.', '_' and '-' only")
 
 
 class SendmailConfig(_Section, frozen=True):

@@ -12,15 +12,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mta.logs import FLUSH_SECONDS
 from mta.queue.spool import Spool
 
 REPO = Path(__file__).resolve().parent.parent
-# A process writes the lines it logged at most FLUSH_SECONDS later (mta/logs.py).  So once
-# the log has not grown for a few of those, what was logged before is written (with room
-# for a writer thread that a loaded machine runs late); and a log that keeps growing for
-# LOG_BUSY shows that the writers run, so what was logged before is written too.
-LOG_SETTLE = 4 * FLUSH_SECONDS
+# Every process writes a line when it logs it (mta/logs.py), but many tests read the log
+# right after a client's last step, before the relay has acted on it: log() reads once the
+# file has stopped growing for LOG_SETTLE, or has grown all along for LOG_BUSY.
+LOG_SETTLE = 0.2
 LOG_BUSY = 5 * LOG_SETTLE
 QUEUE_STATES = ("incoming", "active", "deferred", "hold", "corrupt")  # where messages wait
 
@@ -144,8 +142,7 @@ class MtaProcess:
         return self.proc.pid
 
     def log(self) -> str:
-        """The log so far.  Each process writes its lines a moment after it logs them
-        (mta/logs.py), so read once the file has stopped growing for a little while, or
+        """The log so far, read once the file has stopped growing for a little while, or
         has grown all along for a while (see LOG_SETTLE)."""
         if not self.log_path.exists():
             return ""

@@ -1,27 +1,32 @@
-"""Log lines are gathered and written by a thread: none is lost, duplicated or reordered,
-warnings go out at once, and a forked child writes only its own lines."""
+"""Logging (mta/logs.py): each record is one whole write made before the call returns, in
+the text, syslog and JSON formats; the syslog and journald outputs send one datagram per
+record in their protocols; the [log] keys are checked."""
 
 from __future__ import annotations
 
-import fcntl
+import json
 import logging
 import os
-import select
-import sys
-import termios
-import time
+import re
+import socket
 from collections.abc import Iterator
+from pathlib import Path
 
+import msgspec
 import pytest
 
+from mta.config import LogConfig
 from mta.logs import (
-    FLUSH_SECONDS,
-    GatheringHandler,
+    JournalHandler,
     JsonFormatter,
+    LineHandler,
+    SyslogFormatter,
+    SyslogHandler,
     TextFormatter,
-    flush_logs,
+    make_handler,
     setup_logging,
 )
+from mta.server.message_id import HEADER_LIMIT, MessageIdScanner
 
 
 @pytest.fixture
@@ -33,119 +38,172 @@ def pipe() -> Iterator[tuple[int, int]]:
     os.close(write_fd)
 
 
-def logger_for(write_fd: int, name: str) -> tuple[logging.Logger, GatheringHandler]:
-    handler = GatheringHandler(write_fd)
-    handler.setFormatter(TextFormatter())
+def logger_with(handler: logging.Handler, name: str) -> logging.Logger:
     logger = logging.getLogger(name)
     logger.handlers[:] = [handler]
     logger.propagate = False
     logger.setLevel(logging.INFO)
-    return logger, handler
+    return logger
 
 
-def drain(read_fd: int) -> list[str]:
-    data = b""
-    while True:
-        try:
-            chunk = os.read(read_fd, 1 << 16)
-        except BlockingIOError:
-            break
-        if not chunk:
-            break
-        data += chunk
-    return data.decode().splitlines()
+def read_all(read_fd: int) -> str:
+    try:
+        return os.read(read_fd, 1 << 20).decode()
+    except BlockingIOError:
+        return ""
 
 
-def messages(lines: list[str]) -> list[str]:
-    return [line.split(": ", 1)[1] for line in lines]
-
-
-def test_gathered_lines_are_written_soon_whole_and_in_order(pipe: tuple[int, int]) -> None:
+def test_each_record_is_written_whole_before_the_call_returns(pipe: tuple[int, int]) -> None:
     read_fd, write_fd = pipe
-    logger, _ = logger_for(write_fd, "test.gather")
-    for n in range(500):
+    handler = LineHandler(write_fd)
+    handler.setFormatter(TextFormatter())
+    logger = logger_with(handler, "mta.smtpd")
+    for n in range(3):
         logger.info("line %d", n)
-    deadline = time.monotonic() + 2
-    got: list[str] = []
-    while len(got) < 500 and (left := deadline - time.monotonic()) > 0:
-        select.select([read_fd], [], [], left)  # until the writer thread has written
-        got += drain(read_fd)
-    assert messages(got) == [f"line {n}" for n in range(500)]
-    assert all(f"mta[{os.getpid()}] test.gather: " in line for line in got)
+        # no thread, no buffer: the line is in the pipe now, whole
+        assert read_all(read_fd).endswith(f"mta[{os.getpid()}] mta.smtpd: line {n}\n")
 
 
-def test_a_warning_is_written_at_once_with_what_waited_before_it(
-    pipe: tuple[int, int],
+def test_a_record_is_in_the_pipe_at_once(pipe: tuple[int, int]) -> None:
+    read_fd, write_fd = pipe
+    handler = LineHandler(write_fd)
+    handler.setFormatter(SyslogFormatter("mta", "host"))
+    logger = logger_with(handler, "mta.qmgr")
+    logger.info("ABC: removed")
+    assert read_all(read_fd).endswith(f" host mta/qmgr[{os.getpid()}]: ABC: removed\n")
+    logger.error("boom", exc_info=ValueError("x"))  # a traceback stays in the same write
+    assert read_all(read_fd).count(f"mta/qmgr[{os.getpid()}]: boom") == 1
+
+
+def test_syslog_lines_are_postfix_shaped() -> None:
+    formatter = SyslogFormatter("relay", "mx1")
+    record = logging.makeLogRecord(
+        {"name": "mta.delivery", "msg": "Q1: to=<a@b>", "created": 0.0, "process": 42}
+    )
+    line = formatter.format(record)
+    assert re.fullmatch(
+        r"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d mx1 relay/smtp\[42\]: Q1: to=<a@b>", line
+    )
+    record.service = "local"  # the record says which agent it was
+    assert " relay/local[42]: " in formatter.format(record)
+    record = logging.makeLogRecord({"name": "mta.smtpd", "msg": "x", "created": 0.0, "process": 1})
+    assert " relay/smtpd[1]: x" in formatter.format(record)
+
+
+def test_json_lines_carry_the_fields_a_call_site_passes() -> None:
+    record = logging.makeLogRecord(
+        {
+            "name": "mta.delivery",
+            "msg": "%s: to=<%s>, status=sent",
+            "args": ("Q1", "a@b.test"),
+            "levelname": "INFO",
+            "process": 7,
+            "created": 1.5,
+            "msecs": 500.0,
+            "queue_id": "Q1",
+            "to": "a@b.test",
+            "status": "sent",
+            "delay": 0.25,
+        }
+    )
+    entry = json.loads(JsonFormatter("mta", "mx1").format(record))
+    assert entry["text"] == "Q1: to=<a@b.test>, status=sent"
+    assert (entry["queue_id"], entry["to"], entry["status"], entry["delay"]) == (
+        "Q1",
+        "a@b.test",
+        "sent",
+        0.25,
+    )
+    assert (entry["host"], entry["program"], entry["process"], entry["pid"]) == (
+        "mx1",
+        "mta",
+        "smtp",
+        7,
+    )
+    assert entry["level"] == "info" and entry["time"].startswith("19")
+
+
+def datagram_server(path: Path) -> socket.socket:
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(path))
+    server.settimeout(5)
+    return server
+
+
+def test_syslog_output_sends_rfc3164_datagrams_with_facility_mail(tmp_path: Path) -> None:
+    with datagram_server(tmp_path / "log") as server:
+        handler = SyslogHandler("mta", str(tmp_path / "log"))
+        logger = logger_with(handler, "mta.smtpd")
+        logger.warning("warning: unknown[192.0.2.1]: SASL LOGIN authentication failed")
+        data = server.recv(65536).decode()
+        handler.close()
+    # PRI = mail (2) * 8 + warning (4)
+    assert re.fullmatch(
+        rf"<20>[A-Z][a-z]{{2}} [ \d]\d \d\d:\d\d:\d\d mta/smtpd\[{os.getpid()}\]: "
+        r"warning: unknown\[192\.0\.2\.1\]: SASL LOGIN authentication failed",
+        data,
+    )
+
+
+def test_journald_output_speaks_the_native_protocol(tmp_path: Path) -> None:
+    with datagram_server(tmp_path / "journal") as server:
+        handler = JournalHandler("mta", str(tmp_path / "journal"))
+        logger = logger_with(handler, "mta.qmgr")
+        logger.info("Q1: removed", extra={"queue_id": "Q1"})
+        logger.info("two\nlines")
+        first, second = server.recv(65536), server.recv(65536)
+        handler.close()
+    fields = dict(line.split(b"=", 1) for line in first.rstrip(b"\n").split(b"\n"))
+    assert fields[b"MESSAGE"] == b"Q1: removed"
+    assert fields[b"SYSLOG_IDENTIFIER"] == b"mta/qmgr"
+    assert fields[b"PRIORITY"] == b"6" and fields[b"SYSLOG_FACILITY"] == b"2"
+    assert fields[b"MTA_QUEUE_ID"] == b"Q1"
+    # a value with a newline: the name, a newline, its length (64-bit little endian), value
+    assert b"MESSAGE\n" + (9).to_bytes(8, "little") + b"two\nlines\n" in second
+
+
+def test_outputs_fall_back_when_their_socket_is_absent(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    read_fd, write_fd = pipe
-    logger, _ = logger_for(write_fd, "test.warn")
-    logger.info("before")
-    logger.warning("trouble")
-    assert messages(drain(read_fd)) == ["before", "trouble"]  # no waiting for the thread
+    monkeypatch.setattr("mta.logs.JOURNAL_SOCKET", str(tmp_path / "none"))
+    monkeypatch.setattr(JournalHandler.__init__, "__defaults__", (str(tmp_path / "none"),))
+    monkeypatch.setattr(SyslogHandler.__init__, "__defaults__", (str(tmp_path / "log"),))
+    with datagram_server(tmp_path / "log"):
+        assert isinstance(make_handler("journald", "syslog", "mta"), SyslogHandler)
+    assert isinstance(make_handler("syslog", "syslog", "mta"), LineHandler)  # no /dev/log
 
 
-def test_flush_writes_everything_now(pipe: tuple[int, int]) -> None:
-    read_fd, write_fd = pipe
-    logger, handler = logger_for(write_fd, "test.flush")
-    logger.info("one")
-    logger.info("two")
-    handler.flush()
-    assert messages(drain(read_fd)) == ["one", "two"]
-
-
-def unread(read_fd: int) -> int:
-    """Octets waiting in the pipe (FIONREAD), without reading them."""
-    return int.from_bytes(fcntl.ioctl(read_fd, termios.FIONREAD, bytes(4)), sys.byteorder)
-
-
-def wait_written(read_fd: int, more_than: int, timeout: float = 2.0) -> bool:
-    """Until more than ``more_than`` octets wait in the pipe."""
-    deadline = time.monotonic() + timeout
-    while unread(read_fd) <= more_than:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(FLUSH_SECONDS / 10)
-    return True
-
-
-def test_a_forked_child_writes_its_own_lines_only(pipe: tuple[int, int]) -> None:
-    read_fd, write_fd = pipe
-    logger, handler = logger_for(write_fd, "test.fork")
-    logger.info("parent before fork")  # gathered, not yet written
-    record = logger.makeRecord(logger.name, logging.INFO, "", 0, "parent before fork", (), None)
-    parents = len(handler.format(record)) + 1  # what the parent's writer thread will write
-    pid = os.fork()
-    if pid == 0:  # the child: log, write out, leave without running the parent's cleanup
-        code = 1
-        try:
-            logger.info("from the child")
-            # more than the parent's line: the child's own writer thread has written too
-            written = wait_written(read_fd, more_than=parents)
-            logger.info("child, last")
-            handler.flush()
-            code = 0 if written else 2
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    handler.flush()
-    got = messages(drain(read_fd))
-    assert sorted(got) == sorted(["parent before fork", "from the child", "child, last"])
-    assert got.index("from the child") < got.index("child, last")
-
-
-def test_setup_logging_keeps_one_handler_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_setup_logging_installs_one_handler(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(logging, "_srcfile", logging._srcfile)  # type: ignore[attr-defined]
     monkeypatch.setattr(logging, "logThreads", logging.logThreads)
     monkeypatch.delenv("MTA_LOG_LEVEL", raising=False)
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", list(root.handlers))
     monkeypatch.setattr(root, "level", root.level)
-    setup_logging("info", "text")
+    setup_logging("info", "syslog", "stderr", "relay")
     [handler] = root.handlers
-    assert isinstance(handler, GatheringHandler)
-    setup_logging("debug", "json")  # again: the same handler, with the new format and level
-    assert root.handlers == [handler]
-    assert isinstance(handler.formatter, JsonFormatter)
+    assert isinstance(handler.formatter, SyslogFormatter) and handler.formatter.program == "relay"
+    setup_logging("debug", "json")  # again: replaced, with the new format and level
+    [again] = root.handlers
+    assert isinstance(again.formatter, JsonFormatter)
     assert root.level == logging.DEBUG
-    flush_logs()  # finds it there
+
+
+def test_log_config_keys() -> None:
+    assert LogConfig(format="syslog", output="journald", syslog_name="postfix-out")
+    for bad in ({"format": "xml"}, {"output": "file"}, {"syslog_name": "a/b"}):
+        with pytest.raises(msgspec.ValidationError):
+            msgspec.convert(bad, LogConfig)
+
+
+def test_message_id_is_read_from_the_header_only() -> None:
+    scanner = MessageIdScanner()
+    for piece in (b"Subject: x\r\nMessage-", b"ID:\r\n <abc@example.test>\r\n\r\n", b"body"):
+        scanner.feed(piece)
+    assert scanner.message_id() == "abc@example.test"
+    late = MessageIdScanner()
+    late.feed(b"Subject: x\r\n\r\nMessage-ID: <in-the-body@x>\r\n")
+    assert late.message_id() == ""
+    far = MessageIdScanner()
+    far.feed(b"X-Long: " + b"y" * HEADER_LIMIT + b"\r\nMessage-ID: <too-far@x>\r\n\r\n")
+    assert far.message_id() == ""

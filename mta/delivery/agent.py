@@ -37,6 +37,7 @@ from mta.delivery.stored import (
     message_to_send,
 )
 from mta.protocol.client_events import StoredMessage
+from mta.protocol.printable import for_log
 from mta.queue.envelope import Envelope
 from mta.queue.ipc import FrameReader, Job, Result, SlotGrant, agent_address, encode_frame
 from mta.queue.msgfile import CorruptMessageFile
@@ -189,6 +190,7 @@ class DeliveryAgent:
         writer.write(b"".join(results))
 
     async def _deliver(self, job: Job) -> Result:
+        started = time.time()
         try:
             if job.segment:
                 path = self.spool.segment(job.segment)
@@ -203,6 +205,7 @@ class DeliveryAgent:
             return Result(queue_id=job.queue_id, problem="missing")
         envelope = message_file.envelope
         recipients = job.recipients or [r.address for r in envelope.recipients]
+        log_active(envelope)
         header = message_file.read_headers()
         eight_bit = envelope.body_type == "8BITMIME"
         signature, new_signature = b"", False
@@ -255,7 +258,7 @@ class DeliveryAgent:
         except MessageReadError as exc:  # the file went bad after it was verified
             log.error("%s: %s", job.queue_id, exc)
             return Result(queue_id=job.queue_id, problem="corrupt")
-        self._log(envelope, results)
+        self._log(envelope, results, started)
         if new_signature and any(r.status == "deferred" for r in results):
             self.signer.save(job.queue_id, signature)  # type: ignore[union-attr]
         return Result(queue_id=job.queue_id, results=results)
@@ -287,21 +290,35 @@ class DeliveryAgent:
         except FileNotFoundError:
             return False
 
-    def _log(self, envelope: Envelope, results: list[RecipientResult]) -> None:
+    def _log(self, envelope: Envelope, results: list[RecipientResult], started: float) -> None:
         now = time.time()
         delay = now - envelope.received_at
+        delays = postfix_delays(envelope.received_at, started, now)
         label = self.domain_labels.label
         for r in results:
+            status = _LOGGED_STATUS.get(r.status, r.status)
             log.info(
-                "%s: to=<%s>, relay=%s, delay=%.2f, tls=%s, dsn=%s, status=%s (%s)",
+                "%s: to=<%s>, relay=%s, delay=%.2f, delays=%s, dsn=%s, status=%s (%s), tls=%s",
                 envelope.queue_id,
                 r.address,
                 r.relay,
                 delay,
-                r.tls or "none",
+                delays,
                 r.dsn,
-                _LOGGED_STATUS.get(r.status, r.status),
+                status,
                 r.reply,
+                r.tls or "none",
+                extra={
+                    "service": _SERVICE_OF_RELAY.get(r.relay, "smtp"),
+                    "queue_id": envelope.queue_id,
+                    "to": r.address,
+                    "relay": r.relay,
+                    "delay": round(delay, 3),
+                    "delays": delays,
+                    "dsn": r.dsn,
+                    "status": status,
+                    "tls": r.tls or "none",
+                },
             )
             key = (label(r.address), r.status)
             self.attempts[key] = self.attempts.get(key, 0) + 1
@@ -330,6 +347,42 @@ def _read_whole(message: StoredMessage) -> bytes:
 # Postfix's words in the log, which log tools and people already read: a permanent failure
 # is "bounced" (whether the sender gets the bounce is the queue manager's business).
 _LOGGED_STATUS = {"failed": "bounced"}
+_SERVICE_OF_RELAY = {"local": "local", "discard": "discard"}  # Postfix's delivery agents
+
+
+def log_active(envelope: Envelope) -> None:
+    """``QID: from=<>, size=N, nrcpt=N (queue active)``: Postfix's qmgr line, logged here
+    at each attempt because the delivery agent is the process that reads the envelope."""
+    log.info(
+        "%s: from=<%s>, size=%d, nrcpt=%d (queue active)",
+        envelope.queue_id,
+        for_log(envelope.sender),
+        envelope.size,
+        len(envelope.recipients),
+        extra={
+            "queue_id": envelope.queue_id,
+            "from": for_log(envelope.sender),
+            "size": envelope.size,
+            "nrcpt": len(envelope.recipients),
+        },
+    )
+
+
+def postfix_delays(received_at: float, started: float, now: float) -> str:
+    """Postfix's ``delays=a/b/c/d``, approximated: ``a`` is everything before this delivery
+    agent took the message (Postfix's a and b: receipt, the queue, the queue manager), ``b``
+    is 0, ``c`` (connection setup) is 0 because it is not measured apart from ``d``, and
+    ``d`` is this agent's whole time with the message (reading it, DNS, connecting, TLS,
+    transmission)."""
+    parts = (max(0.0, started - received_at), 0.0, 0.0, max(0.0, now - started))
+    return "/".join(_seconds(part) for part in parts)
+
+
+def _seconds(value: float) -> str:
+    """Postfix's way with delays: "0" when nothing was measured, two decimals below 10 s."""
+    if value == 0:
+        return "0"
+    return f"{value:.2f}" if value < 10 else f"{value:.0f}"
 
 
 class DomainLabels:

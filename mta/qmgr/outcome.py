@@ -142,7 +142,7 @@ def _remove(spool: Spool, states: StateStore, queue_id: str) -> None:
     spool.remove("active", queue_id)
     states.remove(queue_id)
     metrics.MESSAGES_DELIVERED.inc()
-    log.info("%s: removed", queue_id)
+    log.info("%s: removed", queue_id, extra={"queue_id": queue_id})
 
 
 def _bounce(

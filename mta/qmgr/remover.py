@@ -131,7 +131,7 @@ class Remover:
 
     def _removed(self, queue_id: str) -> None:
         self._delivered += 1
-        log.info("%s: removed", queue_id)
+        log.info("%s: removed", queue_id, extra={"queue_id": queue_id})
 
     def _write_marks(self, marks: dict[str, list[int]]) -> None:
         for segment, offsets in marks.items():

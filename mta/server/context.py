@@ -360,6 +360,13 @@ class WorkerContext:
             envelope.size,
             len(envelope.recipients),
             envelope.client_address,
+            extra={
+                "queue_id": envelope.queue_id,
+                "from": for_log(envelope.sender),
+                "size": envelope.size,
+                "nrcpt": len(envelope.recipients),
+                "client": envelope.client_address,
+            },
         )
         self.stats.received += 1
         self.stats.received_bytes += envelope.size

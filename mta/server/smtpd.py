@@ -60,6 +60,7 @@ from mta.queue.envelope import Envelope, Recipient
 from mta.queue.ids import new_queue_id
 from mta.queue.spool import MessageWriter
 from mta.server import tls
+from mta.server.message_id import MessageIdScanner
 from mta.server.policy import declared_size, in_networks, storage_refusal
 from mta.server.trace import protocol_name, received_header
 
@@ -98,6 +99,8 @@ class SMTPProtocol(asyncio.Protocol):
         # before the greeting (see _open): input held back, and the task deciding it
         self._early: bytearray | None = None
         self._opening: asyncio.Task[None] | None = None
+        self._connect_logged = False  # "disconnect from" answers a logged "connect from"
+        self._message_id = MessageIdScanner()  # of the message being received
         self._input_waiter: asyncio.Future[None] | None = None  # _open waits for bytes
         self._handshaking = False  # a TLS handshake is under way (see _tls_handshake)
         # deadlines (loop time; see the module docstring)
@@ -238,7 +241,14 @@ class SMTPProtocol(asyncio.Protocol):
 
     def _log_connect(self) -> None:
         via = f" via [{self.proxied_by}]" if self.proxied_by else ""
-        log.info("connect from [%s]%s on %s", self.client_ip, via, self.listener.name)
+        log.info(
+            "connect from unknown[%s]%s on %s",
+            self.client_ip,
+            via,
+            self.listener.name,
+            extra={"client": self.client_ip},
+        )
+        self._connect_logged = True
 
     async def _implicit_tls(self) -> bool:
         """RFC 8314 §3.3: TLS from the first octet (after a PROXY header), then the greeting;
@@ -282,6 +292,10 @@ class SMTPProtocol(asyncio.Protocol):
             self.dnsbl_lookup.cancel()
         if self.writer is not None and not self.session.waiting:
             self._discard_message()  # a client that vanishes mid-DATA leaves nothing behind
+        if self._connect_logged:
+            log.info(
+                "disconnect from unknown[%s]", self.client_ip, extra={"client": self.client_ip}
+            )
         self.ctx.connection_closed(self)
 
     def pause_writing(self) -> None:
@@ -402,7 +416,22 @@ class SMTPProtocol(asyncio.Protocol):
             return False
         self.transport = tls_transport
         self.ctx.stats.tls_sessions += 1
+        self._log_tls(tls_transport.get_extra_info("ssl_object"))
         return True
+
+    def _log_tls(self, tls: ssl.SSLObject | None) -> None:
+        """Postfix's line; "Anonymous": no client certificate is asked for."""
+        cipher = tls.cipher() if tls is not None else None
+        name, bits = (cipher[0], cipher[2]) if cipher else ("unknown", 0)
+        log.info(
+            "Anonymous TLS connection established from unknown[%s]: %s with cipher %s (%d/%d bits)",
+            self.client_ip,
+            tls.version() if tls is not None else "TLS",
+            name,
+            bits,
+            bits,
+            extra={"client": self.client_ip},
+        )
 
     def _tls_failed(self, transport: asyncio.Transport, detail: str) -> None:
         log.info("SSL_accept error from [%s] on %s: %s", self.client_ip, self.listener.name, detail)
@@ -525,6 +554,12 @@ class SMTPProtocol(asyncio.Protocol):
             for_log(facts.recipient),
             "ESMTP" if self.session.esmtp else "SMTP",
             for_log(facts.helo),
+            extra={
+                "client": facts.client_ip,
+                "from": for_log(facts.sender),
+                "to": for_log(facts.recipient),
+                "status": what,
+            },
         )
 
     # Per-client limits (mta/policy/limits.py): asked after the other checks said yes, so a
@@ -603,6 +638,7 @@ class SMTPProtocol(asyncio.Protocol):
             self._discard_message()
             session.reject(replies.LOCAL_ERROR)
             return
+        self._log_client(queue_id)
         self._write_failed = False
         session.accept()
 
@@ -610,6 +646,7 @@ class SMTPProtocol(asyncio.Protocol):
         writer = self.writer
         if writer is None or self._write_failed:
             return
+        self._message_id.feed(data)
         try:
             writer.write(data)
         except OSError as exc:  # disk full: keep reading to the end, then answer 451
@@ -629,6 +666,7 @@ class SMTPProtocol(asyncio.Protocol):
             self.session.reject(replies.LOCAL_ERROR)
             return
         envelope = self._envelope(writer)
+        self._log_message_id(writer.queue_id)  # before the queue manager can see it
         try:
             if self.hold:  # the queue manager sees it in incoming/ and holds it
                 writer.spill()
@@ -667,6 +705,33 @@ class SMTPProtocol(asyncio.Protocol):
             body_type=(params.get("BODY") or "7BIT").upper(),
             smtputf8="SMTPUTF8" in params,
             hold=self.hold,
+        )
+
+    def _log_client(self, queue_id: str) -> None:
+        """``QID: client=unknown[ip]`` (with the SASL login), as Postfix's smtpd logs when
+        a queue file is opened: the line log readers count as a message received."""
+        session = self.session
+        sasl = ""
+        if session.authenticated:
+            login = for_log(session.authenticated)
+            sasl = f", sasl_method={session.auth_mechanism}, sasl_username={login}"
+        log.info(
+            "%s: client=unknown[%s]%s",
+            queue_id,
+            self.client_ip,
+            sasl,
+            extra={"queue_id": queue_id, "client": self.client_ip},
+        )
+        self._message_id = MessageIdScanner()
+
+    def _log_message_id(self, queue_id: str) -> None:
+        """Postfix's cleanup line (the Message-ID read while receiving: message_id.py)."""
+        message_id = for_log(self._message_id.message_id())
+        log.info(
+            "%s: message-id=<%s>",
+            queue_id,
+            message_id,
+            extra={"service": "cleanup", "queue_id": queue_id, "message_id": message_id},
         )
 
     def _discard_message(self) -> None:

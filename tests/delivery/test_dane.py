@@ -328,7 +328,8 @@ def test_end_to_end_log_line(
     log = wait_until(lambda: "status=sent" in relay.log() and relay.log())
     assert re.search(
         r"to=<bob@dest\.test>, relay=mx1\.dest\.test\[127\.0\.0\.2\]:\d+, "
-        r"delay=[\d.]+, tls=TLSv1\.[23] dane, dsn=2\.0\.0, status=sent",
+        r"delay=[\d.]+, delays=[\d./]+, dsn=2\.0\.0, status=sent \(.*\), tls=TLSv1\.[23] dane$",
         log,
+        re.MULTILINE,
     )
     assert "Verified TLS connection established to mx1.dest.test[127.0.0.2]" in log

@@ -28,8 +28,8 @@ RECEIVED = re.compile(
 )
 LOG_LINE = re.compile(
     r"(?P<id>[0-9A-F]{19}): to=<(?P<to>[^>]*)>, relay=(?P<relay>\S+), "
-    r"delay=(?P<delay>\d+(?:\.\d+)?), tls=(?P<tls>[^,]+), dsn=(?P<dsn>[245]\.\d{1,3}\.\d{1,3}), "
-    r"status=(?P<status>sent|deferred|bounced) \((?P<reply>.*)\)$",
+    r"delay=(?P<delay>\d+(?:\.\d+)?), delays=[\d./]+, dsn=(?P<dsn>[245]\.\d{1,3}\.\d{1,3}), "
+    r"status=(?P<status>sent|deferred|bounced) \((?P<reply>.*)\), tls=(?P<tls>[^,]+)$",
     re.MULTILINE,
 )
 LONG_LINE = b"x" * 990 + b"\r\n"  # RFC 5321 §4.5.3.1.6 allows 998 octets plus CRLF

@@ -276,8 +276,11 @@ def test_end_to_end_levels_and_log_lines(
     log = wait_until(lambda: relay.log().count("status=sent") == 2 and relay.log())
     assert re.search(
         r"to=<bob@dest\.test>, relay=mx\.dest\.test\[127\.0\.0\.1\]:\d+, "
-        r"delay=[\d.]+, tls=TLSv1\.[23] verified, dsn=2\.0\.0, status=sent",
+        r"delay=[\d.]+, delays=[\d./]+, dsn=2\.0\.0, status=sent \(.*\), tls=TLSv1\.[23] verified$",
         log,
+        re.MULTILINE,
     )
-    assert re.search(r"to=<bob@plain\.test>, .*, tls=none, dsn=2\.0\.0, status=sent", log)
+    assert re.search(
+        r"to=<bob@plain\.test>, .*, dsn=2\.0\.0, status=sent \(.*\), tls=none$", log, re.M
+    )
     assert "Verified TLS connection established to mx.dest.test[127.0.0.1]" in log

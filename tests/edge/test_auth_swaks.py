@@ -8,6 +8,7 @@ client relay.  Certificates come from trustme, written to files.
 from __future__ import annotations
 
 import base64
+import re
 import shutil
 import smtplib
 import ssl
@@ -284,9 +285,20 @@ def test_a_failure_delay_does_not_hold_up_other_clients(relay: Relay) -> None:
 
 def test_the_log_never_holds_a_password(relay: Relay) -> None:
     assert "235 2.7.0" in submit(relay, "PLAIN") and "235 2.7.0" in submit(relay, "LOGIN")
-    log = wait_until(lambda: (text := relay.server.log()).count("sasl_method=") >= 2 and text)
+    # at AUTH, and with the queue ID when the message is received (Postfix's client= line)
+    log = wait_until(lambda: (text := relay.server.log()).count("sasl_method=") >= 4 and text)
     assert "sasl_method=PLAIN, sasl_username=alice" in log
     assert "sasl_method=LOGIN, sasl_username=alice" in log
+    for mechanism in ("PLAIN", "LOGIN"):
+        assert re.search(
+            rf": \w+: client=unknown\[127\.0\.0\.1\], sasl_method={mechanism}, sasl_username=alice",
+            log,
+        )
+    assert re.search(
+        r"Anonymous TLS connection established from unknown\[127\.0\.0\.1\]: "
+        r"TLSv1\.[23] with cipher \S+ \(\d+/\d+ bits\)",
+        log,
+    )
     for secret in (PASSWORD, "bobs-secret", base64.b64encode(PASSWORD.encode()).decode()):
         assert secret not in log
 

@@ -118,7 +118,9 @@ def test_a_proxy_header_and_the_client_hello_in_one_packet(
     )
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         assert _tls_greeting(raw, header, certs).startswith(b"220 mx.test ")
-    assert "connect from [192.0.2.7] via [127.0.0.1] on smtps" in server.log()
+    log = server.log()
+    assert "connect from unknown[192.0.2.7] via [127.0.0.1] on smtps" in log
+    assert "Anonymous TLS connection established from unknown[192.0.2.7]: TLSv1." in log
 
 
 def test_tls_min_version_13_refuses_a_tls12_client_and_logs_it(

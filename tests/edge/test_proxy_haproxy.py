@@ -117,8 +117,8 @@ def test_relay_control_and_received_see_the_client_behind_haproxy(
         assert b"127.0.0.1" not in header and BALANCER.encode() not in header, header
     assert sum(b" with ESMTPS id " in h for h in received) == 2
     log = edge.relay.log()
-    assert f"connect from [{CLIENT}] via [127.0.0.1] on edge" in log
-    assert f"connect from [{CLIENT}] via [127.0.0.1] on edge_tls" in log
+    assert f"connect from unknown[{CLIENT}] via [127.0.0.1] on edge" in log
+    assert f"connect from unknown[{CLIENT}] via [127.0.0.1] on edge_tls" in log
 
 
 def test_a_client_behind_haproxy_outside_relay_networks_is_refused(

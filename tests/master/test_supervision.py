@@ -266,19 +266,32 @@ def test_json_log_lines(mta_factory: Factory, sink: CaptureSink) -> None:
     for line in lines:
         entry = json.loads(line)  # every line is one JSON object
         assert isinstance(entry, dict), line
-        assert {"time", "level", "logger", "pid", "message"} <= entry.keys(), line
+        assert {
+            "time",
+            "host",
+            "program",
+            "process",
+            "level",
+            "logger",
+            "pid",
+            "text",
+        } <= entry.keys(), line
         entries.append(entry)
-    messages = [e["message"] for e in entries]
+    messages = [e["text"] for e in entries]
     assert any(m.startswith("master started") for m in messages)
     assert any(m.startswith("reload failed") for m in messages)
     assert any(m.startswith("started smtpd#1") for m in messages)
-    assert any(e["logger"] == "mta.smtpd" and "(queued)" in e["message"] for e in entries)
-    assert any(e["logger"] == "mta.delivery" and "status=sent" in e["message"] for e in entries)
+    assert any(e["logger"] == "mta.smtpd" and "(queued)" in e["text"] for e in entries)
+    assert any(e["logger"] == "mta.delivery" and "status=sent" in e["text"] for e in entries)
+    # real fields, not one string (mta/logs.py): the delivery line's and smtpd's client=
+    sent = next(e for e in entries if e.get("status") == "sent")
+    assert sent["process"] == "smtp" and sent["dsn"] == "2.0.0" and sent["queue_id"], sent
+    assert {"to", "relay", "delay", "delays"} <= sent.keys(), sent
+    received = next(e for e in entries if e["text"].endswith(": client=unknown[127.0.0.1]"))
+    assert received["queue_id"] == sent["queue_id"] and received["client"] == "127.0.0.1"
     assert messages[-1] == "master exiting with status 0"
     assert {e["pid"] for e in entries} > {server.pid}  # children log the same way
-    assert next(e for e in entries if e["message"].startswith("reload failed"))["level"] == (
-        "error"
-    )
+    assert next(e for e in entries if e["text"].startswith("reload failed"))["level"] == ("error")
 
 
 def test_metrics_port_in_use_is_reported(mta_factory: Factory) -> None:

@@ -72,7 +72,7 @@ def test_the_header_source_is_the_client_for_relay_control(
         BALANCER,
     )
     assert protocol.session.limits.normalize_bare_line_endings  # leniency: the real client
-    assert "connect from [192.0.2.7] via [127.0.0.3] on edge" in caplog.text
+    assert "connect from unknown[192.0.2.7] via [127.0.0.3] on edge" in caplog.text
 
 
 def test_without_proxy_protocol_the_socket_address_counts(
