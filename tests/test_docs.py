@@ -46,9 +46,9 @@ def test_every_config_key_is_in_the_reference() -> None:
     for section, cls in sections.items():
         chunk = page.split(f"## [{section}]\n", 1)[1].split("\n## ", 1)[0]
         for key in cls.__struct_fields__:
-            assert f"| `{key}` |" in chunk or isinstance(
-                getattr(cls(), key, None), dict
-            ), f"{section}.{key}"
+            assert f"| `{key}` |" in chunk or isinstance(getattr(cls(), key, None), dict), (
+                f"{section}.{key}"
+            )
 
 
 def test_metrics_reference_is_generated_from_mta_metrics() -> None:
