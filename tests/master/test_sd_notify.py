@@ -15,13 +15,12 @@ from mta.master import sd_notify
 from tests.helpers import MtaProcess
 
 
-@pytest.fixture(params=["path", "abstract"])
-def notify_socket(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def _notify_socket(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[socket.socket]:
     """A datagram socket as systemd's ``$NOTIFY_SOCKET``: a path, or ``@name`` (abstract)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    if request.param == "path":
+    if kind == "path":
         address = str(tmp_path / "notify")
         sock.bind(address)
     else:
@@ -32,6 +31,19 @@ def notify_socket(
     sock.settimeout(20)
     yield sock
     sock.close()
+
+
+@pytest.fixture(params=["path", "abstract"])
+def notify_socket(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[socket.socket]:
+    yield from _notify_socket(request.param, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def systemd_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
+    """What systemd gives a service: an abstract socket, these days."""
+    yield from _notify_socket("abstract", tmp_path, monkeypatch)
 
 
 def _next(sock: socket.socket) -> dict[str, str]:
@@ -52,8 +64,9 @@ def test_notify_sends_one_datagram(notify_socket: socket.socket) -> None:
 
 
 def test_ready_reloading_stopping_from_a_real_tree(
-    mta_factory: Callable[..., MtaProcess], notify_socket: socket.socket
+    mta_factory: Callable[..., MtaProcess], systemd_socket: socket.socket
 ) -> None:
+    notify_socket = systemd_socket
     server = mta_factory(wait=False)
     ready = _next(notify_socket)
     assert ready["READY"] == "1" and "ready" in ready["STATUS"]
