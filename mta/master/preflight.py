@@ -10,9 +10,11 @@ them at once, not the first alone.  The checks:
   it, by the same function), and every listener's certificate and key, loaded into an
   SSLContext (which also proves that the key matches the certificate);
 * the spool (``queue.path``): a directory this process can write, or one it can create;
-* with ``ports`` (``check-config``): each listening address, and the metrics address, can be
-  bound now.  An address already in use is *not* a problem -- the relay itself may hold it
-  (check-config is run next to a serving relay before a HUP) -- and is reported as a note.
+* with ``ports`` (``check-config``): run as root, that ``master.user`` can use the spool and
+  read the files (the probe the master runs at start); each listening address, and the
+  metrics address, can be bound now.  An address already in use is *not* a problem -- the
+  relay itself may hold it (check-config is run next to a serving relay before a HUP) --
+  and is reported as a note.
   ``serve`` does not need the probe: it binds for real, and says which address failed.
 
 Nothing here changes anything on disk.  The spool is checked as the calling process; that the
@@ -41,13 +43,35 @@ class Findings:
 
 
 def check(config: Config, *, ports: bool = False) -> Findings:
-    """Every check this module owns; see the module docstring."""
+    """Every check this module owns; see the module docstring.  With ``ports`` (what
+    ``check-config`` asks), also the listening addresses, and, run as root, what the
+    children's account can use (the master probes that itself when it starts)."""
     findings = Findings(problems=file_problems(config))
     if problem := spool_problem(config.queue.path):
         findings.problems.append(problem)
     if ports:
         _check_ports(config, findings)
+        if os.geteuid() == 0 and not problem:
+            _check_account(config, findings)
     return findings
+
+
+def _check_account(config: Config, findings: Findings) -> None:
+    """As root: that ``master.user`` can use the spool and read the files (privileges.py's
+    probe).  A spool not made yet is the master's to make and give to the account."""
+    from mta.master.privileges import PrivilegeError, check_access, resolve
+
+    try:
+        account = resolve(config.master)
+    except PrivilegeError as exc:
+        findings.problems.append(str(exc))
+        return
+    if account is None or not os.path.isdir(config.queue.path):
+        return
+    try:
+        check_access(config, account)
+    except PrivilegeError as exc:  # a stand-in account that cannot: the children keep root
+        (findings.notes if account.fallback else findings.problems).append(str(exc))
 
 
 def file_problems(config: Config) -> list[str]:

@@ -109,3 +109,17 @@ def test_serve_stops_with_ex_config_naming_every_problem(
     )
     assert f"2 configuration problem(s) in {server.config_path}: not starting" in log
     assert "started smtpd" not in log
+
+
+def test_check_config_as_root_probes_the_childrens_account(tmp_path: Path) -> None:
+    """What serve's children could not use, as master.user, is a problem check-config names
+    too: here the spool under pytest's 0700 tmp_path (or Python's library, if that is
+    under /root too)."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    config = {"queue": {"path": str(spool)}, "master": {"user": "nobody"},
+              "smtp": {"listen": [f"127.0.0.1:{free_port()}"]},
+              "metrics": {"listen": f"127.0.0.1:{free_port()}"}}  # fmt: skip
+    result = _mta(config, tmp_path, "check-config")
+    assert result.returncode == 1, result.stderr
+    assert "user nobody cannot" in result.stderr
