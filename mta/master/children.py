@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mta.config import Config
+from mta.config import Config, ConfigError
 from mta.exitcodes import EXIT_CONFIG
 from mta.logs import flush_logs
 from mta.master.privileges import Account, drop
@@ -173,6 +173,9 @@ def spawn(
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
+    except ConfigError as exc:  # a file the configuration names: restarting cannot help
+        log.error("%s: configuration error: %s", kind, exc)
+        code = EXIT_CONFIG
     except OSError as exc:
         log.error("%s failed: %s", kind, exc)
         code = 1
