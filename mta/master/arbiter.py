@@ -22,6 +22,10 @@ and advance a rolling reload.
   keep serving and the slot is restarted as a start-up failure (throttled, logged), until
   the file is fixed — a bad edit must not take a serving relay down (Postfix's master
   throttles a daemon that keeps failing, and does not stop).
+* Under systemd (``Type=notify``) the master reports READY=1 once every wanted child is
+  ready, RELOADING=1 on HUP and READY=1 when the new generation is, STOPPING=1 on TERM
+  (sd_notify.py).  Before any of it, every configuration problem it can find is logged and
+  the master exits with EXIT_CONFIG (preflight.py).
 * A child is *ready* once it has beaten (each kind beats only after it has set up).  One
   that dies before that is a start-up failure and its slot is throttled; one that dies
   after is replaced at once (throttle.py says why, and why a crash loop of ready children

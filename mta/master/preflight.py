@@ -14,7 +14,8 @@ them at once, not the first alone.  The checks:
   read the files (the probe the master runs at start); each listening address, and the
   metrics address, can be bound now.  An address already in use is *not* a problem -- the
   relay itself may hold it (check-config is run next to a serving relay before a HUP) --
-  and is reported as a note.
+  and is reported as a note; so is a port below 1024 that needs a capability this process
+  lacks (the systemd unit gives it to ``serve``, not to an operator's ``check-config``).
   ``serve`` does not need the probe: it binds for real, and says which address failed.
 
 Nothing here changes anything on disk.  The spool is checked as the calling process; that the
@@ -149,9 +150,10 @@ def _check_ports(config: Config, findings: Findings) -> None:
                 findings.notes.append(
                     f"{key}: {address} is in use (by the running relay, or another server)"
                 )
-            elif exc.errno == errno.EACCES:
-                findings.problems.append(
-                    f"{key}: {address}: cannot bind: port {port} needs root or CAP_NET_BIND_SERVICE"
+            elif exc.errno == errno.EACCES:  # the unit grants the capability to serve only
+                findings.notes.append(
+                    f"{key}: {address}: uid {os.geteuid()} cannot bind it: port {port} needs "
+                    "root or CAP_NET_BIND_SERVICE (deploy/systemd/mta.service grants it)"
                 )
             else:
                 findings.problems.append(f"{key}: {address}: cannot bind: {exc.strerror or exc}")

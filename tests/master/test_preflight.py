@@ -4,6 +4,7 @@ EX_CONFIG (78) instead of starting children that cannot work."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trustme
 
 from tests.helpers import REPO, MtaProcess, free_port, to_toml
@@ -123,3 +125,25 @@ def test_check_config_as_root_probes_the_childrens_account(tmp_path: Path) -> No
     result = _mta(config, tmp_path, "check-config")
     assert result.returncode == 1, result.stderr
     assert "user nobody cannot" in result.stderr
+
+
+def test_a_privileged_port_is_a_note_for_an_unprivileged_check(tmp_path: Path) -> None:
+    """Run without CAP_NET_BIND_SERVICE (as the service's account is, outside the unit that
+    grants it to serve alone), check-config cannot bind port 25: said, but no error."""
+    config = {"smtp": {"listen": ["127.0.0.1:25"]}, "queue": {"path": str(tmp_path / "q")},
+              "metrics": {"listen": f"127.0.0.1:{free_port()}"},
+              "master": {"user": "root", "allow_root": True}}  # fmt: skip
+    path = tmp_path / "mta.toml"
+    path.write_text(to_toml(config))
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    no_caps = [setpriv, "--inh-caps=-all", "--bounding-set=-all"]  # even as root
+    result = subprocess.run(
+        [*no_caps, sys.executable, "-m", "mta", "--config", str(path), "check-config"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "mta: note: smtp.listen: 127.0.0.1:25: uid" in result.stderr
+    assert "needs root or CAP_NET_BIND_SERVICE" in result.stderr
