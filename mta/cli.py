@@ -11,7 +11,6 @@ import os
 import sys
 
 from mta.config import Config, ConfigError, load_config
-from mta.exitcodes import EXIT_CONFIG
 from mta.logs import setup_logging
 
 __all__ = ["main"]
@@ -102,50 +101,34 @@ def version_text() -> str:
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
-    if (problem := _check_tables(config, EXIT_CONFIG)) is not None:
-        return problem  # EX_CONFIG: a service manager does not restart it in a loop
     setup_logging(config.log.level, config.log.format, config.log.output, config.log.syslog_name)
     from mta.master import metrics_dir
 
     metrics_dir.prepare()  # before anything imports prometheus_client
     from mta.master.arbiter import run_master
 
+    # Every configuration problem (mta/master/preflight.py) is EX_CONFIG before anything
+    # starts: a service manager does not restart it in a loop.
     return run_master(config, config_path=args.config)
 
 
-def _check_tables(config: Config, status: int = 1) -> int | None:
-    """The files the configuration names (auth.passwords, auth.sender_logins, the access
-    and recipient tables): 1 with the key, file and line when one cannot be used, before
-    anything starts."""
-    from mta.delivery.credentials import load_credentials
-    from mta.delivery.signing import load_signer
-    from mta.policy.auth import load_auth_tables
-    from mta.policy.tables import load_tables
-
-    try:
-        load_auth_tables(config)
-        load_tables(config)
-        load_signer(config)  # DKIM keys
-        load_credentials(config)  # the smarthost's passwords
-    except ConfigError as exc:
-        print(f"mta: configuration error: {exc}", file=sys.stderr)
-        return status
-    return None
-
-
 def _check_config(config: Config, args: argparse.Namespace) -> int:
-    if (problem := _check_tables(config)) is not None:
-        return problem
+    """Every problem ``serve`` would stop on, and whether the ports can be bound
+    (mta/master/preflight.py): 1 with all of them listed, else the effective settings."""
     import msgspec
 
-    from mta.server.tls import check_certificates
+    from mta.master import preflight
 
-    try:
-        check_certificates(config)
-    except ConfigError as exc:
-        print(f"mta: configuration error: {exc}", file=sys.stderr)
+    findings = preflight.check(config, ports=True)
+    for note in findings.notes:
+        print(f"mta: note: {note}", file=sys.stderr)
+    for problem in findings.problems:
+        print(f"mta: configuration error: {problem}", file=sys.stderr)
+    if findings.problems:
+        count = len(findings.problems)
+        where = args.config or "the defaults (no --config)"
+        print(f"mta: check-config: {count} problem(s) in {where}", file=sys.stderr)
         return 1
-
     # The listeners as served: smtp.listen and [listeners] with every default filled in.
     settings = msgspec.to_builtins(config)
     settings["listeners"] = {

@@ -22,6 +22,10 @@ and advance a rolling reload.
   keep serving and the slot is restarted as a start-up failure (throttled, logged), until
   the file is fixed — a bad edit must not take a serving relay down (Postfix's master
   throttles a daemon that keeps failing, and does not stop).
+* Under systemd (``Type=notify``) the master reports READY=1 once every wanted child is
+  ready, RELOADING=1 on HUP and READY=1 when the new generation is, STOPPING=1 on TERM
+  (sd_notify.py).  Before any of it, every configuration problem it can find is logged and
+  the master exits with EXIT_CONFIG (preflight.py).
 * A child is *ready* once it has beaten (each kind beats only after it has set up).  One
   that dies before that is a start-up failure and its slot is throttled; one that dies
   after is replaced at once (throttle.py says why, and why a crash loop of ready children
@@ -60,17 +64,12 @@ from typing import TYPE_CHECKING, Protocol
 import msgspec
 
 from mta.config import Config, ConfigError, load_config
-from mta.delivery.credentials import load_credentials
-from mta.delivery.signing import load_signer
 from mta.exitcodes import EXIT_CONFIG
-from mta.master import metrics_dir, privileges, tempdirs
-from mta.master.children import KINDS, spawn
+from mta.master import metrics_dir, preflight, privileges, sd_notify, tempdirs
+from mta.master.children import KINDS, set_title, spawn
 from mta.master.privileges import Account, PrivilegeError
 from mta.master.throttle import Throttle
-from mta.policy.auth import load_auth_tables
-from mta.policy.tables import load_tables
 from mta.server.listen import bind_listeners
-from mta.server.tls import check_certificates
 
 if TYPE_CHECKING:
     import socket
@@ -98,6 +97,7 @@ class Processes(Protocol):
         sockets: list[socket.socket],
         heartbeat: str,
         close_fds: list[int],
+        slot: int = 0,
     ) -> int: ...
     def kill(self, pid: int, signum: int) -> None: ...
     def reap(self) -> Iterator[tuple[int, int]]: ...
@@ -127,9 +127,10 @@ class SystemProcesses:
         sockets: list[socket.socket],
         heartbeat: str,
         close_fds: list[int],
+        slot: int = 0,
     ) -> int:
         """Fork a child of ``kind`` (:func:`mta.master.children.spawn`); its pid."""
-        return spawn(kind, config, sockets, heartbeat, close_fds, self.account)
+        return spawn(kind, config, sockets, heartbeat, close_fds, self.account, slot)
 
     def kill(self, pid: int, signum: int) -> None:
         """Send ``signum`` to ``pid``; one that is already gone is no error."""
@@ -201,6 +202,7 @@ class Arbiter:
         self.stopping_since: float | None = None
         self.exit_code = 0
         self.served: set[str] = set()  # kinds of which a child has been ready (_child_exited)
+        self.announced = False  # READY=1 sent to systemd for the current generation
         tempdirs.remove_stale("master")
         self.run_dir = tempdirs.create("master")  # heartbeat files: see _start
         privileges.give(self.run_dir, account, 0o710, group_only=True)
@@ -251,7 +253,28 @@ class Arbiter:
         self._check_heartbeats()
         self._start_missing()
         self._advance_reload()
+        self._announce_ready()
         return False
+
+    def _announce_ready(self) -> None:
+        """READY=1 to systemd (sd_notify.py) once, per generation, every wanted slot has a
+        ready child of that generation and no outdated one is left: the listeners were
+        bound before, so the service answers from now on."""
+        if self.announced:
+            return
+        current = {
+            (c.kind, c.slot)
+            for c in self.children.values()
+            if c.generation == self.generation and c.ready
+        }
+        if any(c.generation < self.generation for c in self.children.values()):
+            return
+        if not set(self.wanted()) <= current:
+            return
+        self.announced = True
+        what = "reloaded" if self.generation else "ready"
+        status = f"{what}: {len(current)} children, listening on {self._listen_names()}"
+        sd_notify.notify("READY=1", f"STATUS={status}")
 
     def _wait(self) -> None:
         try:
@@ -286,6 +309,7 @@ class Arbiter:
     def handle_term(self) -> None:
         if self.stopping_since is None:
             log.info("stopping: draining children for up to %ss", self._graceful())
+            sd_notify.notify("STOPPING=1", "STATUS=stopping: draining the children")
             self.stopping_since = self.clock.monotonic()
             for child in self.children.values():
                 self._signal(child, signal.SIGTERM)
@@ -301,16 +325,16 @@ class Arbiter:
         pass  # reaping happens on every round
 
     def handle_hup(self) -> None:
+        sd_notify.notify("RELOADING=1", sd_notify.monotonic_usec(), "STATUS=reloading")
         try:
             config = load_config(self.config_path)
-            # a broken table or certificate is refused here, not by a new worker
-            load_auth_tables(config)
-            load_tables(config)
-            check_certificates(config)
-            load_signer(config)  # DKIM keys
-            load_credentials(config)  # the smarthost's passwords
+            problems = preflight.file_problems(config)  # refused here, not by a new worker
         except ConfigError as exc:
-            log.error("reload failed, keeping the running configuration: %s", exc)
+            problems = [str(exc)]
+        if problems:
+            for problem in problems:
+                log.error("reload failed, keeping the running configuration: %s", problem)
+            sd_notify.notify("READY=1", f"STATUS=reload failed: {problems[0]}")
             return
         config = self._keep_what_needs_a_restart(config)
         if config.queue.path != self.config.queue.path:
@@ -320,6 +344,7 @@ class Arbiter:
                 log.error("cannot prepare the spool %s: %s", config.queue.path, exc)
         self.config = config
         self.generation += 1
+        self.announced = False  # READY=1 again once the new generation is up
         log.info("reloading: replacing children one at a time (generation %d)", self.generation)
 
     def _keep_what_needs_a_restart(self, config: Config) -> Config:
@@ -366,7 +391,9 @@ class Arbiter:
         if self.account is not None:  # the child touches it once it is the account
             os.chown(heartbeat, self.account.uid, self.account.gid)
         os.utime(heartbeat, (0, 0))  # not alive until the child says so
-        pid = self.processes.spawn(kind, self.config, self.sockets, heartbeat, self._child_fds())
+        pid = self.processes.spawn(
+            kind, self.config, self.sockets, heartbeat, self._child_fds(), slot=slot
+        )
         child = Child(kind, slot, pid, self.generation, heartbeat, self.clock.monotonic())
         self.children[pid] = child
         log.info("started %s", child.name)
@@ -525,24 +552,23 @@ def _remove(path: str) -> None:
 
 
 def run_master(config: Config, config_path: str | None) -> int:
-    """``mta serve``: run the process tree until TERM; the exit status of the master."""
+    """``mta serve``: run the process tree until TERM; the exit status of the master.
+    A configuration that cannot work is :data:`EXIT_CONFIG` before any child starts, with
+    every problem logged (preflight.py): a service manager then does not restart it."""
+    set_title("mta: master")  # ps -o args; /proc/self/comm stays the interpreter's
     raise_file_limit(config.smtp.max_connections)
-    try:
-        load_auth_tables(config)  # every table it names: errors before serving
-        load_tables(config)
-        load_signer(config)  # every DKIM key: read and parsed
-        load_credentials(config)  # delivery.smtp_auth_file: mode and every line
-    except ConfigError as exc:
-        log.error("configuration error: %s", exc)
-        return EXIT_CONFIG
-    try:
-        account = prepare_for_children(config)  # first: which files the children can read
-        check_certificates(config)
-    except PrivilegeError as exc:
-        log.error("%s", exc)
-        return EXIT_CONFIG
-    except ConfigError as exc:
-        log.error("configuration error: %s", exc)
+    problems = preflight.check(config).problems
+    account = None
+    if not any(problem.startswith("queue.path:") for problem in problems):
+        try:  # which files the children can read: the spool made, the account's probe
+            account = prepare_for_children(config)
+        except PrivilegeError as exc:
+            problems.append(str(exc))
+    for problem in problems:
+        log.error("configuration error: %s", problem)
+    if problems:
+        where = config_path or "the defaults (no --config)"
+        log.error("%d configuration problem(s) in %s: not starting", len(problems), where)
         return EXIT_CONFIG
     try:
         arbiter = Arbiter(config, config_path, account=account)
@@ -558,9 +584,11 @@ def prepare_for_children(config: Config) -> Account | None:
     account = privileges.resolve(config.master)
     try:
         privileges.prepare_spool(config, account)
-    except OSError as exc:  # not there yet, maybe: the children retry, throttled
-        log.error("cannot prepare the spool %s: %s", config.queue.path, exc)
-        return account
+    except OSError as exc:  # every child would fail on it, again and again
+        raise PrivilegeError(
+            f"queue.path: cannot prepare the spool {os.path.abspath(config.queue.path)}: "
+            f"{exc.strerror or exc}"
+        ) from None
     directory = metrics_dir.path()
     if directory:
         privileges.give(directory, account, metrics_dir.MODE)

@@ -8,8 +8,9 @@ starting, instead of a restart loop; arbiter.py), 1 for other start-up failures 
 throttled and retried).
 
 A child names itself ``mta: <kind>`` in ``/proc/self/comm`` (what ``ps -o comm``, ``top``
-and the tests see), and stops gracefully, as on SIGTERM, when it finds from its heartbeat
-that the master is gone: an orphan would keep serving without supervision.
+and the tests see) and ``mta: <kind> #<slot>`` in its command line (``ps -o args``), and
+stops gracefully, as on SIGTERM, when it finds from its heartbeat that the master is gone:
+an orphan would keep serving without supervision.
 
 Started by a master that runs as root, a child becomes the unprivileged account
 (privileges.py) right before its main function: after what needs root (naming itself,
@@ -28,12 +29,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mta.config import Config
+from mta.config import Config, ConfigError
 from mta.exitcodes import EXIT_CONFIG
 from mta.logs import flush_logs
 from mta.master.privileges import Account, drop
 
-__all__ = ["EXIT_CONFIG", "KINDS", "Heartbeat", "spawn"]
+__all__ = ["EXIT_CONFIG", "KINDS", "Heartbeat", "set_title", "spawn"]
 
 log = logging.getLogger("mta.master")
 
@@ -145,9 +146,11 @@ def spawn(
     heartbeat: str,
     close_fds: list[int],
     account: Account | None = None,
+    slot: int = 0,
 ) -> int:
-    """Fork a child of ``kind`` that runs as ``account`` (None: as the master); return its
-    pid in the parent, never return in the child."""
+    """Fork a child of ``kind`` (its title says ``slot``: ``mta: smtpd #1``) that runs as
+    ``account`` (None: as the master); return its pid in the parent, never return in the
+    child."""
     master = os.getpid()
     pid = os.fork()
     if pid:
@@ -159,7 +162,7 @@ def spawn(
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the master reloads; children don't
-        _set_title(f"mta: {kind}")
+        set_title(f"mta: {kind} #{slot}", comm=f"mta: {kind}")
         if KINDS[kind].back_end and config.delivery.nice:
             # When CPU is short, a client waiting for its reply comes before a message
             # that is already safe on disk: the queue absorbs a burst and drains after.
@@ -170,6 +173,9 @@ def spawn(
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
+    except ConfigError as exc:  # a file the configuration names: restarting cannot help
+        log.error("%s: configuration error: %s", kind, exc)
+        code = EXIT_CONFIG
     except OSError as exc:
         log.error("%s failed: %s", kind, exc)
         code = 1
@@ -216,10 +222,24 @@ class Heartbeat:
     __call__ = beat  # what the children's main functions take: a callable
 
 
-def _set_title(title: str) -> None:
-    """Name the process for ps/top (Linux keeps 15 bytes); harmless where unsupported."""
+def set_title(title: str, comm: str | None = None) -> None:
+    """Name the process: ``title`` in its command line (what ``ps -o args``, ``ps aux`` and
+    ``top -c`` show; setproctitle, as Postfix's daemons rewrite argv) and ``comm`` in
+    /proc/self/comm (``ps -o comm``, ``top``; Linux keeps 15 bytes; None: keep today's,
+    which setproctitle would otherwise overwrite).  Harmless where unsupported."""
+    from setproctitle import setproctitle
+
+    path = "/proc/self/comm"
     try:
-        with open("/proc/self/comm", "w") as f:
-            f.write(title[:15])
+        with open(path) as f:
+            comm = f.read().rstrip("\n") if comm is None else comm
+    except OSError:
+        comm = None
+    setproctitle(title)
+    if comm is None:
+        return
+    try:
+        with open(path, "w") as f:
+            f.write(comm[:15])
     except OSError:
         pass

@@ -26,9 +26,9 @@ Before any child starts, a probe process drops to the account exactly as a child
 checks that it can read the interpreter's import path (the children import modules as they
 need them), use the spool and read the TLS files.  If it cannot, the master stops with
 :class:`PrivilegeError` (exit :data:`~mta.exitcodes.EXIT_CONFIG`) naming the path and why:
-every child would fail the same way, again and again.  A spool that cannot be
-*created* (a file system not mounted yet, say) is only logged: the children fail at start
-and are throttled until it is there.
+every child would fail the same way, again and again.  So does a spool that cannot be
+created or used at all (preflight.py checks it first; a file system that is mounted late is
+the service manager's to order: systemd's ``RequiresMountsFor=``).
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ def test_systemd_creates_the_account_and_spool_the_unit_runs_with(tmp_path: Path
     assert unit["Group"] == user
     assert "CAP_NET_BIND_SERVICE" in unit["AmbientCapabilities"]
     assert unit["CapabilityBoundingSet"] == "CAP_NET_BIND_SERVICE"
-    assert directory in unit["ReadWritePaths"].split()
+    assert directory == "/var/lib/" + unit["StateDirectory"]  # writable under ProtectSystem
     sysusers = shutil.which("systemd-sysusers")
     tmpfiles = shutil.which("systemd-tmpfiles")
     if sysusers is None or tmpfiles is None:

@@ -74,6 +74,7 @@ class FakeProcesses:
         sockets: list[socket.socket],
         heartbeat: str,
         close_fds: list[int],
+        slot: int = 0,
     ) -> int:
         self._next_pid += 1
         pid = self._next_pid
