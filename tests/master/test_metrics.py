@@ -206,9 +206,13 @@ def test_healthz_while_serving_and_without_a_spool(mta_factory: Factory) -> None
 
 
 def test_healthz_without_a_live_smtpd(mta_factory: Factory, tmp_path: Path) -> None:
-    blocker = tmp_path / "file"
-    blocker.write_text("")  # the spool's parent is a file: every smtpd dies at start
-    server = mta_factory({"queue": {"path": str(blocker / "spool")}}, wait=False)
+    # A damaged spool: a file where tmp/ should be, so every smtpd dies at start while the
+    # master serves.  (A spool that cannot be made at all stops the master with EX_CONFIG
+    # before any child starts: test_preflight.py.)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / "tmp").write_text("a regular file: the children's tmp/ cannot be made\n")
+    server = mta_factory({"queue": {"path": str(spool)}}, wait=False)
     wait_until(lambda: "smtpd#0" in server.log() and " died " in server.log(), timeout=10)
     status, body = http_get(server.metrics_port, "/healthz")
     assert (status, body) == (503, "no smtpd worker is alive\n")
