@@ -91,12 +91,16 @@ class AgentChannel:
 
     def dispatch(self) -> None:
         """Hand pending jobs to the least busy agents: one write per agent per round."""
-        if self.scheduler.stopping or not self.agents:
+        # An agent whose connection is closing (its process stopped on a reload, while this
+        # one was applying a result of it) gets nothing: writing to it would raise, and its
+        # jobs go back to the scheduler when _serve notices (found by a HUP under load).
+        live = [a for a in self.agents if not a.writer.is_closing()]
+        if self.scheduler.stopping or not live:
             return
         pending = self.scheduler.pending
         frames: dict[Agent, list[bytes]] = {}
         while pending:
-            agent = min(self.agents, key=lambda a: len(a.jobs))
+            agent = min(live, key=lambda a: len(a.jobs))
             if len(agent.jobs) >= AGENT_WINDOW:
                 break
             job = pending.popleft()
